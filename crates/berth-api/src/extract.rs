@@ -1,0 +1,168 @@
+//! Extractors: request bodies parsed leniently, and tenancy/auth resolved
+//! from headers, each rejecting in its API family's error shape.
+
+use std::marker::PhantomData;
+
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use berth_connections::AuthSession;
+use berth_store::Environment;
+use serde::de::DeserializeOwned;
+
+use crate::AppState;
+use crate::error::{ApiError, Family};
+
+/// A JSON body, parsed whatever the `content-type` says (Vessel's own
+/// examples send `text/plain` or nothing), with an empty body read as `{}`.
+pub struct Body<T, F>(pub T, pub PhantomData<F>);
+
+impl<T, F> FromRequest<AppState> for Body<T, F>
+where
+    T: DeserializeOwned,
+    F: Family,
+{
+    type Rejection = ApiError<F>;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "PAYLOAD_TOO_LARGE",
+                        format!("request body is larger than {} bytes", crate::MAX_BODY_BYTES),
+                    )
+                } else {
+                    ApiError::bad_request("INVALID_BODY", format!("could not read the request body: {e}"))
+                }
+            })?;
+        parse_body(&bytes).map(|t| Body(t, PhantomData))
+    }
+}
+
+pub fn parse_body<T: DeserializeOwned, F>(bytes: &[u8]) -> Result<T, ApiError<F>> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| ApiError::bad_request("INVALID_BODY", "request body is not UTF-8"))?;
+    let text = if text.trim().is_empty() { "{}" } else { text };
+    serde_json::from_str(text).map_err(|e| {
+        ApiError::bad_request(
+            "INVALID_BODY",
+            format!("request body is not valid for this endpoint: {e}"),
+        )
+    })
+}
+
+fn header<'a>(parts: &'a Parts, names: &[&str]) -> Option<&'a str> {
+    names
+        .iter()
+        .find_map(|n| parts.headers.get(*n))
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+}
+
+/// The environment of the request's API token (required).
+pub struct ApiEnv<F>(pub Environment, pub PhantomData<F>);
+
+impl<F: Family> FromRequestParts<AppState> for ApiEnv<F> {
+    type Rejection = ApiError<F>;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = header(parts, F::API_TOKEN_HEADERS).ok_or_else(|| {
+            ApiError::unauthorized(
+                "MISSING_API_TOKEN",
+                format!("missing API token: send it in the {} header", F::API_TOKEN_HEADERS[0]),
+            )
+        })?;
+        let env = state.platform.authenticate_api_token(token).await?;
+        Ok(ApiEnv(env, PhantomData))
+    }
+}
+
+/// The API token's environment if a token was sent; a sent but invalid
+/// token is still rejected.
+pub struct MaybeApiEnv<F>(pub Option<Environment>, pub PhantomData<F>);
+
+impl<F: Family> FromRequestParts<AppState> for MaybeApiEnv<F> {
+    type Rejection = ApiError<F>;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        match header(parts, F::API_TOKEN_HEADERS) {
+            None => Ok(MaybeApiEnv(None, PhantomData)),
+            Some(token) => {
+                let env = state.platform.authenticate_api_token(token).await?;
+                Ok(MaybeApiEnv(Some(env), PhantomData))
+            }
+        }
+    }
+}
+
+pub const SESSION_HEADER: &str = "x-vessel-session-token";
+pub const ACCESS_HEADER: &str = "x-vessel-access-token";
+
+/// The raw session-token header, if sent.
+pub fn session_token_header(parts: &Parts) -> Option<&str> {
+    header(parts, &[SESSION_HEADER])
+}
+
+/// A live connect session from `x-vessel-session-token` (required).
+pub struct Session<F> {
+    pub session: AuthSession,
+    _f: PhantomData<F>,
+}
+
+impl<F: Family> FromRequestParts<AppState> for Session<F> {
+    type Rejection = ApiError<F>;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = session_token_header(parts).ok_or_else(|| {
+            ApiError::unauthorized(
+                "MISSING_SESSION_TOKEN",
+                format!("missing session token: send it in the {SESSION_HEADER} header"),
+            )
+        })?;
+        let session = state.platform.session(token).await?;
+        Ok(Session {
+            session,
+            _f: PhantomData,
+        })
+    }
+}
+
+/// A session token header that, when present, must be valid.
+pub struct MaybeSession<F>(pub Option<AuthSession>, pub PhantomData<F>);
+
+impl<F: Family> FromRequestParts<AppState> for MaybeSession<F> {
+    type Rejection = ApiError<F>;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        match session_token_header(parts) {
+            None => Ok(MaybeSession(None, PhantomData)),
+            Some(t) => Ok(MaybeSession(Some(state.platform.session(t).await?), PhantomData)),
+        }
+    }
+}
+
+/// The raw `x-vessel-access-token` header, if sent.
+pub struct AccessTokenHeader(pub Option<String>);
+
+impl FromRequestParts<AppState> for AccessTokenHeader {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, Self::Rejection> {
+        Ok(AccessTokenHeader(header(parts, &[ACCESS_HEADER]).map(str::to_owned)))
+    }
+}
+
+/// The raw session token header, if sent (no validation).
+pub struct SessionTokenHeader(pub Option<String>);
+
+impl FromRequestParts<AppState> for SessionTokenHeader {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, Self::Rejection> {
+        Ok(SessionTokenHeader(session_token_header(parts).map(str::to_owned)))
+    }
+}

@@ -1,0 +1,200 @@
+//! Berth's HTTP API: the one place that knows about HTTP and wire shapes.
+//!
+//! Handlers are thin: extractors resolve tenancy and auth (`extract`), the
+//! domain work happens in `berth-connections`, and each API family maps
+//! errors to its own shape (`error`).
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod extract;
+mod link;
+pub mod models;
+mod platform;
+
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderValue, Request, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use berth_connections::Platform;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
+
+use crate::error::{ApiError, V2};
+
+/// Largest accepted JSON request body.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Shared state of every handler. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub platform: Platform,
+}
+
+/// The whole HTTP API. `extra` is merged in (the sandbox provider, later
+/// the connect modal) so that `berth` can compose independent routers.
+pub fn router(state: AppState, extra: Router) -> Router {
+    let api = Router::new()
+        .merge(platform::routes())
+        .nest("/api", platform::routes())
+        .merge(link::routes())
+        .route("/healthz", get(healthz))
+        .route("/icons/{file}", get(icon))
+        .route("/openapi.json", get(openapi_json))
+        .fallback(not_found)
+        .with_state(state);
+    api.merge(extra)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::<V2>::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "INTERNAL",
+                "internal error; the details are in the server log",
+            )
+            .into_response()
+        }))
+        .layer(
+            // Spans carry method and path only: query strings hold v1 access
+            // tokens and must never reach a log line.
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request<_>| {
+                    tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
+                })
+                .on_request(())
+                .on_response(
+                    |res: &Response, latency: std::time::Duration, _span: &tracing::Span| {
+                        tracing::info!(status = res.status().as_u16(), latency_ms = latency.as_millis() as u64, "request");
+                    },
+                ),
+        )
+}
+
+async fn not_found() -> ApiError<V2> {
+    ApiError::not_found("no such route; GET /openapi.json lists every route")
+}
+
+/// Health check: 200 when the store answers.
+#[utoipa::path(get, path = "/healthz", tag = "meta",
+    responses((status = 200, description = "the store answers"), (status = 503, description = "the store does not answer")))]
+pub async fn healthz(State(state): State<AppState>) -> Response {
+    match state.platform.store().ping().await {
+        Ok(()) => Json(serde_json::json!({"status": "ok"})).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "health check: store does not answer");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(serde_json::json!({"status": "unavailable"})),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// An integration's icon, drawn by Berth.
+#[utoipa::path(get, path = "/icons/{file}", tag = "meta",
+    params(("file" = String, Path, description = "`<integration id>.svg`")),
+    responses((status = 200, content_type = "image/svg+xml", body = String), (status = 404, body = models::ErrorBody)))]
+pub async fn icon(State(state): State<AppState>, Path(file): Path<String>) -> Response {
+    let id = file.strip_suffix(".svg").unwrap_or(&file);
+    match state.platform.catalog().get(id) {
+        Some(i) => (
+            [
+                (header::CONTENT_TYPE, HeaderValue::from_static("image/svg+xml")),
+                (header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=86400")),
+            ],
+            berth_catalog::icon_svg(i),
+        )
+            .into_response(),
+        None => ApiError::<V2>::not_found(format!("no integration `{id}`")).into_response(),
+    }
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "meta",
+    responses((status = 200, description = "the OpenAPI 3.1 description of Berth")))]
+pub async fn openapi_json() -> Response {
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        openapi_string(),
+    )
+        .into_response()
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Berth API",
+        description = "Berth: self-hosted embedded integrations and a unified API for go-to-market tools, compatible with the Vessel platform (v2) and link (v1) APIs.\n\nEvery platform route is served both bare (`/auth/session-token`) and under `/api` (`/api/auth/session-token`).",
+        license(name = "Apache-2.0")
+    ),
+    paths(
+        platform::list_integrations,
+        platform::find_integration,
+        platform::create_session_token,
+        platform::start_auth,
+        platform::exchange_access_token,
+        platform::list_connections,
+        platform::get_connection,
+        platform::find_connection,
+        platform::delete_connection,
+        link::link_token,
+        link::link_exchange,
+        link::get_connection,
+        link::delete_connection,
+        link::list_connections,
+        link::crm_integrations,
+        link::engagement_integrations,
+        healthz,
+        icon,
+        openapi_json,
+    ),
+    modifiers(&Security, &ApiAliases)
+)]
+struct ApiDoc;
+
+struct Security;
+
+impl utoipa::Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let c = openapi.components.get_or_insert_with(Default::default);
+        for (name, header) in [
+            ("apiToken", "x-vessel-api-token"),
+            ("sessionToken", "x-vessel-session-token"),
+            ("accessToken", "x-vessel-access-token"),
+            ("v1ApiToken", "vessel-api-token"),
+        ] {
+            c.add_security_scheme(name, SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new(header))));
+        }
+    }
+}
+
+/// Documents the `/api`-prefixed spelling of every platform route.
+struct ApiAliases;
+
+impl utoipa::Modify for ApiAliases {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let aliased: Vec<_> = openapi
+            .paths
+            .paths
+            .iter()
+            .filter(|(p, _)| {
+                p.starts_with("/integrations/") || p.starts_with("/auth/") || p.starts_with("/connections/")
+            })
+            .map(|(p, item)| (format!("/api{p}"), item.clone()))
+            .collect();
+        for (p, item) in aliased {
+            openapi.paths.paths.insert(p, item);
+        }
+    }
+}
+
+/// The OpenAPI document, pretty-printed (the committed `docs/openapi.json`).
+pub fn openapi_string() -> String {
+    let mut s = ApiDoc::openapi()
+        .to_pretty_json()
+        .expect("the OpenAPI document serializes");
+    s.push('\n');
+    s
+}

@@ -1,0 +1,243 @@
+//! The platform API of seed 000 (and Vessel v2's spellings): integrations,
+//! sessions, the connect step, token exchange and connections. Every route
+//! is POST with a JSON body and answers `{"result": ...}`; each is served
+//! both bare and under `/api`.
+
+use axum::extract::State;
+use axum::routing::post;
+use axum::{Json, Router};
+use berth_connections::{NewSessionRequest, StartAuth, session_kind};
+
+use crate::AppState;
+use crate::error::{ApiError, V2};
+use crate::extract::{AccessTokenHeader, ApiEnv, Body, MaybeApiEnv, MaybeSession, Session, SessionTokenHeader};
+use crate::models::*;
+
+type Res<T> = Result<Json<Envelope<T>>, ApiError<V2>>;
+
+/// Platform routes, without prefix; the caller mounts them bare and at `/api`.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/integrations/list", post(list_integrations))
+        .route("/integrations/find", post(find_integration))
+        .route("/auth/session-token", post(create_session_token))
+        .route("/auth/start", post(start_auth))
+        .route("/auth/access-token", post(exchange_access_token))
+        .route("/connections/list", post(list_connections))
+        .route("/connections/get", post(get_connection))
+        .route("/connections/find", post(find_connection))
+        .route("/connections/delete", post(delete_connection))
+}
+
+/// List all integrations.
+///
+/// Public: answers without a token, with a valid API or session token, and
+/// with 401 for an invalid one.
+#[utoipa::path(post, path = "/integrations/list", tag = "integrations",
+    request_body(content = Option<ListIntegrationsIn>, content_type = "application/json"),
+    responses((status = 200, body = Envelope<IntegrationsOut>), (status = 401, body = ErrorBody)))]
+pub async fn list_integrations(
+    State(state): State<AppState>,
+    _api: MaybeApiEnv<V2>,
+    _session: MaybeSession<V2>,
+    Body(input, ..): Body<ListIntegrationsIn, V2>,
+) -> Res<IntegrationsOut> {
+    let filters = input.filters.unwrap_or_default();
+    if let Some(c) = &filters.category
+        && !berth_catalog::CATEGORIES.contains(&c.as_str())
+    {
+        return Err(ApiError::bad_request(
+            "INVALID_BODY",
+            format!("unknown category `{c}` (one of {})", berth_catalog::CATEGORIES.join(", ")),
+        ));
+    }
+    let public_url = &state.platform.config().public_url;
+    let integrations = state
+        .platform
+        .catalog()
+        .all()
+        .iter()
+        .filter(|i| filters.ids.as_ref().is_none_or(|ids| ids.contains(&i.id)))
+        .filter(|i| filters.category.as_ref().is_none_or(|c| i.has_category(c)))
+        .map(|i| IntegrationOut::new(i, public_url))
+        .collect();
+    Ok(v2(IntegrationsOut { integrations }))
+}
+
+/// Find one integration by id.
+#[utoipa::path(post, path = "/integrations/find", tag = "integrations",
+    request_body = FindIn,
+    responses((status = 200, body = Envelope<IntegrationFound>), (status = 404, body = ErrorBody)))]
+pub async fn find_integration(
+    State(state): State<AppState>,
+    _api: MaybeApiEnv<V2>,
+    _session: MaybeSession<V2>,
+    Body(input, ..): Body<FindIn, V2>,
+) -> Res<IntegrationFound> {
+    let i = state
+        .platform
+        .catalog()
+        .get(&input.id)
+        .ok_or_else(|| ApiError::not_found(format!("unknown integration `{}`", input.id)))?;
+    Ok(v2(IntegrationFound {
+        integration: IntegrationOut::new(i, &state.platform.config().public_url),
+    }))
+}
+
+/// Create a session token for one end user's connect flow.
+#[utoipa::path(post, path = "/auth/session-token", tag = "auth",
+    request_body(content = Option<SessionTokenIn>, content_type = "application/json"),
+    security(("apiToken" = [])),
+    responses((status = 200, body = Envelope<SessionTokenOut>), (status = 401, body = ErrorBody)))]
+pub async fn create_session_token(
+    State(state): State<AppState>,
+    ApiEnv(env, ..): ApiEnv<V2>,
+    Body(input, ..): Body<SessionTokenIn, V2>,
+) -> Res<SessionTokenOut> {
+    let session_token = state
+        .platform
+        .create_session(
+            &env,
+            session_kind::SESSION,
+            NewSessionRequest {
+                integration_id: input.integration_id,
+                external_user_id: input.external_user_id,
+                metadata: input.metadata,
+                allowed_origins: input.allowed_origins.unwrap_or_default(),
+            },
+        )
+        .await?;
+    Ok(v2(SessionTokenOut { session_token }))
+}
+
+/// Submit the connect form (called by the connect modal).
+///
+/// For apiKey, basic and client-credentials methods the credentials are
+/// verified with the provider, vaulted, and the connection is created;
+/// `oauthURL` is then null.
+#[utoipa::path(post, path = "/auth/start", tag = "auth",
+    request_body = StartAuthIn,
+    security(("sessionToken" = [])),
+    responses((status = 200, body = Envelope<StartAuthOut>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 502, body = ErrorBody)))]
+pub async fn start_auth(
+    State(state): State<AppState>,
+    session: Session<V2>,
+    Body(input, ..): Body<StartAuthIn, V2>,
+) -> Res<StartAuthOut> {
+    let out = state
+        .platform
+        .start_auth(
+            &session.session,
+            StartAuth {
+                integration_id: input.integration_id,
+                auth_type: input.auth_type,
+                oauth_app_id: input.oauth_app_id,
+                answers: input.answers.unwrap_or_default(),
+            },
+        )
+        .await?;
+    Ok(v2(StartAuthOut {
+        oauth_url: out.oauth_url,
+        connection_id: out.connection_id,
+        integration_id: out.integration_id,
+        public_token: out.public_token,
+    }))
+}
+
+/// Exchange a completed session token for the connection's access token.
+#[utoipa::path(post, path = "/auth/access-token", tag = "auth",
+    request_body(content = Option<AccessTokenIn>, content_type = "application/json"),
+    security(("apiToken" = [], "sessionToken" = [])),
+    responses((status = 200, body = Envelope<AccessTokenOut>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn exchange_access_token(
+    State(state): State<AppState>,
+    ApiEnv(env, ..): ApiEnv<V2>,
+    SessionTokenHeader(header): SessionTokenHeader,
+    Body(input, ..): Body<AccessTokenIn, V2>,
+) -> Res<AccessTokenOut> {
+    let token = header.or(input.session_token).ok_or_else(|| {
+        ApiError::bad_request(
+            "MISSING_SESSION_TOKEN",
+            "send the session token in the x-vessel-session-token header",
+        )
+    })?;
+    let ex = state.platform.exchange_session_token(&env, &token).await?;
+    Ok(v2(AccessTokenOut {
+        access_token: ex.access_token,
+        connection_id: ex.connection.id.clone(),
+        integration_id: ex.connection.integration_id.clone(),
+    }))
+}
+
+/// List the environment's connections (100 per page by default).
+#[utoipa::path(post, path = "/connections/list", tag = "connections",
+    request_body(content = Option<ListConnectionsIn>, content_type = "application/json"),
+    security(("apiToken" = [])),
+    responses((status = 200, body = Envelope<ConnectionsOut>), (status = 401, body = ErrorBody)))]
+pub async fn list_connections(
+    State(state): State<AppState>,
+    ApiEnv(env, ..): ApiEnv<V2>,
+    Body(input, ..): Body<ListConnectionsIn, V2>,
+) -> Res<ConnectionsOut> {
+    let (rows, next) = state
+        .platform
+        .list_connections(&env, input.cursor.as_deref(), input.limit.unwrap_or(100))
+        .await?;
+    Ok(v2(ConnectionsOut {
+        connections: rows.iter().map(|c| ConnectionOut::new(c, &env.project_id)).collect(),
+        next_page_cursor: next,
+    }))
+}
+
+/// Get a connection (seed shape: the connection is the result).
+#[utoipa::path(post, path = "/connections/get", tag = "connections",
+    request_body = FindIn, security(("apiToken" = [])),
+    responses((status = 200, body = Envelope<ConnectionOut>), (status = 404, body = ErrorBody)))]
+pub async fn get_connection(
+    State(state): State<AppState>,
+    ApiEnv(env, ..): ApiEnv<V2>,
+    Body(input, ..): Body<FindIn, V2>,
+) -> Res<ConnectionOut> {
+    let c = state.platform.get_connection(&env, &input.id).await?;
+    Ok(v2(ConnectionOut::new(&c, &env.project_id)))
+}
+
+/// Find a connection (Vessel v2 shape: `{connection}`).
+#[utoipa::path(post, path = "/connections/find", tag = "connections",
+    request_body = FindIn, security(("apiToken" = [])),
+    responses((status = 200, body = Envelope<ConnectionFound>), (status = 404, body = ErrorBody)))]
+pub async fn find_connection(
+    State(state): State<AppState>,
+    ApiEnv(env, ..): ApiEnv<V2>,
+    Body(input, ..): Body<FindIn, V2>,
+) -> Res<ConnectionFound> {
+    let c = state.platform.get_connection(&env, &input.id).await?;
+    Ok(v2(ConnectionFound {
+        connection: ConnectionOut::new(&c, &env.project_id),
+    }))
+}
+
+/// Delete a connection: revokes its access token and erases its credentials.
+///
+/// If `x-vessel-access-token` is sent it must belong to that connection.
+#[utoipa::path(post, path = "/connections/delete", tag = "connections",
+    request_body = FindIn, security(("apiToken" = [], "accessToken" = [])),
+    responses((status = 200, body = Envelope<SuccessOut>), (status = 404, body = ErrorBody)))]
+pub async fn delete_connection(
+    State(state): State<AppState>,
+    ApiEnv(env, ..): ApiEnv<V2>,
+    AccessTokenHeader(access): AccessTokenHeader,
+    Body(input, ..): Body<FindIn, V2>,
+) -> Res<SuccessOut> {
+    if let Some(token) = access {
+        let c = state.platform.connection_for_access_token(&env, &token).await?;
+        if c.id != input.id {
+            return Err(ApiError::unauthorized(
+                "ACCESS_TOKEN_MISMATCH",
+                "the x-vessel-access-token belongs to another connection",
+            ));
+        }
+    }
+    state.platform.delete_connection(&env, &input.id).await?;
+    Ok(v2(SuccessOut { success: true }))
+}

@@ -1,0 +1,521 @@
+//! The connect step (`/auth/start`): validate the connect-form answers,
+//! prove the credentials with the provider where it offers a cheap check,
+//! vault them, and create the connection.
+
+use std::collections::BTreeMap;
+
+use berth_catalog::{AuthMethod, AuthType, Integration, QuestionType, TokenAuth};
+use berth_outbound::{Method, OutboundRequest};
+use berth_store::{AuthSession, CreateConnectionError, NewConnection, NewEvent};
+use serde_json::{Map, Value};
+
+use crate::credential::{CredentialData, TemplateContext, provider_target};
+use crate::{Platform, PlatformError, Result, credential_aad, now_ms, secrets, session_kind, status};
+
+/// The body of `/auth/start`.
+#[derive(Debug, Default)]
+pub struct StartAuth {
+    pub integration_id: Option<String>,
+    pub auth_type: Option<String>,
+    pub oauth_app_id: Option<String>,
+    pub answers: Map<String, Value>,
+}
+
+#[derive(Debug)]
+pub struct StartOutcome {
+    /// Where to send the user for OAuth; `None` when the connection is done.
+    pub oauth_url: Option<String>,
+    pub connection_id: String,
+    pub integration_id: String,
+    /// For v1 link sessions: what the modal hands to `onSuccess`.
+    pub public_token: Option<String>,
+}
+
+/// Answer keys also accepted for the `api-key` question.
+const API_KEY_ALIASES: &[&str] = &["api-key", "apiKey", "api_key", "token"];
+
+impl Platform {
+    pub async fn start_auth(&self, session: &AuthSession, req: StartAuth) -> Result<StartOutcome> {
+        match session.state.as_str() {
+            "created" => {}
+            _ => {
+                return Err(PlatformError::bad_request(
+                    "SESSION_ALREADY_USED",
+                    "this session already completed a connection; create a new session token",
+                ));
+            }
+        }
+        let integration_id = match (&session.integration_id, &req.integration_id) {
+            (Some(bound), Some(asked)) if bound != asked => {
+                return Err(PlatformError::bad_request(
+                    "INTEGRATION_MISMATCH",
+                    format!("this session token is bound to integration `{bound}`, not `{asked}`"),
+                ));
+            }
+            (_, Some(id)) | (Some(id), None) => id.clone(),
+            (None, None) => {
+                return Err(PlatformError::bad_request(
+                    "INVALID_BODY",
+                    "integrationId is required",
+                ));
+            }
+        };
+        let integration = self
+            .catalog()
+            .get(&integration_id)
+            .ok_or_else(|| super::unknown_integration(&integration_id))?
+            .clone();
+        let method = match req.auth_type.as_deref().filter(|s| !s.is_empty()) {
+            None => integration.default_auth(),
+            Some(name) => {
+                let kind = AuthType::parse(name).ok_or_else(|| {
+                    PlatformError::bad_request(
+                        "INVALID_AUTH_TYPE",
+                        format!("unknown authType `{name}` (oauth2, apiKey, basic, oauth2-client-credentials)"),
+                    )
+                })?;
+                integration.auth_method(kind).ok_or_else(|| {
+                    let offered: Vec<_> = integration.auth.iter().map(|a| a.kind.as_str()).collect();
+                    PlatformError::bad_request(
+                        "INVALID_AUTH_TYPE",
+                        format!(
+                            "{} does not support authType `{name}`; it offers {}",
+                            integration.name,
+                            offered.join(", ")
+                        ),
+                    )
+                })?
+            }
+        };
+        if req.oauth_app_id.as_deref().is_some_and(|s| !s.is_empty())
+            && method.kind != AuthType::OAuth2
+        {
+            return Err(PlatformError::bad_request(
+                "INVALID_AUTH_TYPE",
+                "oauthAppId is only allowed with authType oauth2",
+            ));
+        }
+        if method.kind == AuthType::OAuth2 {
+            return Err(PlatformError::bad_request(
+                "OAUTH_NOT_AVAILABLE",
+                format!(
+                    "OAuth2 connections are not available in this Berth build yet; {}",
+                    match integration.auth.iter().find(|a| a.kind != AuthType::OAuth2) {
+                        Some(a) => format!("connect {} with authType `{}` instead", integration.name, a.kind),
+                        None => format!("{} offers no other auth method", integration.name),
+                    }
+                ),
+            ));
+        }
+
+        let (public_answers, mut cred) = collect_answers(method, &req.answers)?;
+        let empty = Map::new();
+        let ctx = TemplateContext {
+            answers: &public_answers,
+            metadata: &empty,
+            public_url: &self.config().public_url,
+        };
+        if method.kind == AuthType::OAuth2ClientCredentials {
+            self.fetch_client_credentials_token(&integration, method, &mut cred, &ctx)
+                .await?;
+        }
+        self.check_credentials(&integration, method, &cred, &ctx).await?;
+
+        let env = self
+            .store()
+            .environments()
+            .await?
+            .into_iter()
+            .find(|e| e.id == session.environment_id)
+            .ok_or_else(|| PlatformError::unauthorized("INVALID_SESSION_TOKEN", "invalid session token"))?;
+        let connection_id = secrets::new_connection_id(&env.name, &integration.id);
+        let aad = credential_aad(&env.id, &connection_id);
+        let sealed = self.inner.vault.seal(
+            &serde_json::to_vec(&cred).expect("credentials serialize"),
+            aad.as_bytes(),
+        );
+        let answers_json = Value::Object(public_answers).to_string();
+        let public_token = (session.kind == session_kind::LINK)
+            .then(|| secrets::new_token(secrets::PUBLIC_TOKEN_PREFIX));
+        let now = now_ms();
+        let payload = serde_json::json!({
+            "connectionId": connection_id,
+            "integrationId": integration.id,
+            "externalUserId": session.external_user_id,
+            "status": status::NEW_CONNECTION,
+        })
+        .to_string();
+        let result = self
+            .store()
+            .create_connection_for_session(&berth_store::CreateConnection {
+                session_id: &session.id,
+                connection: &NewConnection {
+                    id: &connection_id,
+                    environment_id: &env.id,
+                    integration_id: &integration.id,
+                    auth_type: method.kind.as_str(),
+                    status: status::NEW_CONNECTION,
+                    external_user_id: session.external_user_id.as_deref(),
+                    metadata: session.metadata.as_deref(),
+                    answers: &answers_json,
+                    native_org_id: None,
+                    native_user_id: None,
+                    native_org_url: None,
+                },
+                sealed_credential: &sealed,
+                public_token_hash: public_token.as_deref().map(secrets::hash_token).as_deref(),
+                live_connection_limit: (env.name == "development")
+                    .then_some(self.config().dev_connection_limit),
+                event: NewEvent {
+                    id: &secrets::new_id("evt"),
+                    environment_id: &env.id,
+                    connection_id: Some(&connection_id),
+                    event_type: "connection.created",
+                    payload: &payload,
+                    created_at: now,
+                },
+                now,
+            })
+            .await;
+        match result {
+            Ok(()) => Ok(StartOutcome {
+                oauth_url: None,
+                connection_id,
+                integration_id: integration.id.clone(),
+                public_token,
+            }),
+            Err(CreateConnectionError::LimitReached(n)) => Err(PlatformError::bad_request(
+                "CONNECTION_LIMIT_REACHED",
+                format!(
+                    "Maximum number of connections reached for development account: the development connection limit is {n}. Delete a connection (DELETE /connection/connection or POST /connections/delete) or use a production API token."
+                ),
+            )),
+            Err(CreateConnectionError::SessionNotPending) => Err(PlatformError::bad_request(
+                "SESSION_ALREADY_USED",
+                "this session expired or already completed a connection; create a new session token",
+            )),
+            Err(CreateConnectionError::Store(e)) => Err(e.into()),
+        }
+    }
+
+    /// Proves the credentials with the provider's cheap check call, if any.
+    async fn check_credentials(
+        &self,
+        integration: &Integration,
+        method: &AuthMethod,
+        cred: &CredentialData,
+        ctx: &TemplateContext<'_>,
+    ) -> Result<()> {
+        let Some(check) = &method.check else {
+            return Ok(());
+        };
+        let target = provider_target(integration, method.kind, cred, ctx).map_err(|e| {
+            PlatformError::bad_request("INVALID_ANSWERS", format!("cannot build the provider URL: {e}"))
+        })?;
+        let mut url = url::Url::parse(&format!("{}{}", target.base_url, check.path)).map_err(|_| {
+            PlatformError::bad_request(
+                "INVALID_ANSWERS",
+                "the answers do not form a valid provider URL (check the instance URL)",
+            )
+        })?;
+        if !target.query.is_empty() {
+            url.query_pairs_mut().extend_pairs(target.query.iter());
+        }
+        let mut headers = target.headers.clone();
+        headers.push(("accept".into(), "application/json".into()));
+        let resp = self
+            .inner
+            .outbound
+            .send(OutboundRequest {
+                method: Method::from_bytes(check.method.as_bytes()).unwrap_or(Method::GET),
+                url,
+                headers,
+                body: None,
+            })
+            .await
+            .map_err(|e| {
+                PlatformError::ProviderUnavailable(format!(
+                    "could not verify the credentials with {}: {e}",
+                    integration.name
+                ))
+            })?;
+        match resp.status {
+            200..=299 => Ok(()),
+            401 | 403 => Err(PlatformError::InvalidCredentials(format!(
+                "{} rejected the credentials: {}",
+                integration.name,
+                provider_reason(&resp.body, resp.status)
+            ))),
+            s => Err(PlatformError::ProviderUnavailable(format!(
+                "could not verify the credentials with {}: it answered HTTP {s}",
+                integration.name
+            ))),
+        }
+    }
+
+    /// OAuth2 client-credentials grant (Snov.io): the token request itself
+    /// is the credential check.
+    async fn fetch_client_credentials_token(
+        &self,
+        integration: &Integration,
+        method: &AuthMethod,
+        cred: &mut CredentialData,
+        ctx: &TemplateContext<'_>,
+    ) -> Result<()> {
+        let token_url = method.token_url.as_deref().unwrap_or_default();
+        let token_url = berth_catalog::render(token_url, |k| {
+            if k == "public_url" {
+                Some(ctx.public_url.to_string())
+            } else {
+                k.strip_prefix("answers.")
+                    .and_then(|a| ctx.answers.get(a))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            }
+        })
+        .ok()
+        .and_then(|u| url::Url::parse(&u).ok())
+        .ok_or_else(|| PlatformError::bad_request("INVALID_ANSWERS", "cannot build the token URL"))?;
+        let (id, secret) = (
+            cred.client_id.clone().unwrap_or_default(),
+            cred.client_secret.clone().unwrap_or_default(),
+        );
+        let mut headers = vec![
+            ("content-type".to_string(), "application/x-www-form-urlencoded".to_string()),
+            ("accept".to_string(), "application/json".to_string()),
+        ];
+        // The serializer is not Send: build the body in a scope of its own.
+        let body = {
+            let mut form = url::form_urlencoded::Serializer::new(String::new());
+            form.append_pair("grant_type", "client_credentials");
+            match method.token_auth {
+                TokenAuth::Body => {
+                    form.append_pair("client_id", &id);
+                    form.append_pair("client_secret", &secret);
+                }
+                TokenAuth::Basic => {
+                    use base64::Engine;
+                    let b = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
+                    headers.push(("authorization".into(), format!("Basic {b}")));
+                }
+            }
+            form.finish().into_bytes()
+        };
+        let resp = self
+            .inner
+            .outbound
+            .send(OutboundRequest {
+                method: Method::POST,
+                url: token_url,
+                headers,
+                body: Some(body),
+            })
+            .await
+            .map_err(|e| {
+                PlatformError::ProviderUnavailable(format!(
+                    "could not reach {} to obtain a token: {e}",
+                    integration.name
+                ))
+            })?;
+        if !(200..300).contains(&resp.status) {
+            return Err(if (400..500).contains(&resp.status) {
+                PlatformError::InvalidCredentials(format!(
+                    "{} rejected the client credentials: {}",
+                    integration.name,
+                    provider_reason(&resp.body, resp.status)
+                ))
+            } else {
+                PlatformError::ProviderUnavailable(format!(
+                    "{} token endpoint answered HTTP {}",
+                    integration.name, resp.status
+                ))
+            });
+        }
+        let body: Value = serde_json::from_slice(&resp.body).unwrap_or(Value::Null);
+        let token = body.get("access_token").and_then(Value::as_str).ok_or_else(|| {
+            PlatformError::ProviderUnavailable(format!(
+                "{} token endpoint answered without an access_token",
+                integration.name
+            ))
+        })?;
+        cred.access_token = Some(token.to_string());
+        cred.expires_at = body
+            .get("expires_in")
+            .and_then(Value::as_i64)
+            .map(|s| now_ms() + s * 1000);
+        Ok(())
+    }
+}
+
+/// Splits answers into non-secret ones (kept on the connection, usable in
+/// URL templates) and the credential (vaulted), enforcing required questions,
+/// select options and URL syntax.
+fn collect_answers(
+    method: &AuthMethod,
+    given: &Map<String, Value>,
+) -> Result<(Map<String, Value>, CredentialData)> {
+    let mut public = Map::new();
+    let mut secret: BTreeMap<String, String> = BTreeMap::new();
+    let mut missing = Vec::new();
+    for q in &method.questions {
+        let raw = given.get(&q.id).or_else(|| {
+            if q.id == "api-key" {
+                API_KEY_ALIASES.iter().find_map(|k| given.get(*k))
+            } else {
+                None
+            }
+        });
+        let value = match raw {
+            Some(Value::String(s)) => Some(s.trim().to_string()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            Some(Value::Bool(b)) => Some(b.to_string()),
+            Some(Value::Null) | None => None,
+            Some(_) => {
+                return Err(PlatformError::bad_request(
+                    "INVALID_ANSWERS",
+                    format!("answers.{} must be a string", q.id),
+                ));
+            }
+        }
+        .filter(|s| !s.is_empty())
+        .or_else(|| q.default_value().map(str::to_owned));
+        let Some(value) = value else {
+            if q.required {
+                missing.push(q.id.clone());
+            }
+            continue;
+        };
+        if value.len() > 4096 {
+            return Err(PlatformError::bad_request(
+                "INVALID_ANSWERS",
+                format!("answers.{} is longer than 4096 characters", q.id),
+            ));
+        }
+        let value = match q.kind {
+            QuestionType::Select => {
+                if !q.options.iter().any(|o| o.value == value) {
+                    let valid: Vec<_> = q.options.iter().map(|o| o.value.as_str()).collect();
+                    return Err(PlatformError::bad_request(
+                        "INVALID_ANSWERS",
+                        format!("answers.{} must be one of: {}", q.id, valid.join(", ")),
+                    ));
+                }
+                value
+            }
+            QuestionType::Url => {
+                let ok = url::Url::parse(&value)
+                    .ok()
+                    .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
+                if ok.is_none() {
+                    return Err(PlatformError::bad_request(
+                        "INVALID_ANSWERS",
+                        format!("answers.{} must be an http(s) URL like https://app.chatwoot.com", q.id),
+                    ));
+                }
+                value.trim_end_matches('/').to_string()
+            }
+            _ => value,
+        };
+        if q.is_secret() {
+            secret.insert(q.id.clone(), value);
+        } else {
+            public.insert(q.id.clone(), Value::String(value));
+        }
+    }
+    if !missing.is_empty() {
+        return Err(PlatformError::bad_request(
+            "MISSING_ANSWERS",
+            format!("missing answers: {}", missing.join(", ")),
+        ));
+    }
+    let mut cred = CredentialData::default();
+    cred.auth_type = method.kind.as_str().to_string();
+    match method.kind {
+        AuthType::ApiKey => {
+            cred.api_key = secret.remove("api-key");
+        }
+        AuthType::Basic => {
+            cred.username = secret
+                .remove("username")
+                .or_else(|| public.remove("username").and_then(|v| v.as_str().map(str::to_owned)));
+            cred.password = secret.remove("password");
+        }
+        AuthType::OAuth2ClientCredentials => {
+            cred.client_id = secret
+                .remove("clientId")
+                .or_else(|| public.remove("clientId").and_then(|v| v.as_str().map(str::to_owned)));
+            cred.client_secret = secret.remove("clientSecret");
+        }
+        AuthType::OAuth2 => {}
+    }
+    cred.secrets = secret;
+    Ok((public, cred))
+}
+
+/// A short, printable reason from a provider's error body.
+fn provider_reason(body: &[u8], status: u16) -> String {
+    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let pick = |v: &Value| -> Option<String> {
+        for k in ["message", "error_description", "detail", "error"] {
+            match v.get(k) {
+                Some(Value::String(s)) if !s.is_empty() => return Some(s.clone()),
+                Some(o @ Value::Object(_)) => {
+                    if let Some(Value::String(s)) = o.get("message") {
+                        return Some(s.clone());
+                    }
+                }
+                _ => {}
+            }
+        }
+        None
+    };
+    let reason = pick(&v).unwrap_or_else(|| format!("HTTP {status}"));
+    let reason: String = reason.chars().filter(|c| !c.is_control()).take(300).collect();
+    reason
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_catalog::Catalog;
+
+    fn answers(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn answers_split_into_public_and_secret() {
+        let c = Catalog::builtin();
+        let m = c.get("chatwoot").unwrap().default_auth();
+        let (public, cred) = collect_answers(
+            m,
+            &answers(serde_json::json!({"instanceUrl": "https://chat.example.com/", "accountId": 7, "api-key": "tok"})),
+        )
+        .unwrap();
+        assert_eq!(public["instanceUrl"], "https://chat.example.com");
+        assert_eq!(public["accountId"], "7");
+        assert!(!public.contains_key("api-key"));
+        assert_eq!(cred.api_key.as_deref(), Some("tok"));
+    }
+
+    #[test]
+    fn missing_and_invalid_answers_are_named() {
+        let c = Catalog::builtin();
+        let m = c.get("chatwoot").unwrap().default_auth();
+        let e = collect_answers(m, &answers(serde_json::json!({"instanceUrl": "x"}))).unwrap_err();
+        assert!(e.to_string().contains("instanceUrl"), "{e}");
+        let e = collect_answers(m, &answers(serde_json::json!({}))).unwrap_err();
+        assert!(e.to_string().contains("accountId") && e.to_string().contains("api-key"), "{e}");
+        let sf = c.get("customerio").unwrap().default_auth();
+        let e = collect_answers(sf, &answers(serde_json::json!({"api-key": "k", "apiHost": "evil.com"}))).unwrap_err();
+        assert!(e.to_string().contains("one of"), "{e}");
+    }
+
+    #[test]
+    fn provider_reason_is_short_and_clean() {
+        assert_eq!(provider_reason(br#"{"message":"bad key"}"#, 401), "bad key");
+        assert_eq!(provider_reason(br#"{"error":{"message":"nope"}}"#, 401), "nope");
+        assert_eq!(provider_reason(b"<html>", 403), "HTTP 403");
+        assert_eq!(provider_reason(br#"{"error":"a\nb"}"#, 401), "ab");
+    }
+}

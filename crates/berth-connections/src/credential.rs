@@ -1,0 +1,161 @@
+//! A connection's provider secrets, and how they are put on a request.
+//!
+//! [`CredentialData`] exists in plaintext only in memory: it is sealed by the
+//! vault (bound to the environment and connection id) before it is stored,
+//! its `Debug` output is redacted, and it is zeroed on drop.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use berth_catalog::{AuthType, Integration, TemplateError};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialData {
+    pub auth_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    /// Unix milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
+    /// Other secret connect-form answers (e.g. a second key).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, String>,
+}
+
+impl fmt::Debug for CredentialData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CredentialData({}, <redacted>)", self.auth_type)
+    }
+}
+
+impl Drop for CredentialData {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        for s in [
+            &mut self.api_key,
+            &mut self.username,
+            &mut self.password,
+            &mut self.client_id,
+            &mut self.client_secret,
+            &mut self.access_token,
+            &mut self.refresh_token,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            s.zeroize();
+        }
+        for v in self.secrets.values_mut() {
+            v.zeroize();
+        }
+    }
+}
+
+impl CredentialData {
+    /// The `{{credential.x}}` template values.
+    fn lookup(&self, key: &str) -> Option<String> {
+        match key {
+            "apiKey" => self.api_key.clone(),
+            "username" => self.username.clone(),
+            "password" => self.password.clone(),
+            "accessToken" => self.access_token.clone(),
+            "clientId" => self.client_id.clone(),
+            "basic" => {
+                // Basic auth with an API key alone (Mailchimp: any user, key as password).
+                let user = self.username.clone().unwrap_or_else(|| "berth".into());
+                let pass = self.password.clone().or_else(|| self.api_key.clone())?;
+                Some(STANDARD.encode(format!("{user}:{pass}")))
+            }
+            other => self.secrets.get(other).cloned(),
+        }
+    }
+}
+
+/// Where and how to call a connection's provider.
+#[derive(Clone)]
+pub struct ProviderTarget {
+    /// Without a trailing slash.
+    pub base_url: String,
+    pub headers: Vec<(String, String)>,
+    pub query: Vec<(String, String)>,
+}
+
+impl fmt::Debug for ProviderTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProviderTarget")
+            .field("base_url", &self.base_url)
+            .field("headers", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The non-secret context a connection's templates may name.
+pub struct TemplateContext<'a> {
+    pub answers: &'a serde_json::Map<String, serde_json::Value>,
+    pub metadata: &'a serde_json::Map<String, serde_json::Value>,
+    pub public_url: &'a str,
+}
+
+impl TemplateContext<'_> {
+    fn lookup(&self, name: &str, cred: &CredentialData) -> Option<String> {
+        let as_string = |v: &serde_json::Value| match v {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Null => None,
+            other => Some(other.to_string()),
+        };
+        if name == "public_url" {
+            return Some(self.public_url.trim_end_matches('/').to_string());
+        }
+        let (scope, key) = name.split_once('.')?;
+        match scope {
+            "answers" => self.answers.get(key).and_then(as_string),
+            "metadata" => self.metadata.get(key).and_then(as_string),
+            "credential" => cred.lookup(key),
+            _ => None,
+        }
+    }
+}
+
+/// Resolves base URL and credential placement for `kind` of `integration`.
+pub fn provider_target(
+    integration: &Integration,
+    kind: AuthType,
+    cred: &CredentialData,
+    ctx: &TemplateContext<'_>,
+) -> Result<ProviderTarget, TemplateError> {
+    let method = integration
+        .auth_method(kind)
+        .ok_or_else(|| TemplateError::Missing(format!("auth method {kind}")))?;
+    let look = |name: &str| ctx.lookup(name, cred);
+    let base_url = berth_catalog::render(integration.base_url_for(kind), look)?
+        .trim_end_matches('/')
+        .to_string();
+    let value = berth_catalog::render(&method.attach.value, look)?;
+    let mut target = ProviderTarget {
+        base_url,
+        headers: Vec::new(),
+        query: Vec::new(),
+    };
+    if let Some(h) = &method.attach.header {
+        target.headers.push((h.clone(), value));
+    } else if let Some(q) = &method.attach.query {
+        target.query.push((q.clone(), value));
+    }
+    Ok(target)
+}

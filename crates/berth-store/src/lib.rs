@@ -1,0 +1,492 @@
+//! Berth's store: every durable row, on SQLite (embedded default) or
+//! PostgreSQL (selected by a `postgres://` URL).
+//!
+//! One [`Store`] type serves both backends. Queries are written once, with
+//! `$N` placeholders that both drivers understand, and the `with_db!` macro
+//! expands each method body once per backend, so there is a single interface
+//! and no `AnyPool` type erasure. Compile-time query checking is given up for
+//! that; the conformance suite in `tests/conformance.rs`, run against both
+//! backends in CI, takes its place.
+//!
+//! Architecture invariants kept here:
+//! - every query on tenant data is scoped by `environment_id`;
+//! - a state change and the event it causes commit in one transaction;
+//! - every write transaction starts with a write, so on SQLite it takes the
+//!   write lock up front instead of failing to upgrade a stale read snapshot.
+#![forbid(unsafe_code)]
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+
+mod rows;
+pub use rows::*;
+
+/// The id of the project created on first start.
+pub const DEFAULT_PROJECT_ID: &str = "v_project_default";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("unsupported database URL (use sqlite:// or postgres://)")]
+    UnsupportedUrl,
+}
+
+impl StoreError {
+    pub fn is_unique_violation(&self) -> bool {
+        matches!(self, StoreError::Database(sqlx::Error::Database(d)) if d.is_unique_violation())
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Clone, Debug)]
+enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$pool` bound to whichever pool this store has.
+macro_rules! with_db {
+    ($self:expr, $pool:ident => $body:expr) => {
+        match &$self.db {
+            Db::Sqlite($pool) => $body,
+            Db::Postgres($pool) => $body,
+        }
+    };
+}
+
+macro_rules! connection_cols {
+    () => {
+        "id, environment_id, integration_id, auth_type, status, auth_state, auth_error, \
+         external_user_id, metadata, answers, native_org_id, native_user_id, native_org_url, \
+         created_at, updated_at, last_activity_at, deleted_at"
+    };
+}
+
+macro_rules! session_cols {
+    () => {
+        "id, environment_id, kind, integration_id, external_user_id, metadata, allowed_origins, \
+         state, connection_id, created_at, expires_at, completed_at, exchanged_at"
+    };
+}
+
+/// The handle to the database. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    db: Db,
+}
+
+/// Why a connection could not be created for a session.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateConnectionError {
+    #[error("the environment's connection limit of {0} is reached")]
+    LimitReached(i64),
+    #[error("the session is expired or was already used")]
+    SessionNotPending,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for CreateConnectionError {
+    fn from(e: sqlx::Error) -> Self {
+        CreateConnectionError::Store(e.into())
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `url`.
+    pub async fn connect(url: &str) -> Result<Self> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pool = PgPoolOptions::new()
+                .max_connections(16)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect(url)
+                .await?;
+            Ok(Self {
+                db: Db::Postgres(pool),
+            })
+        } else if url.starts_with("sqlite:") {
+            let opts = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(15))
+                .foreign_keys(true);
+            let pool = SqlitePoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(Duration::from_secs(15))
+                .connect_with(opts)
+                .await?;
+            Ok(Self {
+                db: Db::Sqlite(pool),
+            })
+        } else {
+            Err(StoreError::UnsupportedUrl)
+        }
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self.db {
+            Db::Sqlite(_) => "sqlite",
+            Db::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Applies the embedded migrations of this backend.
+    pub async fn migrate(&self) -> Result<()> {
+        match &self.db {
+            Db::Sqlite(p) => sqlx::migrate!("./migrations/sqlite").run(p).await?,
+            Db::Postgres(p) => sqlx::migrate!("./migrations/postgres").run(p).await?,
+        }
+        Ok(())
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        with_db!(self, p => sqlx::query("SELECT 1").execute(p).await.map(|_| ()))?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        with_db!(self, p => p.close().await)
+    }
+
+    // ---- tenancy ---------------------------------------------------------
+
+    /// Creates the default project with its `development` and `production`
+    /// environments if the store has none. Returns the environments when it
+    /// created them, `None` when they already existed.
+    pub async fn bootstrap(&self, now: i64) -> Result<Option<Vec<Environment>>> {
+        let created = with_db!(self, p => {
+            let mut tx = p.begin().await?;
+            let r = sqlx::query(
+                "INSERT INTO projects (id, name, created_at) VALUES ($1, 'Default project', $2) \
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(DEFAULT_PROJECT_ID)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            if r.rows_affected() == 1 {
+                for name in ["development", "production"] {
+                    sqlx::query(
+                        "INSERT INTO environments (id, project_id, name, created_at) VALUES ($1, $2, $3, $4)",
+                    )
+                    .bind(format!("v_env_{name}"))
+                    .bind(DEFAULT_PROJECT_ID)
+                    .bind(name)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+            tx.commit().await?;
+            r.rows_affected() == 1
+        });
+        if created {
+            Ok(Some(self.environments().await?))
+        } else {
+            Ok(None)
+        }
+    }
+
+    pub async fn environments(&self) -> Result<Vec<Environment>> {
+        Ok(with_db!(self, p => sqlx::query_as::<_, Environment>(
+            "SELECT id, project_id, name, created_at FROM environments ORDER BY created_at, name"
+        ).fetch_all(p).await)?)
+    }
+
+    pub async fn environment_by_name(&self, name: &str) -> Result<Option<Environment>> {
+        Ok(with_db!(self, p => sqlx::query_as::<_, Environment>(
+            "SELECT id, project_id, name, created_at FROM environments WHERE project_id = $1 AND name = $2"
+        ).bind(DEFAULT_PROJECT_ID).bind(name).fetch_optional(p).await)?)
+    }
+
+    // ---- API tokens ------------------------------------------------------
+
+    pub async fn insert_api_token(&self, t: &NewApiToken<'_>) -> Result<()> {
+        with_db!(self, p => sqlx::query(
+            "INSERT INTO api_tokens (id, environment_id, name, prefix, token_hash, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)"
+        )
+        .bind(t.id).bind(t.environment_id).bind(t.name).bind(t.prefix).bind(t.token_hash).bind(t.created_at)
+        .execute(p).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// The environment of a live (not revoked) API token.
+    pub async fn environment_by_api_token_hash(&self, hash: &str) -> Result<Option<Environment>> {
+        Ok(with_db!(self, p => sqlx::query_as::<_, Environment>(
+            "SELECT e.id, e.project_id, e.name, e.created_at FROM api_tokens t \
+             JOIN environments e ON e.id = t.environment_id \
+             WHERE t.token_hash = $1 AND t.revoked_at IS NULL"
+        ).bind(hash).fetch_optional(p).await)?)
+    }
+
+    pub async fn list_api_tokens(&self) -> Result<Vec<ApiToken>> {
+        Ok(with_db!(self, p => sqlx::query_as::<_, ApiToken>(
+            "SELECT t.id, t.environment_id, e.name AS environment, t.name, t.prefix, t.created_at, t.revoked_at \
+             FROM api_tokens t JOIN environments e ON e.id = t.environment_id ORDER BY t.created_at, t.id"
+        ).fetch_all(p).await)?)
+    }
+
+    /// Revokes the token with this id or prefix; returns how many were revoked.
+    pub async fn revoke_api_token(&self, id_or_prefix: &str, now: i64) -> Result<u64> {
+        Ok(with_db!(self, p => sqlx::query(
+            "UPDATE api_tokens SET revoked_at = $2 WHERE (id = $1 OR prefix = $1) AND revoked_at IS NULL"
+        ).bind(id_or_prefix).bind(now).execute(p).await.map(|r| r.rows_affected()))?)
+    }
+
+    // ---- connect sessions -------------------------------------------------
+
+    pub async fn insert_session(&self, s: &NewSession<'_>) -> Result<()> {
+        with_db!(self, p => sqlx::query(
+            "INSERT INTO auth_sessions (id, environment_id, kind, token_hash, integration_id, external_user_id, \
+             metadata, allowed_origins, state, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'created', $9, $10)"
+        )
+        .bind(s.id).bind(s.environment_id).bind(s.kind).bind(s.token_hash).bind(s.integration_id)
+        .bind(s.external_user_id).bind(s.metadata).bind(s.allowed_origins).bind(s.created_at).bind(s.expires_at)
+        .execute(p).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    pub async fn session_by_token_hash(&self, hash: &str) -> Result<Option<AuthSession>> {
+        Ok(with_db!(self, p => sqlx::query_as::<_, AuthSession>(
+            concat!("SELECT ", session_cols!(), " FROM auth_sessions WHERE token_hash = $1")
+        ).bind(hash).fetch_optional(p).await)?)
+    }
+
+    pub async fn session_by_public_token_hash(&self, hash: &str) -> Result<Option<AuthSession>> {
+        Ok(with_db!(self, p => sqlx::query_as::<_, AuthSession>(
+            concat!("SELECT ", session_cols!(), " FROM auth_sessions WHERE public_token_hash = $1")
+        ).bind(hash).fetch_optional(p).await)?)
+    }
+
+    /// Completes a pending session by creating its connection, credential and
+    /// `connection.created` event, all in one transaction, enforcing the
+    /// environment's live-connection limit.
+    pub async fn create_connection_for_session(
+        &self,
+        req: &CreateConnection<'_>,
+    ) -> Result<(), CreateConnectionError> {
+        let c = req.connection;
+        with_db!(self, p => {
+            let mut tx = p.begin().await?;
+            // First statement is a write: it serialises concurrent creations
+            // in one environment (row lock on PostgreSQL, write lock on SQLite).
+            sqlx::query("UPDATE environments SET connection_seq = connection_seq + 1 WHERE id = $1")
+                .bind(c.environment_id).execute(&mut *tx).await?;
+            if let Some(limit) = req.live_connection_limit {
+                let (live,): (i64,) = sqlx::query_as(
+                    "SELECT COUNT(*) FROM connections WHERE environment_id = $1 AND deleted_at IS NULL"
+                ).bind(c.environment_id).fetch_one(&mut *tx).await?;
+                if live >= limit {
+                    return Err(CreateConnectionError::LimitReached(limit));
+                }
+            }
+            sqlx::query(
+                "INSERT INTO connections (id, environment_id, integration_id, auth_type, status, auth_state, \
+                 external_user_id, metadata, answers, native_org_id, native_user_id, native_org_url, \
+                 created_at, updated_at, last_activity_at) \
+                 VALUES ($1, $2, $3, $4, $5, 'ok', $6, $7, $8, $9, $10, $11, $12, $12, $12)"
+            )
+            .bind(c.id).bind(c.environment_id).bind(c.integration_id).bind(c.auth_type).bind(c.status)
+            .bind(c.external_user_id).bind(c.metadata).bind(c.answers).bind(c.native_org_id)
+            .bind(c.native_user_id).bind(c.native_org_url).bind(req.now)
+            .execute(&mut *tx).await?;
+            sqlx::query(
+                "INSERT INTO credentials (connection_id, environment_id, version, sealed, updated_at) \
+                 VALUES ($1, $2, 1, $3, $4)"
+            ).bind(c.id).bind(c.environment_id).bind(req.sealed_credential).bind(req.now)
+            .execute(&mut *tx).await?;
+            let done = sqlx::query(
+                "UPDATE auth_sessions SET state = 'completed', connection_id = $2, completed_at = $3, \
+                 public_token_hash = $4 WHERE id = $1 AND state = 'created' AND expires_at > $3"
+            ).bind(req.session_id).bind(c.id).bind(req.now).bind(req.public_token_hash)
+            .execute(&mut *tx).await?;
+            if done.rows_affected() != 1 {
+                return Err(CreateConnectionError::SessionNotPending);
+            }
+            insert_event(&mut *tx, &req.event).await?;
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// Marks a completed session exchanged and gives its connection the
+    /// access token. `None` when the session is not completed, already
+    /// exchanged, expired, or its connection was deleted meanwhile.
+    pub async fn exchange_session(
+        &self,
+        session_id: &str,
+        access_token_hash: &str,
+        now: i64,
+    ) -> Result<Option<Connection>> {
+        Ok(with_db!(self, p => {
+            let mut tx = p.begin().await?;
+            let r = sqlx::query(
+                "UPDATE auth_sessions SET state = 'exchanged', exchanged_at = $2 \
+                 WHERE id = $1 AND state = 'completed' AND expires_at > $2"
+            ).bind(session_id).bind(now).execute(&mut *tx).await?;
+            if r.rows_affected() != 1 {
+                return Ok(None);
+            }
+            let conn = sqlx::query_as::<_, Connection>(concat!(
+                "UPDATE connections SET access_token_hash = $2, updated_at = $3 \
+                 WHERE id = (SELECT connection_id FROM auth_sessions WHERE id = $1) AND deleted_at IS NULL \
+                 RETURNING ", connection_cols!()
+            )).bind(session_id).bind(access_token_hash).bind(now).fetch_optional(&mut *tx).await?;
+            if conn.is_some() {
+                tx.commit().await?;
+            }
+            conn
+        }))
+    }
+
+    // ---- connections ------------------------------------------------------
+
+    /// Live connections of an environment in creation order, after `after`
+    /// (keyset: `(created_at, id)`).
+    pub async fn list_connections(
+        &self,
+        environment_id: &str,
+        after: Option<(i64, &str)>,
+        limit: i64,
+    ) -> Result<Vec<Connection>> {
+        let (t, id) = after.unwrap_or((i64::MIN, ""));
+        Ok(with_db!(self, p => sqlx::query_as::<_, Connection>(concat!(
+            "SELECT ", connection_cols!(), " FROM connections \
+             WHERE environment_id = $1 AND deleted_at IS NULL AND (created_at > $2 OR (created_at = $2 AND id > $3)) \
+             ORDER BY created_at, id LIMIT $4"
+        )).bind(environment_id).bind(t).bind(id).bind(limit).fetch_all(p).await)?)
+    }
+
+    pub async fn get_connection(&self, environment_id: &str, id: &str) -> Result<Option<Connection>> {
+        Ok(with_db!(self, p => sqlx::query_as::<_, Connection>(concat!(
+            "SELECT ", connection_cols!(), " FROM connections \
+             WHERE environment_id = $1 AND id = $2 AND deleted_at IS NULL"
+        )).bind(environment_id).bind(id).fetch_optional(p).await)?)
+    }
+
+    /// The live connection holding this access token, in the given environment.
+    pub async fn connection_by_access_token_hash(
+        &self,
+        environment_id: &str,
+        hash: &str,
+    ) -> Result<Option<Connection>> {
+        Ok(with_db!(self, p => sqlx::query_as::<_, Connection>(concat!(
+            "SELECT ", connection_cols!(), " FROM connections \
+             WHERE environment_id = $1 AND access_token_hash = $2 AND deleted_at IS NULL"
+        )).bind(environment_id).bind(hash).fetch_optional(p).await)?)
+    }
+
+    /// Deletes a connection: revokes its access token, erases its credential
+    /// and records `event`, atomically. `false` if there was no such live
+    /// connection.
+    pub async fn delete_connection(
+        &self,
+        environment_id: &str,
+        id: &str,
+        event: &NewEvent<'_>,
+        now: i64,
+    ) -> Result<bool> {
+        Ok(with_db!(self, p => {
+            let mut tx = p.begin().await?;
+            let r = sqlx::query(
+                "UPDATE connections SET deleted_at = $3, updated_at = $3, access_token_hash = NULL, answers = '{}' \
+                 WHERE environment_id = $1 AND id = $2 AND deleted_at IS NULL"
+            ).bind(environment_id).bind(id).bind(now).execute(&mut *tx).await?;
+            if r.rows_affected() != 1 {
+                return Ok(false);
+            }
+            sqlx::query("DELETE FROM credentials WHERE connection_id = $1 AND environment_id = $2")
+                .bind(id).bind(environment_id).execute(&mut *tx).await?;
+            insert_event(&mut *tx, event).await?;
+            tx.commit().await?;
+            true
+        }))
+    }
+
+    // ---- credentials --------------------------------------------------------
+
+    pub async fn get_credential(&self, environment_id: &str, connection_id: &str) -> Result<Option<Credential>> {
+        Ok(with_db!(self, p => sqlx::query_as::<_, Credential>(
+            "SELECT connection_id, environment_id, version, sealed, updated_at FROM credentials \
+             WHERE environment_id = $1 AND connection_id = $2"
+        ).bind(environment_id).bind(connection_id).fetch_optional(p).await)?)
+    }
+
+    /// All credentials, across environments, in connection-id order after
+    /// `after`: for key rotation, which is an operator task above tenancy.
+    pub async fn credentials_page(&self, after: &str, limit: i64) -> Result<Vec<Credential>> {
+        Ok(with_db!(self, p => sqlx::query_as::<_, Credential>(
+            "SELECT connection_id, environment_id, version, sealed, updated_at FROM credentials \
+             WHERE connection_id > $1 ORDER BY connection_id LIMIT $2"
+        ).bind(after).bind(limit).fetch_all(p).await)?)
+    }
+
+    /// Compare-and-swap on the credential version: writes `sealed` only if
+    /// the stored version is still `expected_version`.
+    pub async fn replace_credential(
+        &self,
+        connection_id: &str,
+        expected_version: i64,
+        sealed: &str,
+        now: i64,
+    ) -> Result<bool> {
+        Ok(with_db!(self, p => sqlx::query(
+            "UPDATE credentials SET sealed = $3, version = version + 1, updated_at = $4 \
+             WHERE connection_id = $1 AND version = $2"
+        ).bind(connection_id).bind(expected_version).bind(sealed).bind(now).execute(p).await
+        .map(|r| r.rows_affected()))? == 1)
+    }
+
+    // ---- events ----------------------------------------------------------------
+
+    pub async fn list_events(&self, environment_id: &str, after_seq: i64, limit: i64) -> Result<Vec<Event>> {
+        Ok(with_db!(self, p => sqlx::query_as::<_, Event>(
+            "SELECT seq, id, environment_id, connection_id, event_type, payload, created_at FROM events \
+             WHERE environment_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+        ).bind(environment_id).bind(after_seq).bind(limit).fetch_all(p).await)?)
+    }
+
+    // ---- housekeeping -------------------------------------------------------------
+
+    /// Deletes sessions that expired before `before` and were never exchanged
+    /// (exchanged ones are kept as the record of who connected what).
+    pub async fn delete_expired_sessions(&self, before: i64) -> Result<u64> {
+        Ok(with_db!(self, p => sqlx::query(
+            "DELETE FROM auth_sessions WHERE expires_at < $1 AND state <> 'exchanged'"
+        ).bind(before).execute(p).await.map(|r| r.rows_affected()))?)
+    }
+}
+
+async fn insert_event<'c, DB, E>(exec: E, e: &NewEvent<'_>) -> Result<(), sqlx::Error>
+where
+    DB: sqlx::Database,
+    E: sqlx::Executor<'c, Database = DB>,
+    for<'q> <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    sqlx::query::<DB>(
+        "INSERT INTO events (id, environment_id, connection_id, event_type, payload, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(e.id)
+    .bind(e.environment_id)
+    .bind(e.connection_id)
+    .bind(e.event_type)
+    .bind(e.payload)
+    .bind(e.created_at)
+    .execute(exec)
+    .await?;
+    Ok(())
+}
