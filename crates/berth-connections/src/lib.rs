@@ -491,6 +491,28 @@ impl Platform {
         }
     }
 
+    /// Opens a connection's vaulted credential. Plaintext lives only in the
+    /// returned value, which is zeroed on drop.
+    pub async fn load_credential(
+        &self,
+        env: &Environment,
+        connection_id: &str,
+    ) -> Result<credential::CredentialData> {
+        let row = self
+            .inner
+            .store
+            .get_credential(&env.id, connection_id)
+            .await?
+            .ok_or_else(|| connection_not_found(connection_id))?;
+        let aad = credential_aad(&env.id, connection_id);
+        let plain = self
+            .inner
+            .vault
+            .open(&row.sealed, aad.as_bytes())
+            .map_err(|e| PlatformError::Internal(Box::new(e)))?;
+        serde_json::from_slice(&plain).map_err(|e| PlatformError::Internal(Box::new(e)))
+    }
+
     // ---- vault maintenance ------------------------------------------------------
 
     /// Re-seals every credential not sealed under the active key. Safe to run

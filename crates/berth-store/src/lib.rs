@@ -490,3 +490,28 @@ where
     .await?;
     Ok(())
 }
+
+/// Helpers for tests that need a fresh database.
+pub mod testing {
+    use super::*;
+
+    /// Creates a new, empty PostgreSQL database next to the one `admin_url`
+    /// names and returns its URL.
+    pub async fn fresh_postgres_database(admin_url: &str) -> Result<String> {
+        let name = format!(
+            "berth_test_{}_{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default()
+        );
+        let admin = PgPoolOptions::new().max_connections(1).connect(admin_url).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await?;
+        admin.close().await;
+        let (base, _) = admin_url.rsplit_once('/').ok_or(StoreError::UnsupportedUrl)?;
+        Ok(format!("{base}/{name}"))
+    }
+}

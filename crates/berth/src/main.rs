@@ -1,1 +1,196 @@
-fn main() {}
+//! `berth`: one binary, several subcommands. Parses the command line,
+//! initialises logging and dispatches; the work lives in the library.
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use berth::config::{Config, ServeArgs, StoreArgs};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "berth", version, about = "Berth: self-hosted embedded integrations and unified GTM API")]
+struct Cli {
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP API.
+    Serve(ServeArgs),
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Manage API tokens.
+    #[command(subcommand, name = "api-token")]
+    ApiToken(ApiTokenCmd),
+    /// Manage the credential vault.
+    #[command(subcommand)]
+    Vault(VaultCmd),
+    /// Print Berth's OpenAPI document.
+    Openapi,
+}
+
+#[derive(Subcommand)]
+enum ApiTokenCmd {
+    /// Create a token; prints only the token on stdout.
+    Create {
+        #[arg(long, value_parser = ["development", "production"])]
+        environment: String,
+        #[arg(long, default_value = "cli")]
+        name: String,
+    },
+    /// List tokens (names and prefixes, never secrets).
+    List,
+    /// Revoke a token by id or prefix.
+    Revoke { id_or_prefix: String },
+}
+
+#[derive(Subcommand)]
+enum VaultCmd {
+    /// Re-encrypt every credential under the newest key. With the key file
+    /// (no BERTH_MASTER_KEY), first generates and appends a new key.
+    RotateKey {
+        /// After re-encrypting, remove the old keys from the key file.
+        #[arg(long)]
+        prune: bool,
+    },
+    /// Print a new random master key (for BERTH_MASTER_KEY).
+    GenerateKey,
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if std::env::var("BERTH_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let no_serve = ServeArgs::default();
+    match cli.command {
+        Command::Serve(serve) => {
+            let config = Config::resolve(&cli.store, &serve)?;
+            let app = berth::App::build(&config).await?;
+            if let Some(token) = &app.initial_token {
+                // stdout, not the log: the one time this secret is shown.
+                println!(
+                    "\n==================================================================\n\
+                     Berth created a default project with development and production\n\
+                     environments. Your DEVELOPMENT API token (shown only this once):\n\n    {token}\n\n\
+                     Send it as the x-vessel-api-token (v2) or vessel-api-token (v1)\n\
+                     header. Create more with: berth api-token create --environment ...\n\
+                     ==================================================================\n"
+                );
+            }
+            tracing::info!(addr = %app.addr, backend = app.platform.store().backend(), public_url = %app.platform.config().public_url, "berth is listening");
+            println!("Listening on http://{}", app.addr);
+            app.run_until_stopped(berth::shutdown_signal()).await
+        }
+        Command::Migrate => {
+            let config = Config::resolve(&cli.store, &no_serve)?;
+            let store = berth::open_store(&config).await?;
+            eprintln!("migrations applied ({})", store.backend());
+            store.close().await;
+            Ok(())
+        }
+        Command::ApiToken(cmd) => {
+            let config = Config::resolve(&cli.store, &no_serve)?;
+            let platform = berth::platform(&config, String::new()).await?;
+            platform.store().bootstrap(berth_connections::now_ms()).await?;
+            match cmd {
+                ApiTokenCmd::Create { environment, name } => {
+                    let token = platform.create_api_token(&environment, &name).await?;
+                    println!("{token}");
+                }
+                ApiTokenCmd::List => {
+                    println!("{:<28} {:<12} {:<18} {:<24} STATUS", "ID", "ENVIRONMENT", "PREFIX", "NAME");
+                    for t in platform.store().list_api_tokens().await? {
+                        println!(
+                            "{:<28} {:<12} {:<18} {:<24} {}",
+                            t.id,
+                            t.environment,
+                            format!("{}…", t.prefix),
+                            t.name,
+                            if t.revoked_at.is_some() { "revoked" } else { "active" }
+                        );
+                    }
+                }
+                ApiTokenCmd::Revoke { id_or_prefix } => {
+                    let n = platform
+                        .store()
+                        .revoke_api_token(&id_or_prefix, berth_connections::now_ms())
+                        .await?;
+                    if n == 0 {
+                        anyhow::bail!("no active token with id or prefix `{id_or_prefix}`");
+                    }
+                    eprintln!("revoked {n} token(s)");
+                }
+            }
+            platform.store().close().await;
+            Ok(())
+        }
+        Command::Vault(VaultCmd::GenerateKey) => {
+            println!("{}", berth_vault::MasterKey::generate().encode().as_str());
+            Ok(())
+        }
+        Command::Vault(VaultCmd::RotateKey { prune }) => {
+            let config = Config::resolve(&cli.store, &no_serve)?;
+            let vault = berth::open_vault(&config)?;
+            let key_file = vault.key_file().map(|p| p.to_path_buf());
+            if let Some(path) = &key_file {
+                let ring = vault.keyring().with_new_key(berth_vault::MasterKey::generate());
+                ring.write_file(path).context("cannot write the key file")?;
+                eprintln!("added key {} to {}", ring.active().id(), path.display());
+            } else if prune {
+                anyhow::bail!("--prune works on the key file; with {} remove the old keys from the variable yourself", berth::MASTER_KEY_ENV);
+            }
+            let platform = berth::platform(&config, String::new()).await?;
+            let n = platform.reseal_credentials().await?;
+            eprintln!("re-encrypted {n} credential(s) under key {}", platform_key_id(&config)?);
+            if prune && let Some(path) = &key_file {
+                let ring = berth::open_vault(&config)?.keyring().only_active();
+                ring.write_file(path).context("cannot write the key file")?;
+                eprintln!("removed old keys; {} now holds only key {}", path.display(), ring.active().id());
+            }
+            platform.store().close().await;
+            Ok(())
+        }
+        Command::Openapi => {
+            print!("{}", berth_api::openapi_string());
+            Ok(())
+        }
+    }
+}
+
+fn platform_key_id(config: &Config) -> anyhow::Result<String> {
+    Ok(berth::open_vault(config)?.active_key_id())
+}

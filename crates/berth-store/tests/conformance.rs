@@ -1,0 +1,303 @@
+//! The store conformance suite: every behaviour the rest of Berth relies on,
+//! checked on SQLite and on PostgreSQL.
+//!
+//! PostgreSQL runs when `BERTH_TEST_POSTGRES_URL` names a server (the test
+//! script starts a throwaway one). Under `CI` a missing URL is a failure,
+//! so the PostgreSQL half can never be skipped silently there.
+
+use berth_store::*;
+
+async fn backends() -> Vec<Store> {
+    let mut out = Vec::new();
+    let dir = tempfile::tempdir().unwrap().keep();
+    let url = format!("sqlite://{}?mode=rwc", dir.join("t.db").display());
+    out.push(Store::connect(&url).await.unwrap());
+    match std::env::var("BERTH_TEST_POSTGRES_URL") {
+        Ok(admin) if !admin.is_empty() => {
+            let url = testing::fresh_postgres_database(&admin).await.unwrap();
+            out.push(Store::connect(&url).await.unwrap());
+        }
+        _ if std::env::var("CI").is_ok() => {
+            panic!("CI must set BERTH_TEST_POSTGRES_URL so the store suite runs on PostgreSQL too")
+        }
+        _ => eprintln!("note: BERTH_TEST_POSTGRES_URL unset; PostgreSQL half skipped"),
+    }
+    for s in &out {
+        s.migrate().await.unwrap();
+        // migrating twice is a no-op
+        s.migrate().await.unwrap();
+    }
+    out
+}
+
+async fn bootstrapped() -> Vec<(Store, Environment, Environment)> {
+    let mut out = Vec::new();
+    for s in backends().await {
+        let envs = s.bootstrap(1).await.unwrap().expect("first bootstrap creates");
+        assert!(s.bootstrap(2).await.unwrap().is_none(), "second bootstrap is a no-op");
+        let dev = envs.iter().find(|e| e.name == "development").unwrap().clone();
+        let prod = envs.iter().find(|e| e.name == "production").unwrap().clone();
+        out.push((s, dev, prod));
+    }
+    out
+}
+
+fn new_conn<'a>(id: &'a str, env: &'a str) -> NewConnection<'a> {
+    NewConnection {
+        id,
+        environment_id: env,
+        integration_id: "sandbox",
+        auth_type: "apiKey",
+        status: "NEW_CONNECTION",
+        external_user_id: Some("u1"),
+        metadata: Some(r#"{"a":1}"#),
+        answers: "{}",
+        native_org_id: None,
+        native_user_id: None,
+        native_org_url: None,
+    }
+}
+
+async fn session(s: &Store, env: &str, id: &str, expires_at: i64) {
+    s.insert_session(&NewSession {
+        id,
+        environment_id: env,
+        kind: "session",
+        token_hash: &format!("hash-{id}"),
+        integration_id: None,
+        external_user_id: Some("u1"),
+        metadata: None,
+        allowed_origins: "[]",
+        created_at: 1,
+        expires_at,
+    })
+    .await
+    .unwrap();
+}
+
+async fn connect(s: &Store, env: &str, sid: &str, cid: &str, limit: Option<i64>) -> Result<(), CreateConnectionError> {
+    session(s, env, sid, i64::MAX).await;
+    let c = new_conn(cid, env);
+    s.create_connection_for_session(&CreateConnection {
+        session_id: sid,
+        connection: &c,
+        sealed_credential: "sealed",
+        public_token_hash: Some(&format!("pub-{sid}")),
+        live_connection_limit: limit,
+        event: NewEvent {
+            id: &format!("evt-{cid}"),
+            environment_id: env,
+            connection_id: Some(cid),
+            event_type: "connection.created",
+            payload: "{}",
+            created_at: 10,
+        },
+        now: 10,
+    })
+    .await
+}
+
+#[tokio::test]
+async fn api_tokens_hash_lookup_scoping_and_revocation() {
+    for (s, dev, prod) in bootstrapped().await {
+        for (id, env, hash) in [("t1", &dev, "h1"), ("t2", &prod, "h2")] {
+            s.insert_api_token(&NewApiToken { id, environment_id: &env.id, name: "n", prefix: "berth_dev_ab", token_hash: hash, created_at: 5 })
+                .await
+                .unwrap();
+        }
+        assert_eq!(s.environment_by_api_token_hash("h1").await.unwrap().unwrap().name, "development");
+        assert_eq!(s.environment_by_api_token_hash("h2").await.unwrap().unwrap().name, "production");
+        assert!(s.environment_by_api_token_hash("nope").await.unwrap().is_none());
+        let dup = s
+            .insert_api_token(&NewApiToken { id: "t3", environment_id: &dev.id, name: "n", prefix: "p", token_hash: "h1", created_at: 5 })
+            .await
+            .unwrap_err();
+        assert!(dup.is_unique_violation(), "{} {dup}", s.backend());
+        assert_eq!(s.list_api_tokens().await.unwrap().len(), 2);
+        assert_eq!(s.revoke_api_token("t1", 9).await.unwrap(), 1);
+        assert_eq!(s.revoke_api_token("t1", 9).await.unwrap(), 0);
+        assert!(s.environment_by_api_token_hash("h1").await.unwrap().is_none());
+        assert!(s.list_api_tokens().await.unwrap().iter().any(|t| t.id == "t1" && t.revoked_at == Some(9)));
+    }
+}
+
+#[tokio::test]
+async fn connection_creation_is_atomic_and_limited() {
+    for (s, dev, prod) in bootstrapped().await {
+        for i in 0..3 {
+            connect(&s, &dev.id, &format!("s{i}"), &format!("c{i}"), Some(3)).await.unwrap();
+        }
+        let err = connect(&s, &dev.id, "s3", "c3", Some(3)).await.unwrap_err();
+        assert!(matches!(err, CreateConnectionError::LimitReached(3)), "{err}");
+        // nothing of the refused attempt was written
+        assert!(s.get_connection(&dev.id, "c3").await.unwrap().is_none());
+        assert!(s.get_credential(&dev.id, "c3").await.unwrap().is_none());
+        assert_eq!(s.list_events(&dev.id, 0, 100).await.unwrap().len(), 3);
+        // the limit is per environment
+        connect(&s, &prod.id, "p0", "pc0", None).await.unwrap();
+        // a used session cannot create a second connection
+        let c = new_conn("c9", &dev.id);
+        let again = s
+            .create_connection_for_session(&CreateConnection {
+                session_id: "s0",
+                connection: &c,
+                sealed_credential: "x",
+                public_token_hash: None,
+                live_connection_limit: None,
+                event: NewEvent { id: "e9", environment_id: &dev.id, connection_id: None, event_type: "x", payload: "{}", created_at: 1 },
+                now: 11,
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(again, CreateConnectionError::SessionNotPending));
+        assert!(s.get_connection(&dev.id, "c9").await.unwrap().is_none());
+        // an expired session cannot either
+        session(&s, &dev.id, "old", 5).await;
+        let c = new_conn("c8", &prod.id);
+        let expired = s
+            .create_connection_for_session(&CreateConnection {
+                session_id: "old",
+                connection: &c,
+                sealed_credential: "x",
+                public_token_hash: None,
+                live_connection_limit: None,
+                event: NewEvent { id: "e8", environment_id: &prod.id, connection_id: None, event_type: "x", payload: "{}", created_at: 1 },
+                now: 11,
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(expired, CreateConnectionError::SessionNotPending));
+    }
+}
+
+#[tokio::test]
+async fn concurrent_creations_never_exceed_the_limit() {
+    for (s, dev, _) in bootstrapped().await {
+        let mut tasks = Vec::new();
+        for i in 0..12 {
+            let s = s.clone();
+            let env = dev.id.clone();
+            tasks.push(tokio::spawn(async move {
+                connect(&s, &env, &format!("cs{i}"), &format!("cc{i}"), Some(5)).await
+            }));
+        }
+        let mut ok = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(()) => ok += 1,
+                Err(CreateConnectionError::LimitReached(_)) => {}
+                Err(e) => panic!("{}: unexpected {e}", s.backend()),
+            }
+        }
+        assert_eq!(ok, 5, "{}", s.backend());
+        let (live, _) = (s.list_connections(&dev.id, None, 100).await.unwrap().len(), ());
+        assert_eq!(live, 5);
+    }
+}
+
+#[tokio::test]
+async fn exchange_is_single_use_and_scoped() {
+    for (s, dev, prod) in bootstrapped().await {
+        connect(&s, &dev.id, "s1", "c1", None).await.unwrap();
+        let sess = s.session_by_public_token_hash("pub-s1").await.unwrap().unwrap();
+        assert_eq!(sess.state, "completed");
+        assert_eq!(sess.connection_id.as_deref(), Some("c1"));
+        let c = s.exchange_session("s1", "ah1", 20).await.unwrap().unwrap();
+        assert_eq!(c.id, "c1");
+        assert!(s.exchange_session("s1", "ah2", 21).await.unwrap().is_none());
+        assert_eq!(s.connection_by_access_token_hash(&dev.id, "ah1").await.unwrap().unwrap().id, "c1");
+        assert!(s.connection_by_access_token_hash(&prod.id, "ah1").await.unwrap().is_none());
+        assert!(s.connection_by_access_token_hash(&dev.id, "ah2").await.unwrap().is_none());
+        assert!(s.get_connection(&prod.id, "c1").await.unwrap().is_none());
+    }
+}
+
+#[tokio::test]
+async fn delete_revokes_erases_and_records() {
+    for (s, dev, prod) in bootstrapped().await {
+        connect(&s, &dev.id, "s1", "c1", None).await.unwrap();
+        s.exchange_session("s1", "ah1", 20).await.unwrap().unwrap();
+        let ev = |id: &'static str, env: &'static str| NewEvent {
+            id,
+            environment_id: env,
+            connection_id: Some("c1"),
+            event_type: "connection.deleted",
+            payload: "{}",
+            created_at: 30,
+        };
+        // another environment cannot delete it
+        let prod_id: &'static str = Box::leak(prod.id.clone().into_boxed_str());
+        let dev_id: &'static str = Box::leak(dev.id.clone().into_boxed_str());
+        assert!(!s.delete_connection(prod_id, "c1", &ev("e1", prod_id), 30).await.unwrap());
+        assert!(s.delete_connection(dev_id, "c1", &ev("e2", dev_id), 30).await.unwrap());
+        assert!(!s.delete_connection(dev_id, "c1", &ev("e3", dev_id), 31).await.unwrap());
+        assert!(s.get_connection(dev_id, "c1").await.unwrap().is_none());
+        assert!(s.get_credential(dev_id, "c1").await.unwrap().is_none());
+        assert!(s.connection_by_access_token_hash(dev_id, "ah1").await.unwrap().is_none());
+        let events = s.list_events(dev_id, 0, 10).await.unwrap();
+        assert_eq!(events.iter().map(|e| e.event_type.as_str()).collect::<Vec<_>>(), ["connection.created", "connection.deleted"]);
+        assert!(events[0].seq < events[1].seq);
+        assert!(s.list_events(prod_id, 0, 10).await.unwrap().is_empty());
+        // the freed slot counts again toward the limit
+        connect(&s, dev_id, "s2", "c2", Some(1)).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn keyset_paging_is_stable_under_inserts() {
+    for (s, dev, _) in bootstrapped().await {
+        for i in 0..7 {
+            connect(&s, &dev.id, &format!("s{i}"), &format!("c{i}"), None).await.unwrap();
+        }
+        let first = s.list_connections(&dev.id, None, 3).await.unwrap();
+        assert_eq!(first.len(), 3);
+        let last = first.last().unwrap();
+        // inserted "before" the cursor position (same timestamp, smaller id): not repeated
+        connect(&s, &dev.id, "sa", "c0a", None).await.unwrap();
+        let mut seen: Vec<String> = first.iter().map(|c| c.id.clone()).collect();
+        let mut after = (last.created_at, last.id.clone());
+        loop {
+            let page = s.list_connections(&dev.id, Some((after.0, &after.1)), 3).await.unwrap();
+            if page.is_empty() {
+                break;
+            }
+            after = (page.last().unwrap().created_at, page.last().unwrap().id.clone());
+            seen.extend(page.into_iter().map(|c| c.id));
+        }
+        let mut sorted = seen.clone();
+        sorted.dedup();
+        assert_eq!(sorted.len(), seen.len(), "no repeats: {seen:?}");
+        for i in 0..7 {
+            assert!(seen.contains(&format!("c{i}")), "{seen:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn credential_compare_and_swap() {
+    for (s, dev, _) in bootstrapped().await {
+        connect(&s, &dev.id, "s1", "c1", None).await.unwrap();
+        let c = s.get_credential(&dev.id, "c1").await.unwrap().unwrap();
+        assert_eq!(c.version, 1);
+        assert!(s.replace_credential("c1", 1, "v2", 5).await.unwrap());
+        assert!(!s.replace_credential("c1", 1, "stale", 6).await.unwrap());
+        let c = s.get_credential(&dev.id, "c1").await.unwrap().unwrap();
+        assert_eq!((c.version, c.sealed.as_str()), (2, "v2"));
+        let page = s.credentials_page("", 10).await.unwrap();
+        assert_eq!(page.len(), 1);
+        assert!(s.credentials_page("c1", 10).await.unwrap().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn expired_sessions_are_cleaned_but_exchanged_ones_kept() {
+    for (s, dev, _) in bootstrapped().await {
+        session(&s, &dev.id, "old", 5).await;
+        connect(&s, &dev.id, "s1", "c1", None).await.unwrap();
+        s.exchange_session("s1", "ah", 6).await.unwrap().unwrap();
+        assert_eq!(s.delete_expired_sessions(i64::MAX).await.unwrap(), 1);
+        assert!(s.session_by_token_hash("hash-old").await.unwrap().is_none());
+        assert!(s.session_by_token_hash("hash-s1").await.unwrap().is_some());
+        s.ping().await.unwrap();
+    }
+}

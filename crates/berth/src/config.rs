@@ -1,0 +1,180 @@
+//! One typed, validated configuration. Precedence: command-line flag, then
+//! environment variable (`BERTH_*`), then the optional TOML file
+//! (`--config` / `BERTH_CONFIG`), then the built-in default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use serde::Deserialize;
+
+/// Options every subcommand takes: where the data lives.
+#[derive(Args, Debug, Clone, Default)]
+pub struct StoreArgs {
+    /// TOML config file (keys: listen, data_dir, database_url, public_url,
+    /// providers_file, session_ttl_secs, dev_connection_limit).
+    #[arg(long, env = "BERTH_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Directory for the SQLite database and the generated master key file.
+    #[arg(long, env = "BERTH_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// `sqlite://path` or `postgres://user@host/db`; default: SQLite in the data dir.
+    #[arg(long, env = "BERTH_DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+}
+
+/// Options of `berth serve`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "BERTH_LISTEN")]
+    pub listen: Option<String>,
+    /// The URL Berth is reached at (builds callback and icon URLs).
+    #[arg(long, env = "BERTH_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Integration catalog overrides and additions (TOML; see README).
+    #[arg(long, env = "BERTH_PROVIDERS_FILE")]
+    pub providers_file: Option<PathBuf>,
+    /// Lifetime of session and link tokens, in seconds.
+    #[arg(long, env = "BERTH_SESSION_TTL_SECS")]
+    pub session_ttl_secs: Option<u64>,
+    /// Live connections allowed in a development environment.
+    #[arg(long, env = "BERTH_DEV_CONNECTION_LIMIT")]
+    pub dev_connection_limit: Option<i64>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    public_url: Option<String>,
+    providers_file: Option<PathBuf>,
+    session_ttl_secs: Option<u64>,
+    dev_connection_limit: Option<i64>,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    /// `None`: derived from the bound address at start.
+    pub public_url: Option<String>,
+    pub providers_file: Option<PathBuf>,
+    pub session_ttl: Duration,
+    pub dev_connection_limit: i64,
+}
+
+fn load_file(path: Option<&Path>) -> anyhow::Result<FileConfig> {
+    let Some(path) = path else {
+        return Ok(FileConfig::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+}
+
+impl Config {
+    pub fn resolve(store: &StoreArgs, serve: &ServeArgs) -> anyhow::Result<Self> {
+        let file = load_file(store.config.as_deref())?;
+        let data_dir = store
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("./berth-data"));
+        let database_url = store
+            .database_url
+            .clone()
+            .or(file.database_url)
+            .unwrap_or_else(|| {
+                format!("sqlite://{}?mode=rwc", data_dir.join("berth.db").display())
+            });
+        if !(database_url.starts_with("sqlite:")
+            || database_url.starts_with("postgres://")
+            || database_url.starts_with("postgresql://"))
+        {
+            bail!("database URL must start with sqlite:, postgres:// or postgresql://");
+        }
+        let listen = serve
+            .listen
+            .clone()
+            .or(file.listen)
+            .unwrap_or_else(|| "127.0.0.1:4000".into());
+        listen
+            .parse::<SocketAddr>()
+            .with_context(|| format!("--listen `{listen}` is not an address like 127.0.0.1:4000"))?;
+        let public_url = serve.public_url.clone().or(file.public_url);
+        if let Some(u) = &public_url {
+            let parsed = url::Url::parse(u).with_context(|| format!("--public-url `{u}` is not a URL"))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                bail!("--public-url must be an http(s) URL");
+            }
+        }
+        let session_ttl_secs = serve.session_ttl_secs.or(file.session_ttl_secs).unwrap_or(1800);
+        if !(60..=86_400).contains(&session_ttl_secs) {
+            bail!("session TTL must be between 60 and 86400 seconds");
+        }
+        let dev_connection_limit = serve
+            .dev_connection_limit
+            .or(file.dev_connection_limit)
+            .unwrap_or(5);
+        if dev_connection_limit < 1 {
+            bail!("the development connection limit must be at least 1");
+        }
+        Ok(Self {
+            listen,
+            data_dir,
+            database_url,
+            public_url: public_url.map(|u| u.trim_end_matches('/').to_string()),
+            providers_file: serve.providers_file.clone().or(file.providers_file),
+            session_ttl: Duration::from_secs(session_ttl_secs),
+            dev_connection_limit,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_file_and_defaults_fill_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("berth.toml");
+        std::fs::write(&f, "listen = '127.0.0.1:5000'\ndev_connection_limit = 3\n").unwrap();
+        let store = StoreArgs {
+            config: Some(f.clone()),
+            ..Default::default()
+        };
+        let c = Config::resolve(&store, &ServeArgs::default()).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:5000");
+        assert_eq!(c.dev_connection_limit, 3);
+        assert!(c.database_url.starts_with("sqlite://"));
+        let c = Config::resolve(
+            &store,
+            &ServeArgs {
+                listen: Some("127.0.0.1:6000".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.listen, "127.0.0.1:6000");
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_a_reason() {
+        let bad = |serve: ServeArgs| Config::resolve(&StoreArgs::default(), &serve).unwrap_err().to_string();
+        assert!(bad(ServeArgs { listen: Some("nope".into()), ..Default::default() }).contains("--listen"));
+        assert!(bad(ServeArgs { public_url: Some("ftp://x".into()), ..Default::default() }).contains("http"));
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "unknown_key = 1").unwrap();
+        let e = Config::resolve(&StoreArgs { config: Some(f), ..Default::default() }, &ServeArgs::default()).unwrap_err();
+        assert!(format!("{e:#}").contains("unknown_key"), "{e:#}");
+    }
+}

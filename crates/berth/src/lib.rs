@@ -1,0 +1,178 @@
+//! Wiring: turns a [`Config`] into a running Berth. `main.rs` only parses
+//! the command line and dispatches here, so tests and the binary share one
+//! code path.
+#![forbid(unsafe_code)]
+
+pub mod config;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use berth_api::AppState;
+use berth_catalog::Catalog;
+use berth_connections::{Platform, PlatformConfig};
+use berth_outbound::{Outbound, OutboundConfig};
+use berth_store::Store;
+use berth_vault::{Keyring, Vault};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+
+/// Environment variable holding master keys (base64, comma-separated, oldest first).
+pub const MASTER_KEY_ENV: &str = "BERTH_MASTER_KEY";
+
+/// Opens the store, creating the data directory for SQLite, and migrates it.
+pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    if config.database_url.starts_with("sqlite:") {
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!("cannot create data directory {}", config.data_dir.display())
+        })?;
+    }
+    let store = Store::connect(&config.database_url)
+        .await
+        .context("cannot open the database")?;
+    store.migrate().await.context("cannot migrate the database")?;
+    Ok(store)
+}
+
+/// The vault: keys from `BERTH_MASTER_KEY`, or the key file in the data dir
+/// (generated with mode 0600 on first use).
+pub fn open_vault(config: &Config) -> anyhow::Result<Vault> {
+    match std::env::var(MASTER_KEY_ENV) {
+        Ok(v) if !v.trim().is_empty() => {
+            let ring = Keyring::parse_list(&v).with_context(|| format!("invalid {MASTER_KEY_ENV}"))?;
+            Ok(Vault::new(ring))
+        }
+        _ => {
+            std::fs::create_dir_all(&config.data_dir).with_context(|| {
+                format!("cannot create data directory {}", config.data_dir.display())
+            })?;
+            let (vault, created) = Vault::from_data_dir(&config.data_dir)?;
+            if created {
+                tracing::warn!(
+                    path = %config.data_dir.join(berth_vault::KEY_FILE_NAME).display(),
+                    "generated a new master key file; back it up: without it the stored credentials cannot be decrypted"
+                );
+            }
+            Ok(vault)
+        }
+    }
+}
+
+/// Everything needed to build the platform services, minus the public URL.
+pub async fn platform(config: &Config, public_url: String) -> anyhow::Result<Platform> {
+    let catalog = Catalog::load(config.providers_file.as_deref()).context("cannot load the integration catalog")?;
+    let store = open_store(config).await?;
+    let vault = open_vault(config)?;
+    let outbound = Outbound::new(&OutboundConfig::default()).context("cannot build the HTTP client")?;
+    Ok(Platform::new(
+        store,
+        vault,
+        Arc::new(catalog),
+        outbound,
+        PlatformConfig {
+            public_url,
+            session_ttl: config.session_ttl,
+            dev_connection_limit: config.dev_connection_limit,
+        },
+    ))
+}
+
+/// A bound, not yet serving, Berth server.
+pub struct App {
+    listener: TcpListener,
+    pub addr: SocketAddr,
+    pub platform: Platform,
+    /// The development token created on first start, if this start created the project.
+    pub initial_token: Option<String>,
+}
+
+impl App {
+    /// Binds the listener, opens the store, and bootstraps an empty store.
+    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(&config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let public_url = config.public_url.clone().unwrap_or_else(|| {
+            let host = if addr.ip().is_unspecified() {
+                "127.0.0.1".to_string()
+            } else {
+                addr.ip().to_string()
+            };
+            format!("http://{host}:{}", addr.port())
+        });
+        let platform = platform(config, public_url).await?;
+        let initial_token = platform.bootstrap().await?;
+        Ok(Self {
+            listener,
+            addr,
+            platform,
+            initial_token,
+        })
+    }
+
+    /// Serves until `shutdown` resolves, then lets in-flight requests finish.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let cancel = CancellationToken::new();
+        let housekeeping = tokio::spawn(housekeeping(self.platform.clone(), cancel.clone()));
+        let router = berth_api::router(
+            AppState {
+                platform: self.platform.clone(),
+            },
+            axum::Router::new().nest("/sandbox/api/v1", berth_sandbox::router()),
+        );
+        let result = axum::serve(self.listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await;
+        cancel.cancel();
+        let _ = housekeeping.await;
+        self.platform.store().close().await;
+        result.context("the HTTP server failed")
+    }
+}
+
+/// Periodic clean-up; stops when `cancel` fires.
+async fn housekeeping(platform: Platform, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {
+                // Keep expired, never-exchanged sessions a day for debugging.
+                let before = berth_connections::now_ms() - 24 * 3600 * 1000;
+                match platform.store().delete_expired_sessions(before).await {
+                    Ok(n) if n > 0 => tracing::info!(deleted = n, "removed expired connect sessions"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "session clean-up failed"),
+                }
+            }
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}

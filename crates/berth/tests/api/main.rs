@@ -1,0 +1,12 @@
+//! HTTP-level tests of the whole API, one binary (`cargo test --test api`).
+
+mod helpers;
+
+mod bad_input;
+mod connect_flow;
+mod fuzz;
+mod integrations;
+mod link_v1;
+mod openapi;
+mod tenancy;
+mod vault;

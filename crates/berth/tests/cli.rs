@@ -1,0 +1,230 @@
+//! The real binary, as an operator runs it: `serve` on a random port, the
+//! CLI against the same store while it runs, graceful shutdown on SIGTERM,
+//! key rotation, and a scan of everything logged for the secrets used.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_berth");
+
+fn berth(data_dir: &Path, db: &str, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--database-url")
+        .arg(db)
+        .env_remove("BERTH_MASTER_KEY")
+        .output()
+        .unwrap()
+}
+
+struct Server {
+    child: Child,
+    base: String,
+    banner: String,
+    stdout_rest: std::thread::JoinHandle<String>,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+fn serve(data_dir: &Path, db: &str) -> Server {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .arg("--database-url")
+        .arg(db)
+        .env("BERTH_LOG", "debug")
+        .env_remove("BERTH_MASTER_KEY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut s = String::new();
+        err.read_to_string(&mut s).unwrap();
+        s
+    });
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut banner = String::new();
+    let base = loop {
+        let mut line = String::new();
+        if out.read_line(&mut line).unwrap() == 0 {
+            panic!("berth exited before listening: {}", stderr.join().unwrap());
+        }
+        if let Some(addr) = line.trim().strip_prefix("Listening on ") {
+            break addr.to_string();
+        }
+        banner.push_str(&line);
+    };
+    let stdout_rest = std::thread::spawn(move || {
+        let mut s = String::new();
+        out.read_to_string(&mut s).unwrap();
+        s
+    });
+    Server { child, base, banner, stdout_rest, stderr }
+}
+
+impl Server {
+    /// SIGTERM, wait, and return (exit ok, stdout after the banner, stderr).
+    fn stop(mut self) -> (bool, String, String) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let status = self.child.wait().unwrap();
+        (status.success(), self.stdout_rest.join().unwrap(), self.stderr.join().unwrap())
+    }
+}
+
+async fn post(base: &str, path: &str, headers: &[(&str, &str)], body: Value) -> (u16, Value) {
+    let mut req = reqwest::Client::new().post(format!("{base}{path}")).json(&body);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let r = req.send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+async fn database_url(dir: &Path) -> String {
+    match std::env::var("BERTH_TEST_BACKEND").as_deref() {
+        Ok("postgres") => {
+            let admin = std::env::var("BERTH_TEST_POSTGRES_URL").unwrap();
+            berth_store::testing::fresh_postgres_database(&admin).await.unwrap()
+        }
+        _ => format!("sqlite://{}?mode=rwc", dir.join("berth.db").display()),
+    }
+}
+
+#[tokio::test]
+async fn operator_flow_with_the_real_binary_leaks_no_secret_into_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let db = database_url(data).await;
+
+    let migrate = berth(data, &db, &["migrate"]);
+    assert!(migrate.status.success(), "{}", String::from_utf8_lossy(&migrate.stderr));
+
+    let server = serve(data, &db);
+    let initial = server
+        .banner
+        .split_whitespace()
+        .find(|w| w.starts_with("berth_dev_"))
+        .expect("first start prints a development token")
+        .to_string();
+    assert!(server.banner.contains("DEVELOPMENT API token"));
+    let base = server.base.clone();
+
+    // CLI on the same store while the server runs; stdout is only the token
+    let out = berth(data, &db, &["api-token", "create", "--environment", "production", "--name", "ci"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let prod = stdout.trim().to_string();
+    assert_eq!(stdout, format!("{prod}\n"));
+    assert!(prod.starts_with("berth_prod_") && prod.len() == "berth_prod_".len() + 64);
+    let list = berth(data, &db, &["api-token", "list"]);
+    let listing = String::from_utf8(list.stdout).unwrap();
+    assert!(listing.contains("production") && listing.contains("ci") && listing.contains("initial token"));
+    assert!(!listing.contains(&prod) && !listing.contains(&initial), "list never shows secrets");
+
+    // the documented flow over HTTP
+    let api_key = "sk_sandbox_SECRET_4f1c2a9e";
+    let (s, r) = post(&base, "/auth/session-token", &[("x-vessel-api-token", &prod)], json!({})).await;
+    assert_eq!(s, 200, "{r}");
+    let session = r["result"]["sessionToken"].as_str().unwrap().to_string();
+    let (s, r) = post(&base, "/auth/start", &[("x-vessel-session-token", &session)],
+        json!({"integrationId": "sandbox", "answers": {"api-key": api_key}})).await;
+    assert_eq!(s, 200, "{r}");
+    let (s, r) = post(&base, "/auth/access-token", &[("x-vessel-api-token", &prod), ("x-vessel-session-token", &session)], json!({})).await;
+    assert_eq!(s, 200, "{r}");
+    let access = r["result"]["accessToken"].as_str().unwrap().to_string();
+    let conn = r["result"]["connectionId"].as_str().unwrap().to_string();
+    // v1 carries tokens in the query string; it must not be logged either
+    let link = reqwest::Client::new()
+        .post(format!("{base}/link/token"))
+        .header("vessel-api-token", &initial)
+        .send().await.unwrap().json::<Value>().await.unwrap()["linkToken"].as_str().unwrap().to_string();
+    let (s, r) = post(&base, "/auth/start", &[("x-vessel-session-token", &link)],
+        json!({"integrationId": "sandbox", "answers": {"api-key": api_key}})).await;
+    assert_eq!(s, 200, "{r}");
+    let public = r["result"]["publicToken"].as_str().unwrap().to_string();
+    let r = reqwest::Client::new()
+        .get(format!("{base}/connection/connection?connectionId={conn}&accessToken={access}"))
+        .header("vessel-api-token", &prod)
+        .send().await.unwrap();
+    assert_eq!(r.status(), 200);
+
+    // revocation through the CLI takes effect on the running server
+    let prefix: String = prod.chars().take(16).collect();
+    let out = berth(data, &db, &["api-token", "revoke", &prefix]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (s, _) = post(&base, "/connections/list", &[("x-vessel-api-token", &prod)], json!({})).await;
+    assert_eq!(s, 401);
+    let out = berth(data, &db, &["api-token", "revoke", "berth_nothing_like_this"]);
+    assert!(!out.status.success());
+
+    let (ok, stdout_rest, logs) = server.stop();
+    assert!(ok, "graceful exit on SIGTERM; logs:\n{logs}");
+    assert!(logs.contains("shutting down"), "{logs}");
+    assert!(logs.contains("/auth/start"), "requests are logged: {logs}");
+    for secret in [initial.as_str(), &prod, &session, &access, &link, &public, api_key] {
+        assert!(!logs.contains(secret), "a secret reached the log: {}…", &secret[..12]);
+        assert!(!stdout_rest.contains(secret));
+    }
+    let key_file = std::fs::read_to_string(data.join("master.key")).unwrap();
+    let key_line = key_file.lines().find(|l| !l.starts_with('#')).unwrap();
+    assert!(!logs.contains(key_line));
+
+    // key rotation from the CLI, then a restart reads the re-sealed credentials
+    let out = berth(data, &db, &["vault", "rotate-key", "--prune"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("re-encrypted 2 credential(s)"), "{err}");
+    let new_keys = std::fs::read_to_string(data.join("master.key")).unwrap();
+    assert!(!new_keys.contains(key_line), "old key pruned");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(data.join("master.key")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let again = serve(data, &db);
+    assert!(!again.banner.contains("berth_dev_"), "the token is printed on first start only");
+    let (s, r) = post(&again.base, "/connections/list", &[("x-vessel-api-token", &initial)], json!({})).await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["result"]["connections"].as_array().unwrap().len(), 1);
+    let (ok, _, _) = again.stop();
+    assert!(ok);
+}
+
+#[test]
+fn bad_configuration_fails_fast_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "not-an-address", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--listen"));
+    let out = Command::new(BIN)
+        .args(["api-token", "create", "--environment", "staging"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let out = Command::new(BIN)
+        .args(["migrate", "--database-url", "mysql://x"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("database URL"));
+    let out = Command::new(BIN)
+        .args(["serve", "--data-dir"])
+        .arg(dir.path())
+        .env("BERTH_MASTER_KEY", "too-short")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("BERTH_MASTER_KEY"));
+}
