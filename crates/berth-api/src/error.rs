@@ -51,7 +51,11 @@ pub struct ApiError<F> {
 
 impl<F> std::fmt::Debug for ApiError<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ApiError({}, {}, {})", self.status, self.code, self.message)
+        write!(
+            f,
+            "ApiError({}, {}, {})",
+            self.status, self.code, self.message
+        )
     }
 }
 
@@ -83,8 +87,12 @@ impl<F> From<PlatformError> for ApiError<F> {
     fn from(e: PlatformError) -> Self {
         let message = e.to_string();
         match e {
-            PlatformError::Unauthorized { code, .. } => Self::new(StatusCode::UNAUTHORIZED, code, message),
-            PlatformError::BadRequest { code, .. } => Self::new(StatusCode::BAD_REQUEST, code, message),
+            PlatformError::Unauthorized { code, .. } => {
+                Self::new(StatusCode::UNAUTHORIZED, code, message)
+            }
+            PlatformError::BadRequest { code, .. } => {
+                Self::new(StatusCode::BAD_REQUEST, code, message)
+            }
             PlatformError::NotFound(_) => Self::new(StatusCode::NOT_FOUND, "NOT_FOUND", message),
             PlatformError::Conflict { code, .. } => Self::new(StatusCode::CONFLICT, code, message),
             PlatformError::InvalidCredentials(_) => {
@@ -116,6 +124,10 @@ impl<F: Family> IntoResponse for ApiError<F> {
             }
             tracing::error!(error = %chain, "internal error");
         }
-        (self.status, Json(F::body(self.status, self.code, &self.message))).into_response()
+        (
+            self.status,
+            Json(F::body(self.status, self.code, &self.message)),
+        )
+            .into_response()
     }
 }

@@ -32,10 +32,16 @@ where
                     ApiError::new(
                         StatusCode::PAYLOAD_TOO_LARGE,
                         "PAYLOAD_TOO_LARGE",
-                        format!("request body is larger than {} bytes", crate::MAX_BODY_BYTES),
+                        format!(
+                            "request body is larger than {} bytes",
+                            crate::MAX_BODY_BYTES
+                        ),
                     )
                 } else {
-                    ApiError::bad_request("INVALID_BODY", format!("could not read the request body: {e}"))
+                    ApiError::bad_request(
+                        "INVALID_BODY",
+                        format!("could not read the request body: {e}"),
+                    )
                 }
             })?;
         parse_body(&bytes).map(|t| Body(t, PhantomData))
@@ -69,11 +75,17 @@ pub struct ApiEnv<F>(pub Environment, pub PhantomData<F>);
 impl<F: Family> FromRequestParts<AppState> for ApiEnv<F> {
     type Rejection = ApiError<F>;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let token = header(parts, F::API_TOKEN_HEADERS).ok_or_else(|| {
             ApiError::unauthorized(
                 "MISSING_API_TOKEN",
-                format!("missing API token: send it in the {} header", F::API_TOKEN_HEADERS[0]),
+                format!(
+                    "missing API token: send it in the {} header",
+                    F::API_TOKEN_HEADERS[0]
+                ),
             )
         })?;
         let env = state.platform.authenticate_api_token(token).await?;
@@ -88,7 +100,10 @@ pub struct MaybeApiEnv<F>(pub Option<Environment>, pub PhantomData<F>);
 impl<F: Family> FromRequestParts<AppState> for MaybeApiEnv<F> {
     type Rejection = ApiError<F>;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         match header(parts, F::API_TOKEN_HEADERS) {
             None => Ok(MaybeApiEnv(None, PhantomData)),
             Some(token) => {
@@ -116,7 +131,10 @@ pub struct Session<F> {
 impl<F: Family> FromRequestParts<AppState> for Session<F> {
     type Rejection = ApiError<F>;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let token = session_token_header(parts).ok_or_else(|| {
             ApiError::unauthorized(
                 "MISSING_SESSION_TOKEN",
@@ -137,10 +155,16 @@ pub struct MaybeSession<F>(pub Option<AuthSession>, pub PhantomData<F>);
 impl<F: Family> FromRequestParts<AppState> for MaybeSession<F> {
     type Rejection = ApiError<F>;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         match session_token_header(parts) {
             None => Ok(MaybeSession(None, PhantomData)),
-            Some(t) => Ok(MaybeSession(Some(state.platform.session(t).await?), PhantomData)),
+            Some(t) => Ok(MaybeSession(
+                Some(state.platform.session(t).await?),
+                PhantomData,
+            )),
         }
     }
 }
@@ -152,7 +176,9 @@ impl FromRequestParts<AppState> for AccessTokenHeader {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, Self::Rejection> {
-        Ok(AccessTokenHeader(header(parts, &[ACCESS_HEADER]).map(str::to_owned)))
+        Ok(AccessTokenHeader(
+            header(parts, &[ACCESS_HEADER]).map(str::to_owned),
+        ))
     }
 }
 
@@ -163,6 +189,8 @@ impl FromRequestParts<AppState> for SessionTokenHeader {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, Self::Rejection> {
-        Ok(SessionTokenHeader(session_token_header(parts).map(str::to_owned)))
+        Ok(SessionTokenHeader(
+            session_token_header(parts).map(str::to_owned),
+        ))
     }
 }

@@ -101,8 +101,14 @@ pub async fn icon(State(state): State<AppState>, Path(file): Path<String>) -> Re
     match state.platform.catalog().get(id) {
         Some(i) => (
             [
-                (header::CONTENT_TYPE, HeaderValue::from_static("image/svg+xml")),
-                (header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=86400")),
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("image/svg+xml"),
+                ),
+                (
+                    header::CACHE_CONTROL,
+                    HeaderValue::from_static("public, max-age=86400"),
+                ),
             ],
             berth_catalog::icon_svg(i),
         )
@@ -116,7 +122,10 @@ pub async fn icon(State(state): State<AppState>, Path(file): Path<String>) -> Re
     responses((status = 200, description = "the OpenAPI 3.1 description of Berth")))]
 pub async fn openapi_json() -> Response {
     (
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         openapi_string(),
     )
         .into_response()
@@ -165,7 +174,10 @@ impl utoipa::Modify for Security {
             ("accessToken", "x-vessel-access-token"),
             ("v1ApiToken", "vessel-api-token"),
         ] {
-            c.add_security_scheme(name, SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new(header))));
+            c.add_security_scheme(
+                name,
+                SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new(header))),
+            );
         }
     }
 }
@@ -180,7 +192,9 @@ impl utoipa::Modify for ApiAliases {
             .paths
             .iter()
             .filter(|(p, _)| {
-                p.starts_with("/integrations/") || p.starts_with("/auth/") || p.starts_with("/connections/")
+                p.starts_with("/integrations/")
+                    || p.starts_with("/auth/")
+                    || p.starts_with("/connections/")
             })
             .map(|(p, item)| (format!("/api{p}"), item.clone()))
             .collect();

@@ -23,7 +23,10 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/connection/connections", get(list_connections))
         .route("/connection/crm/integrations", get(crm_integrations))
-        .route("/connection/engagement/integrations", get(engagement_integrations))
+        .route(
+            "/connection/engagement/integrations",
+            get(engagement_integrations),
+        )
 }
 
 /// Create a link token for the v1 connect flow.

@@ -146,7 +146,11 @@ impl IntegrationOut {
                         .map(|q| QuestionOut {
                             id: q.id.clone(),
                             label: q.label.clone(),
-                            kind: if q.kind == QuestionType::Select { "select" } else { "text" },
+                            kind: if q.kind == QuestionType::Select {
+                                "select"
+                            } else {
+                                "text"
+                            },
                             format: match q.kind {
                                 QuestionType::Password => Some("password"),
                                 QuestionType::Url => Some("url"),

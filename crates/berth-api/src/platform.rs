@@ -10,7 +10,9 @@ use berth_connections::{NewSessionRequest, StartAuth, session_kind};
 
 use crate::AppState;
 use crate::error::{ApiError, V2};
-use crate::extract::{AccessTokenHeader, ApiEnv, Body, MaybeApiEnv, MaybeSession, Session, SessionTokenHeader};
+use crate::extract::{
+    AccessTokenHeader, ApiEnv, Body, MaybeApiEnv, MaybeSession, Session, SessionTokenHeader,
+};
 use crate::models::*;
 
 type Res<T> = Result<Json<Envelope<T>>, ApiError<V2>>;
@@ -48,7 +50,10 @@ pub async fn list_integrations(
     {
         return Err(ApiError::bad_request(
             "INVALID_BODY",
-            format!("unknown category `{c}` (one of {})", berth_catalog::CATEGORIES.join(", ")),
+            format!(
+                "unknown category `{c}` (one of {})",
+                berth_catalog::CATEGORIES.join(", ")
+            ),
         ));
     }
     let public_url = &state.platform.config().public_url;
@@ -184,7 +189,10 @@ pub async fn list_connections(
         .list_connections(&env, input.cursor.as_deref(), input.limit.unwrap_or(100))
         .await?;
     Ok(v2(ConnectionsOut {
-        connections: rows.iter().map(|c| ConnectionOut::new(c, &env.project_id)).collect(),
+        connections: rows
+            .iter()
+            .map(|c| ConnectionOut::new(c, &env.project_id))
+            .collect(),
         next_page_cursor: next,
     }))
 }
@@ -230,7 +238,10 @@ pub async fn delete_connection(
     Body(input, ..): Body<FindIn, V2>,
 ) -> Res<SuccessOut> {
     if let Some(token) = access {
-        let c = state.platform.connection_for_access_token(&env, &token).await?;
+        let c = state
+            .platform
+            .connection_for_access_token(&env, &token)
+            .await?;
         if c.id != input.id {
             return Err(ApiError::unauthorized(
                 "ACCESS_TOKEN_MISMATCH",

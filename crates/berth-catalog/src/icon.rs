@@ -22,7 +22,11 @@ pub fn icon_svg(integration: &Integration) -> String {
     let rgb = u32::from_str_radix(&integration.color[1..], 16).unwrap_or(0x334155);
     let (r, g, b) = ((rgb >> 16) & 0xff, (rgb >> 8) & 0xff, rgb & 0xff);
     let luminance = (299 * r + 587 * g + 114 * b) / 1000;
-    let fg = if luminance > 160 { "#111827" } else { "#FFFFFF" };
+    let fg = if luminance > 160 {
+        "#111827"
+    } else {
+        "#FFFFFF"
+    };
     let size = if initials.chars().count() > 1 { 26 } else { 32 };
     format!(
         r##"<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64" viewBox="0 0 64 64" role="img" aria-label="{name}"><title>{name}</title><rect width="64" height="64" rx="14" fill="{bg}"/><text x="32" y="33" text-anchor="middle" dominant-baseline="central" font-family="system-ui,-apple-system,Segoe UI,Roboto,sans-serif" font-size="{size}" font-weight="700" fill="{fg}">{initials}</text></svg>"##,

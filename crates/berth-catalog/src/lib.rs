@@ -349,7 +349,7 @@ impl Catalog {
         for (id, def) in file.integrations {
             list.push(build(id, def)?);
         }
-        list.sort_by(|a, b| a.name.to_lowercase().cmp(&b.name.to_lowercase()));
+        list.sort_by_key(|a| a.name.to_lowercase());
         let by_id = list
             .iter()
             .enumerate()
@@ -414,14 +414,19 @@ fn build(id: String, def: IntegrationDef) -> Result<Integration, CatalogError> {
     if !categories.contains(&def.category) {
         categories.insert(0, def.category.clone());
     }
-    if let Some(c) = categories.iter().find(|c| !CATEGORIES.contains(&c.as_str())) {
+    if let Some(c) = categories
+        .iter()
+        .find(|c| !CATEGORIES.contains(&c.as_str()))
+    {
         return Err(invalid(format!("unknown category `{c}`")));
     }
     if def.auth.is_empty() {
         return Err(invalid("needs at least one auth method".into()));
     }
     let default_kind = match &def.default_auth {
-        Some(s) => AuthType::parse(s).ok_or_else(|| invalid(format!("unknown default_auth `{s}`")))?,
+        Some(s) => {
+            AuthType::parse(s).ok_or_else(|| invalid(format!("unknown default_auth `{s}`")))?
+        }
         None if def.auth.len() == 1 => {
             let only = def.auth.keys().next().expect("one auth method");
             AuthType::parse(only).ok_or_else(|| invalid(format!("unknown auth type `{only}`")))?
@@ -437,14 +442,10 @@ fn build(id: String, def: IntegrationDef) -> Result<Integration, CatalogError> {
         })?;
         if matches!(kind, AuthType::OAuth2) && (a.authorize_url.is_none() || a.token_url.is_none())
         {
-            return Err(invalid(
-                "oauth2 needs authorize_url and token_url".into(),
-            ));
+            return Err(invalid("oauth2 needs authorize_url and token_url".into()));
         }
         if matches!(kind, AuthType::OAuth2ClientCredentials) && a.token_url.is_none() {
-            return Err(invalid(
-                "oauth2-client-credentials needs token_url".into(),
-            ));
+            return Err(invalid("oauth2-client-credentials needs token_url".into()));
         }
         if a.attach.header.is_some() == a.attach.query.is_some() {
             return Err(invalid(format!(
@@ -457,7 +458,10 @@ fn build(id: String, def: IntegrationDef) -> Result<Integration, CatalogError> {
                 return Err(invalid(format!("duplicate question id `{}`", q.id)));
             }
             if q.kind == QuestionType::Select && q.options.is_empty() {
-                return Err(invalid(format!("select question `{}` has no options", q.id)));
+                return Err(invalid(format!(
+                    "select question `{}` has no options",
+                    q.id
+                )));
             }
         }
         auth.push(AuthMethod {
@@ -563,7 +567,12 @@ mod tests {
             "#,
         )
         .unwrap();
-        assert!(c.get("chatwoot").unwrap().base_url.starts_with("http://127.0.0.1:3000"));
+        assert!(
+            c.get("chatwoot")
+                .unwrap()
+                .base_url
+                .starts_with("http://127.0.0.1:3000")
+        );
         let hs = c.get("hubspot").unwrap();
         let oauth = hs.auth_method(AuthType::OAuth2).unwrap();
         assert_eq!(oauth.token_url.as_deref(), Some("http://127.0.0.1:9/token"));

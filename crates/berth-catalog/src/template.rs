@@ -39,10 +39,7 @@ mod tests {
         let f = |k: &str| (k == "a.b").then(|| "X".to_string());
         assert_eq!(render("https://{{a.b}}/p", f).unwrap(), "https://X/p");
         assert_eq!(render("{{ a.b }}{{a.b}}", f).unwrap(), "XX");
-        assert_eq!(
-            render("{{c}}", f),
-            Err(TemplateError::Missing("c".into()))
-        );
+        assert_eq!(render("{{c}}", f), Err(TemplateError::Missing("c".into())));
         assert_eq!(render("{{a.b", f), Err(TemplateError::Unclosed));
         assert_eq!(render("plain", f).unwrap(), "plain");
     }

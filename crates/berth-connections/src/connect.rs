@@ -10,7 +10,9 @@ use berth_store::{AuthSession, CreateConnectionError, NewConnection, NewEvent};
 use serde_json::{Map, Value};
 
 use crate::credential::{CredentialData, TemplateContext, provider_target};
-use crate::{Platform, PlatformError, Result, credential_aad, now_ms, secrets, session_kind, status};
+use crate::{
+    Platform, PlatformError, Result, credential_aad, now_ms, secrets, session_kind, status,
+};
 
 /// The body of `/auth/start`.
 #[derive(Debug, Default)]
@@ -75,7 +77,8 @@ impl Platform {
                     )
                 })?;
                 integration.auth_method(kind).ok_or_else(|| {
-                    let offered: Vec<_> = integration.auth.iter().map(|a| a.kind.as_str()).collect();
+                    let offered: Vec<_> =
+                        integration.auth.iter().map(|a| a.kind.as_str()).collect();
                     PlatformError::bad_request(
                         "INVALID_AUTH_TYPE",
                         format!(
@@ -101,7 +104,10 @@ impl Platform {
                 format!(
                     "OAuth2 connections are not available in this Berth build yet; {}",
                     match integration.auth.iter().find(|a| a.kind != AuthType::OAuth2) {
-                        Some(a) => format!("connect {} with authType `{}` instead", integration.name, a.kind),
+                        Some(a) => format!(
+                            "connect {} with authType `{}` instead",
+                            integration.name, a.kind
+                        ),
                         None => format!("{} offers no other auth method", integration.name),
                     }
                 ),
@@ -119,7 +125,8 @@ impl Platform {
             self.fetch_client_credentials_token(&integration, method, &mut cred, &ctx)
                 .await?;
         }
-        self.check_credentials(&integration, method, &cred, &ctx).await?;
+        self.check_credentials(&integration, method, &cred, &ctx)
+            .await?;
 
         let env = self
             .store()
@@ -127,7 +134,9 @@ impl Platform {
             .await?
             .into_iter()
             .find(|e| e.id == session.environment_id)
-            .ok_or_else(|| PlatformError::unauthorized("INVALID_SESSION_TOKEN", "invalid session token"))?;
+            .ok_or_else(|| {
+                PlatformError::unauthorized("INVALID_SESSION_TOKEN", "invalid session token")
+            })?;
         let connection_id = secrets::new_connection_id(&env.name, &integration.id);
         let aad = credential_aad(&env.id, &connection_id);
         let sealed = self.inner.vault.seal(
@@ -210,14 +219,18 @@ impl Platform {
             return Ok(());
         };
         let target = provider_target(integration, method.kind, cred, ctx).map_err(|e| {
-            PlatformError::bad_request("INVALID_ANSWERS", format!("cannot build the provider URL: {e}"))
-        })?;
-        let mut url = url::Url::parse(&format!("{}{}", target.base_url, check.path)).map_err(|_| {
             PlatformError::bad_request(
                 "INVALID_ANSWERS",
-                "the answers do not form a valid provider URL (check the instance URL)",
+                format!("cannot build the provider URL: {e}"),
             )
         })?;
+        let mut url =
+            url::Url::parse(&format!("{}{}", target.base_url, check.path)).map_err(|_| {
+                PlatformError::bad_request(
+                    "INVALID_ANSWERS",
+                    "the answers do not form a valid provider URL (check the instance URL)",
+                )
+            })?;
         if !target.query.is_empty() {
             url.query_pairs_mut().extend_pairs(target.query.iter());
         }
@@ -275,13 +288,18 @@ impl Platform {
         })
         .ok()
         .and_then(|u| url::Url::parse(&u).ok())
-        .ok_or_else(|| PlatformError::bad_request("INVALID_ANSWERS", "cannot build the token URL"))?;
+        .ok_or_else(|| {
+            PlatformError::bad_request("INVALID_ANSWERS", "cannot build the token URL")
+        })?;
         let (id, secret) = (
             cred.client_id.clone().unwrap_or_default(),
             cred.client_secret.clone().unwrap_or_default(),
         );
         let mut headers = vec![
-            ("content-type".to_string(), "application/x-www-form-urlencoded".to_string()),
+            (
+                "content-type".to_string(),
+                "application/x-www-form-urlencoded".to_string(),
+            ),
             ("accept".to_string(), "application/json".to_string()),
         ];
         // The serializer is not Send: build the body in a scope of its own.
@@ -295,7 +313,8 @@ impl Platform {
                 }
                 TokenAuth::Basic => {
                     use base64::Engine;
-                    let b = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
+                    let b =
+                        base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
                     headers.push(("authorization".into(), format!("Basic {b}")));
                 }
             }
@@ -332,12 +351,15 @@ impl Platform {
             });
         }
         let body: Value = serde_json::from_slice(&resp.body).unwrap_or(Value::Null);
-        let token = body.get("access_token").and_then(Value::as_str).ok_or_else(|| {
-            PlatformError::ProviderUnavailable(format!(
-                "{} token endpoint answered without an access_token",
-                integration.name
-            ))
-        })?;
+        let token = body
+            .get("access_token")
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                PlatformError::ProviderUnavailable(format!(
+                    "{} token endpoint answered without an access_token",
+                    integration.name
+                ))
+            })?;
         cred.access_token = Some(token.to_string());
         cred.expires_at = body
             .get("expires_in")
@@ -409,7 +431,10 @@ fn collect_answers(
                 if ok.is_none() {
                     return Err(PlatformError::bad_request(
                         "INVALID_ANSWERS",
-                        format!("answers.{} must be an http(s) URL like https://app.chatwoot.com", q.id),
+                        format!(
+                            "answers.{} must be an http(s) URL like https://app.chatwoot.com",
+                            q.id
+                        ),
                     ));
                 }
                 value.trim_end_matches('/').to_string()
@@ -435,15 +460,19 @@ fn collect_answers(
             cred.api_key = secret.remove("api-key");
         }
         AuthType::Basic => {
-            cred.username = secret
-                .remove("username")
-                .or_else(|| public.remove("username").and_then(|v| v.as_str().map(str::to_owned)));
+            cred.username = secret.remove("username").or_else(|| {
+                public
+                    .remove("username")
+                    .and_then(|v| v.as_str().map(str::to_owned))
+            });
             cred.password = secret.remove("password");
         }
         AuthType::OAuth2ClientCredentials => {
-            cred.client_id = secret
-                .remove("clientId")
-                .or_else(|| public.remove("clientId").and_then(|v| v.as_str().map(str::to_owned)));
+            cred.client_id = secret.remove("clientId").or_else(|| {
+                public
+                    .remove("clientId")
+                    .and_then(|v| v.as_str().map(str::to_owned))
+            });
             cred.client_secret = secret.remove("clientSecret");
         }
         AuthType::OAuth2 => {}
@@ -470,7 +499,11 @@ fn provider_reason(body: &[u8], status: u16) -> String {
         None
     };
     let reason = pick(&v).unwrap_or_else(|| format!("HTTP {status}"));
-    let reason: String = reason.chars().filter(|c| !c.is_control()).take(300).collect();
+    let reason: String = reason
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(300)
+        .collect();
     reason
 }
 
@@ -505,16 +538,26 @@ mod tests {
         let e = collect_answers(m, &answers(serde_json::json!({"instanceUrl": "x"}))).unwrap_err();
         assert!(e.to_string().contains("instanceUrl"), "{e}");
         let e = collect_answers(m, &answers(serde_json::json!({}))).unwrap_err();
-        assert!(e.to_string().contains("accountId") && e.to_string().contains("api-key"), "{e}");
+        assert!(
+            e.to_string().contains("accountId") && e.to_string().contains("api-key"),
+            "{e}"
+        );
         let sf = c.get("customerio").unwrap().default_auth();
-        let e = collect_answers(sf, &answers(serde_json::json!({"api-key": "k", "apiHost": "evil.com"}))).unwrap_err();
+        let e = collect_answers(
+            sf,
+            &answers(serde_json::json!({"api-key": "k", "apiHost": "evil.com"})),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("one of"), "{e}");
     }
 
     #[test]
     fn provider_reason_is_short_and_clean() {
         assert_eq!(provider_reason(br#"{"message":"bad key"}"#, 401), "bad key");
-        assert_eq!(provider_reason(br#"{"error":{"message":"nope"}}"#, 401), "nope");
+        assert_eq!(
+            provider_reason(br#"{"error":{"message":"nope"}}"#, 401),
+            "nope"
+        );
         assert_eq!(provider_reason(b"<html>", 403), "HTTP 403");
         assert_eq!(provider_reason(br#"{"error":"a\nb"}"#, 401), "ab");
     }

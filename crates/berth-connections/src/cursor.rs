@@ -59,7 +59,11 @@ impl CursorCodec {
     }
 
     /// Decodes a cursor issued by [`CursorCodec::encode`] for the same scope.
-    pub fn decode<T: DeserializeOwned>(&self, scope: &str, cursor: &str) -> Result<T, InvalidCursor> {
+    pub fn decode<T: DeserializeOwned>(
+        &self,
+        scope: &str,
+        cursor: &str,
+    ) -> Result<T, InvalidCursor> {
         let (body, tag) = cursor.split_once('.').ok_or(InvalidCursor)?;
         let body = URL_SAFE_NO_PAD.decode(body).map_err(|_| InvalidCursor)?;
         let tag = URL_SAFE_NO_PAD.decode(tag).map_err(|_| InvalidCursor)?;
@@ -91,8 +95,15 @@ mod tests {
         let mut t = s.clone();
         t.insert(1, 'x');
         assert!(c.decode::<(i64, String)>("env1/connections", &t).is_err());
-        assert!(c.decode::<(i64, String)>("env1/connections", "nonsense").is_err());
+        assert!(
+            c.decode::<(i64, String)>("env1/connections", "nonsense")
+                .is_err()
+        );
         let other = CursorCodec::new([8; 32]);
-        assert!(other.decode::<(i64, String)>("env1/connections", &s).is_err());
+        assert!(
+            other
+                .decode::<(i64, String)>("env1/connections", &s)
+                .is_err()
+        );
     }
 }

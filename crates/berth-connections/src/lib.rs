@@ -6,9 +6,9 @@
 //! results and [`PlatformError`] onto each API family.
 #![forbid(unsafe_code)]
 
+mod connect;
 pub mod credential;
 pub mod cursor;
-mod connect;
 pub mod secrets;
 
 use std::sync::Arc;
@@ -177,7 +177,8 @@ impl Platform {
     pub async fn bootstrap(&self) -> Result<Option<String>> {
         match self.inner.store.bootstrap(now_ms()).await? {
             Some(_) => Ok(Some(
-                self.create_api_token("development", "initial token").await?,
+                self.create_api_token("development", "initial token")
+                    .await?,
             )),
             None => Ok(None),
         }
@@ -222,10 +223,7 @@ impl Platform {
             .environment_by_api_token_hash(&secrets::hash_token(token.trim()))
             .await?
             .ok_or_else(|| {
-                PlatformError::unauthorized(
-                    "INVALID_API_TOKEN",
-                    "invalid or revoked API token",
-                )
+                PlatformError::unauthorized("INVALID_API_TOKEN", "invalid or revoked API token")
             })
     }
 
@@ -325,7 +323,11 @@ impl Platform {
     }
 
     /// Exchanges a completed v2 session for the connection's access token.
-    pub async fn exchange_session_token(&self, env: &Environment, token: &str) -> Result<Exchanged> {
+    pub async fn exchange_session_token(
+        &self,
+        env: &Environment,
+        token: &str,
+    ) -> Result<Exchanged> {
         let s = self
             .inner
             .store

@@ -64,7 +64,6 @@ impl OutboundResponse {
     pub fn is_success(&self) -> bool {
         (200..300).contains(&self.status)
     }
-
 }
 
 /// The shared client. Cheap to clone (the pool is shared).
@@ -128,8 +127,12 @@ impl Outbound {
         .await;
         let latency_ms = started.elapsed().as_millis() as u64;
         match &result {
-            Ok(r) => tracing::info!(target: "berth::outbound", %method, %host, %path, status = r.status, latency_ms, "provider call"),
-            Err(e) => tracing::warn!(target: "berth::outbound", %method, %host, %path, latency_ms, error = %e, "provider call failed"),
+            Ok(r) => {
+                tracing::info!(target: "berth::outbound", %method, %host, %path, status = r.status, latency_ms, "provider call")
+            }
+            Err(e) => {
+                tracing::warn!(target: "berth::outbound", %method, %host, %path, latency_ms, error = %e, "provider call failed")
+            }
         }
         result
     }

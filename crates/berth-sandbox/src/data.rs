@@ -45,9 +45,7 @@ impl FieldType {
             FieldType::Time => v
                 .as_str()
                 .is_some_and(|s| DateTime::parse_from_rfc3339(s).is_ok()),
-            FieldType::StrList => v
-                .as_array()
-                .is_some_and(|a| a.iter().all(Value::is_string)),
+            FieldType::StrList => v.as_array().is_some_and(|a| a.iter().all(Value::is_string)),
         }
     }
 
@@ -72,90 +70,178 @@ use FieldType::*;
 pub fn schema_of(object: &str) -> &'static Schema {
     match object {
         "users" => &Schema {
-            fields: &[("first_name", Str), ("last_name", Str), ("email", Str), ("active", Bool)],
+            fields: &[
+                ("first_name", Str),
+                ("last_name", Str),
+                ("email", Str),
+                ("active", Bool),
+            ],
             required: &[],
         },
         "accounts" => &Schema {
             fields: &[
-                ("name", Str), ("domain", Str), ("industry", Str), ("employees", Num),
-                ("annual_revenue", Num), ("phone", Str), ("street", Str), ("city", Str),
-                ("state", Str), ("postal_code", Str), ("country", Str), ("description", Str),
+                ("name", Str),
+                ("domain", Str),
+                ("industry", Str),
+                ("employees", Num),
+                ("annual_revenue", Num),
+                ("phone", Str),
+                ("street", Str),
+                ("city", Str),
+                ("state", Str),
+                ("postal_code", Str),
+                ("country", Str),
+                ("description", Str),
                 ("owner_id", Str),
             ],
             required: &["name"],
         },
         "contacts" => &Schema {
             fields: &[
-                ("first_name", Str), ("last_name", Str), ("email", Str), ("title", Str),
-                ("phone", Str), ("mobile", Str), ("account_id", Str), ("owner_id", Str),
+                ("first_name", Str),
+                ("last_name", Str),
+                ("email", Str),
+                ("title", Str),
+                ("phone", Str),
+                ("mobile", Str),
+                ("account_id", Str),
+                ("owner_id", Str),
             ],
             required: &["last_name"],
         },
         "deals" => &Schema {
             fields: &[
-                ("name", Str), ("stage", Str), ("amount", Num), ("currency", Str),
-                ("close_date", Str), ("probability", Num), ("won", Bool), ("closed", Bool),
-                ("account_id", Str), ("contact_ids", StrList), ("owner_id", Str),
+                ("name", Str),
+                ("stage", Str),
+                ("amount", Num),
+                ("currency", Str),
+                ("close_date", Str),
+                ("probability", Num),
+                ("won", Bool),
+                ("closed", Bool),
+                ("account_id", Str),
+                ("contact_ids", StrList),
+                ("owner_id", Str),
             ],
             required: &["name", "close_date"],
         },
         "leads" => &Schema {
             fields: &[
-                ("first_name", Str), ("last_name", Str), ("email", Str), ("title", Str),
-                ("phone", Str), ("mobile", Str), ("company", Str), ("status", Str),
+                ("first_name", Str),
+                ("last_name", Str),
+                ("email", Str),
+                ("title", Str),
+                ("phone", Str),
+                ("mobile", Str),
+                ("company", Str),
+                ("status", Str),
                 ("owner_id", Str),
             ],
             required: &["last_name"],
         },
         "notes" => &Schema {
             fields: &[
-                ("body_html", Str), ("body_text", Str), ("contact_id", Str), ("account_id", Str),
-                ("deal_id", Str), ("lead_id", Str), ("owner_id", Str),
+                ("body_html", Str),
+                ("body_text", Str),
+                ("contact_id", Str),
+                ("account_id", Str),
+                ("deal_id", Str),
+                ("lead_id", Str),
+                ("owner_id", Str),
             ],
             required: &[],
         },
         "tasks" => &Schema {
             fields: &[
-                ("subject", Str), ("body", Str), ("status", Str), ("priority", Str),
-                ("due_date", Time), ("done", Bool), ("contact_id", Str), ("account_id", Str),
-                ("deal_id", Str), ("lead_id", Str), ("owner_id", Str),
+                ("subject", Str),
+                ("body", Str),
+                ("status", Str),
+                ("priority", Str),
+                ("due_date", Time),
+                ("done", Bool),
+                ("contact_id", Str),
+                ("account_id", Str),
+                ("deal_id", Str),
+                ("lead_id", Str),
+                ("owner_id", Str),
             ],
             required: &["subject"],
         },
         "events" => &Schema {
             fields: &[
-                ("subject", Str), ("description", Str), ("kind", Str), ("location", Str),
-                ("starts_at", Time), ("ends_at", Time), ("all_day", Bool),
-                ("contact_ids", StrList), ("account_id", Str), ("deal_id", Str),
-                ("lead_id", Str), ("owner_id", Str),
+                ("subject", Str),
+                ("description", Str),
+                ("kind", Str),
+                ("location", Str),
+                ("starts_at", Time),
+                ("ends_at", Time),
+                ("all_day", Bool),
+                ("contact_ids", StrList),
+                ("account_id", Str),
+                ("deal_id", Str),
+                ("lead_id", Str),
+                ("owner_id", Str),
             ],
             required: &["starts_at", "ends_at"],
         },
         "attendees" => &Schema {
-            fields: &[("event_id", Str), ("email", Str), ("response", Str), ("contact_id", Str), ("lead_id", Str)],
+            fields: &[
+                ("event_id", Str),
+                ("email", Str),
+                ("response", Str),
+                ("contact_id", Str),
+                ("lead_id", Str),
+            ],
             required: &["event_id"],
         },
         "emails" => &Schema {
             fields: &[
-                ("from", Str), ("to", StrList), ("cc", StrList), ("bcc", StrList),
-                ("subject", Str), ("body_text", Str), ("body_html", Str), ("sent_at", Time),
-                ("incoming", Bool), ("bounced", Bool), ("has_attachment", Bool), ("status", Str),
-                ("contact_id", Str), ("account_id", Str), ("deal_id", Str), ("lead_id", Str),
+                ("from", Str),
+                ("to", StrList),
+                ("cc", StrList),
+                ("bcc", StrList),
+                ("subject", Str),
+                ("body_text", Str),
+                ("body_html", Str),
+                ("sent_at", Time),
+                ("incoming", Bool),
+                ("bounced", Bool),
+                ("has_attachment", Bool),
+                ("status", Str),
+                ("contact_id", Str),
+                ("account_id", Str),
+                ("deal_id", Str),
+                ("lead_id", Str),
                 ("owner_id", Str),
             ],
             required: &["from", "to", "subject"],
         },
         "calls" => &Schema {
             fields: &[
-                ("subject", Str), ("notes", Str), ("at", Time), ("disposition", Str),
-                ("direction", Str), ("duration_seconds", Num), ("from_number", Str),
-                ("to_number", Str), ("recording_url", Str), ("contact_id", Str),
-                ("account_id", Str), ("deal_id", Str), ("lead_id", Str), ("owner_id", Str),
+                ("subject", Str),
+                ("notes", Str),
+                ("at", Time),
+                ("disposition", Str),
+                ("direction", Str),
+                ("duration_seconds", Num),
+                ("from_number", Str),
+                ("to_number", Str),
+                ("recording_url", Str),
+                ("contact_id", Str),
+                ("account_id", Str),
+                ("deal_id", Str),
+                ("lead_id", Str),
+                ("owner_id", Str),
             ],
             required: &["at", "direction"],
         },
         "lists" => &Schema {
-            fields: &[("name", Str), ("object_type", Str), ("member_ids", StrList), ("owner_id", Str)],
+            fields: &[
+                ("name", Str),
+                ("object_type", Str),
+                ("member_ids", StrList),
+                ("owner_id", Str),
+            ],
             required: &["name", "object_type"],
         },
         _ => &Schema {
@@ -180,7 +266,10 @@ fn ts(t: DateTime<Utc>) -> String {
 impl Record {
     /// Sort key for keyset paging: modification time, then id.
     pub fn sort_key(&self) -> (i64, String) {
-        (self.updated_at.timestamp_millis(), format!("{:0>12}", self.id))
+        (
+            self.updated_at.timestamp_millis(),
+            format!("{:0>12}", self.id),
+        )
     }
 
     pub fn to_json(&self, with_deleted: bool) -> Value {
@@ -213,23 +302,89 @@ const FIRST: &[&str] = &[
     "Omar", "Ingrid", "Kenji", "Sofia", "Diego", "Amara", "Felix", "Leila", "Tomas",
 ];
 const LAST: &[&str] = &[
-    "Okafor", "Lindqvist", "Patel", "Nguyen", "Garcia", "Schmidt", "Kowalski", "Haddad", "Tanaka",
-    "Moreau", "Brennan", "Silva", "Adeyemi", "Rossi", "Novak", "Chen", "Larsen", "Dubois",
+    "Okafor",
+    "Lindqvist",
+    "Patel",
+    "Nguyen",
+    "Garcia",
+    "Schmidt",
+    "Kowalski",
+    "Haddad",
+    "Tanaka",
+    "Moreau",
+    "Brennan",
+    "Silva",
+    "Adeyemi",
+    "Rossi",
+    "Novak",
+    "Chen",
+    "Larsen",
+    "Dubois",
 ];
 const COMPANY_A: &[&str] = &[
-    "Northwind", "Bluefin", "Cedar", "Helix", "Quarry", "Lumen", "Atlas", "Ridge", "Orbit", "Kestrel",
-    "Maple", "Vertex", "Harbor", "Summit", "Pioneer",
+    "Northwind",
+    "Bluefin",
+    "Cedar",
+    "Helix",
+    "Quarry",
+    "Lumen",
+    "Atlas",
+    "Ridge",
+    "Orbit",
+    "Kestrel",
+    "Maple",
+    "Vertex",
+    "Harbor",
+    "Summit",
+    "Pioneer",
 ];
-const COMPANY_B: &[&str] = &["Labs", "Logistics", "Analytics", "Health", "Systems", "Foods", "Energy", "Robotics", "Capital", "Media"];
-const INDUSTRIES: &[&str] = &["Software", "Logistics", "Healthcare", "Manufacturing", "Financial Services", "Retail", "Energy", "Media"];
-const TITLES: &[&str] = &["VP Sales", "Head of RevOps", "CTO", "Account Executive", "Marketing Manager", "CFO", "SDR Lead", "Procurement Manager"];
+const COMPANY_B: &[&str] = &[
+    "Labs",
+    "Logistics",
+    "Analytics",
+    "Health",
+    "Systems",
+    "Foods",
+    "Energy",
+    "Robotics",
+    "Capital",
+    "Media",
+];
+const INDUSTRIES: &[&str] = &[
+    "Software",
+    "Logistics",
+    "Healthcare",
+    "Manufacturing",
+    "Financial Services",
+    "Retail",
+    "Energy",
+    "Media",
+];
+const TITLES: &[&str] = &[
+    "VP Sales",
+    "Head of RevOps",
+    "CTO",
+    "Account Executive",
+    "Marketing Manager",
+    "CFO",
+    "SDR Lead",
+    "Procurement Manager",
+];
 const STAGES: &[(&str, u32)] = &[
-    ("qualification", 10), ("discovery", 25), ("proposal", 50), ("negotiation", 75),
-    ("closed_won", 100), ("closed_lost", 0),
+    ("qualification", 10),
+    ("discovery", 25),
+    ("proposal", 50),
+    ("negotiation", 75),
+    ("closed_won", 100),
+    ("closed_lost", 0),
 ];
 const CITIES: &[(&str, &str, &str)] = &[
-    ("Austin", "TX", "US"), ("Berlin", "BE", "DE"), ("Toronto", "ON", "CA"), ("Lisbon", "11", "PT"),
-    ("Denver", "CO", "US"), ("Sydney", "NSW", "AU"),
+    ("Austin", "TX", "US"),
+    ("Berlin", "BE", "DE"),
+    ("Toronto", "ON", "CA"),
+    ("Lisbon", "11", "PT"),
+    ("Denver", "CO", "US"),
+    ("Sydney", "NSW", "AU"),
 ];
 
 fn pick<'a>(rng: &mut StdRng, xs: &'a [&'a str]) -> &'a str {
@@ -242,7 +397,8 @@ pub fn generate(account_id: &str) -> Account {
     let mut rng = StdRng::seed_from_u64(seed);
     let now = Utc::now();
     let mut next_id = 1000u64;
-    let mut objects: std::collections::HashMap<&'static str, BTreeMap<String, Record>> = Default::default();
+    let mut objects: std::collections::HashMap<&'static str, BTreeMap<String, Record>> =
+        Default::default();
     // Timestamps come from their own generator so that the closure does not
     // borrow the one the field values are drawn from.
     let mut time_rng = StdRng::seed_from_u64(seed ^ 0x5eed);
@@ -255,25 +411,40 @@ pub fn generate(account_id: &str) -> Account {
         let created = now - Duration::minutes(rng.random_range(60..180 * 24 * 60));
         let span = (now - created).num_minutes().max(1);
         let updated = created + Duration::minutes(rng.random_range(0..span));
-        let Value::Object(fields) = fields else { unreachable!("fields are objects") };
+        let Value::Object(fields) = fields else {
+            unreachable!("fields are objects")
+        };
         objects.entry(object).or_default().insert(
             id.clone(),
-            Record { id: id.clone(), created_at: created, updated_at: updated, deleted_at: None, fields },
+            Record {
+                id: id.clone(),
+                created_at: created,
+                updated_at: updated,
+                deleted_at: None,
+                fields,
+            },
         );
         id
     };
     let mut users = Vec::new();
     for i in 0..6 {
         let (f, l) = (pick(&mut rng, FIRST), pick(&mut rng, LAST));
-        users.push(add("users", json!({
-            "first_name": f, "last_name": l,
-            "email": format!("{}.{}{}@sandbox-crm.test", f.to_lowercase(), l.to_lowercase(), i),
-            "active": i != 5,
-        })));
+        users.push(add(
+            "users",
+            json!({
+                "first_name": f, "last_name": l,
+                "email": format!("{}.{}{}@sandbox-crm.test", f.to_lowercase(), l.to_lowercase(), i),
+                "active": i != 5,
+            }),
+        ));
     }
     let mut accounts = Vec::new();
     for _ in 0..30 {
-        let name = format!("{} {}", pick(&mut rng, COMPANY_A), pick(&mut rng, COMPANY_B));
+        let name = format!(
+            "{} {}",
+            pick(&mut rng, COMPANY_A),
+            pick(&mut rng, COMPANY_B)
+        );
         let (city, state, country) = CITIES[rng.random_range(0..CITIES.len())];
         let owner = users[rng.random_range(0..users.len())].clone();
         accounts.push((name.clone(), add("accounts", json!({
@@ -323,7 +494,11 @@ pub fn generate(account_id: &str) -> Account {
     for i in 0..35 {
         let (f, l) = (pick(&mut rng, FIRST), pick(&mut rng, LAST));
         let owner = users[rng.random_range(0..users.len())].clone();
-        let company = format!("{} {}", pick(&mut rng, COMPANY_A), pick(&mut rng, COMPANY_B));
+        let company = format!(
+            "{} {}",
+            pick(&mut rng, COMPANY_A),
+            pick(&mut rng, COMPANY_B)
+        );
         leads.push(add("leads", json!({
             "first_name": f, "last_name": l,
             "email": format!("{}{}@lead{}.example", f.to_lowercase(), i, i),
@@ -336,23 +511,37 @@ pub fn generate(account_id: &str) -> Account {
         let contact = contacts[rng.random_range(0..contacts.len())].clone();
         let deal = deals[rng.random_range(0..deals.len())].clone();
         let owner = users[rng.random_range(0..users.len())].clone();
-        let text = pick(&mut rng, &["Discussed pricing tiers.", "Sent security questionnaire.", "Champion is changing roles.", "Asked for a case study."]);
-        add("notes", json!({
-            "body_html": format!("<p>{text}</p>"), "body_text": text,
-            "contact_id": contact, "deal_id": deal, "owner_id": owner,
-        }));
+        let text = pick(
+            &mut rng,
+            &[
+                "Discussed pricing tiers.",
+                "Sent security questionnaire.",
+                "Champion is changing roles.",
+                "Asked for a case study.",
+            ],
+        );
+        add(
+            "notes",
+            json!({
+                "body_html": format!("<p>{text}</p>"), "body_text": text,
+                "contact_id": contact, "deal_id": deal, "owner_id": owner,
+            }),
+        );
     }
     for _ in 0..50 {
         let contact = contacts[rng.random_range(0..contacts.len())].clone();
         let owner = users[rng.random_range(0..users.len())].clone();
         let done = rng.random_bool(0.4);
-        add("tasks", json!({
-            "subject": pick(&mut rng, &["Follow up", "Send proposal", "Book demo", "Check in after trial"]),
-            "body": "Generated sandbox task.", "status": if done { "completed" } else { "open" },
-            "priority": pick(&mut rng, &["low", "normal", "high"]),
-            "due_date": ts(now + Duration::days(rng.random_range(-20..30))), "done": done,
-            "contact_id": contact, "owner_id": owner,
-        }));
+        add(
+            "tasks",
+            json!({
+                "subject": pick(&mut rng, &["Follow up", "Send proposal", "Book demo", "Check in after trial"]),
+                "body": "Generated sandbox task.", "status": if done { "completed" } else { "open" },
+                "priority": pick(&mut rng, &["low", "normal", "high"]),
+                "due_date": ts(now + Duration::days(rng.random_range(-20..30))), "done": done,
+                "contact_id": contact, "owner_id": owner,
+            }),
+        );
     }
     let mut events = Vec::new();
     for _ in 0..30 {
@@ -370,46 +559,61 @@ pub fn generate(account_id: &str) -> Account {
     for event in &events {
         for _ in 0..2 {
             let contact = contacts[rng.random_range(0..contacts.len())].clone();
-            add("attendees", json!({
-                "event_id": event, "email": format!("attendee{}@example.com", rng.random_range(0..1000)),
-                "response": pick(&mut rng, &["accepted", "tentative", "declined", "needs_action"]),
-                "contact_id": contact,
-            }));
+            add(
+                "attendees",
+                json!({
+                    "event_id": event, "email": format!("attendee{}@example.com", rng.random_range(0..1000)),
+                    "response": pick(&mut rng, &["accepted", "tentative", "declined", "needs_action"]),
+                    "contact_id": contact,
+                }),
+            );
         }
     }
     for _ in 0..60 {
         let contact = contacts[rng.random_range(0..contacts.len())].clone();
         let owner = users[rng.random_range(0..users.len())].clone();
         let incoming = rng.random_bool(0.5);
-        add("emails", json!({
-            "from": if incoming { "buyer@customer.example" } else { "rep@sandbox-crm.test" },
-            "to": [if incoming { "rep@sandbox-crm.test" } else { "buyer@customer.example" }],
-            "cc": [], "bcc": [],
-            "subject": pick(&mut rng, &["Re: pricing", "Next steps", "Intro", "Contract redlines"]),
-            "body_text": "Hi, following up on our conversation.", "body_html": "<p>Hi, following up on our conversation.</p>",
-            "sent_at": ts(now - Duration::hours(rng.random_range(1..24 * 90))),
-            "incoming": incoming, "bounced": false, "has_attachment": rng.random_bool(0.2), "status": "sent",
-            "contact_id": contact, "owner_id": owner,
-        }));
+        add(
+            "emails",
+            json!({
+                "from": if incoming { "buyer@customer.example" } else { "rep@sandbox-crm.test" },
+                "to": [if incoming { "rep@sandbox-crm.test" } else { "buyer@customer.example" }],
+                "cc": [], "bcc": [],
+                "subject": pick(&mut rng, &["Re: pricing", "Next steps", "Intro", "Contract redlines"]),
+                "body_text": "Hi, following up on our conversation.", "body_html": "<p>Hi, following up on our conversation.</p>",
+                "sent_at": ts(now - Duration::hours(rng.random_range(1..24 * 90))),
+                "incoming": incoming, "bounced": false, "has_attachment": rng.random_bool(0.2), "status": "sent",
+                "contact_id": contact, "owner_id": owner,
+            }),
+        );
     }
     for _ in 0..40 {
         let contact = contacts[rng.random_range(0..contacts.len())].clone();
         let owner = users[rng.random_range(0..users.len())].clone();
-        add("calls", json!({
-            "subject": "Call", "notes": "Generated sandbox call.",
-            "at": ts(now - Duration::hours(rng.random_range(1..24 * 90))),
-            "disposition": pick(&mut rng, &["connected", "left_voicemail", "no_answer", "busy"]),
-            "direction": pick(&mut rng, &["inbound", "outbound"]),
-            "duration_seconds": rng.random_range(0..1800),
-            "from_number": "+1-555-0100", "to_number": format!("+1-555-{:04}", rng.random_range(0..10000)),
-            "contact_id": contact, "owner_id": owner,
-        }));
+        add(
+            "calls",
+            json!({
+                "subject": "Call", "notes": "Generated sandbox call.",
+                "at": ts(now - Duration::hours(rng.random_range(1..24 * 90))),
+                "disposition": pick(&mut rng, &["connected", "left_voicemail", "no_answer", "busy"]),
+                "direction": pick(&mut rng, &["inbound", "outbound"]),
+                "duration_seconds": rng.random_range(0..1800),
+                "from_number": "+1-555-0100", "to_number": format!("+1-555-{:04}", rng.random_range(0..10000)),
+                "contact_id": contact, "owner_id": owner,
+            }),
+        );
     }
     let members: Vec<String> = contacts.iter().take(12).cloned().collect();
     let lead_members: Vec<String> = leads.iter().take(8).cloned().collect();
     let owner = users[0].clone();
-    add("lists", json!({"name": "Q3 webinar attendees", "object_type": "contacts", "member_ids": members, "owner_id": owner}));
-    add("lists", json!({"name": "Inbound MQLs", "object_type": "leads", "member_ids": lead_members, "owner_id": owner}));
+    add(
+        "lists",
+        json!({"name": "Q3 webinar attendees", "object_type": "contacts", "member_ids": members, "owner_id": owner}),
+    );
+    add(
+        "lists",
+        json!({"name": "Inbound MQLs", "object_type": "leads", "member_ids": lead_members, "owner_id": owner}),
+    );
     Account {
         next_id,
         objects,

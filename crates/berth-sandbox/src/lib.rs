@@ -114,7 +114,10 @@ fn with_account(
             let mut r = error(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",
-                format!("Rate limit of {} requests per minute exceeded.", w.per_minute),
+                format!(
+                    "Rate limit of {} requests per minute exceeded.",
+                    w.per_minute
+                ),
             );
             let h = r.headers_mut();
             h.insert("retry-after", HeaderValue::from(reset));
@@ -166,11 +169,14 @@ async fn settings(
     with_account(&s, &headers, |a| match parsed {
         Err(e) => error(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()),
         Ok(set) => {
-            a.rate_limit = set.rate_limit_per_minute.filter(|n| *n > 0).map(|n| RateWindow {
-                per_minute: n,
-                started: Instant::now(),
-                used: 0,
-            });
+            a.rate_limit = set
+                .rate_limit_per_minute
+                .filter(|n| *n > 0)
+                .map(|n| RateWindow {
+                    per_minute: n,
+                    started: Instant::now(),
+                    used: 0,
+                });
             Json(json!({"rate_limit_per_minute": set.rate_limit_per_minute})).into_response()
         }
     })
@@ -192,7 +198,10 @@ fn unknown_object(object: &str) -> Response {
     error(
         StatusCode::NOT_FOUND,
         "not_found",
-        format!("unknown object type `{object}`; one of {}", OBJECTS.join(", ")),
+        format!(
+            "unknown object type `{object}`; one of {}",
+            OBJECTS.join(", ")
+        ),
     )
 }
 
@@ -216,7 +225,11 @@ async fn list(
             );
         }
     };
-    let since = match q.updated_since.as_deref().map(chrono::DateTime::parse_from_rfc3339) {
+    let since = match q
+        .updated_since
+        .as_deref()
+        .map(chrono::DateTime::parse_from_rfc3339)
+    {
         None => None,
         Some(Ok(t)) => Some(t.with_timezone(&chrono::Utc)),
         Some(Err(_)) => {
@@ -232,7 +245,11 @@ async fn list(
         Some(c) => match data::decode_cursor(c) {
             Some(p) => Some(p),
             None => {
-                return error(StatusCode::BAD_REQUEST, "invalid_cursor", "cursor is invalid");
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_cursor",
+                    "cursor is invalid",
+                );
             }
         },
     };
@@ -243,7 +260,11 @@ async fn list(
             .values()
             .filter(|r| include_deleted || r.deleted_at.is_none())
             .filter(|r| since.is_none_or(|t| r.updated_at >= t))
-            .filter(|r| after.as_ref().is_none_or(|(t, id)| r.sort_key() > (*t, id.clone())))
+            .filter(|r| {
+                after
+                    .as_ref()
+                    .is_none_or(|(t, id)| r.sort_key() > (*t, id.clone()))
+            })
             .collect();
         page.sort_by_key(|r| r.sort_key());
         let more = page.len() > limit;
@@ -269,15 +290,21 @@ async fn find(
     };
     with_account(&s, &headers, |a| {
         match a.objects.entry(object).or_default().get(&id) {
-            Some(r) if r.deleted_at.is_none() => Json(json!({"data": r.to_json(true)})).into_response(),
-            _ => error(StatusCode::NOT_FOUND, "not_found", format!("no {object} with id {id}")),
+            Some(r) if r.deleted_at.is_none() => {
+                Json(json!({"data": r.to_json(true)})).into_response()
+            }
+            _ => error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no {object} with id {id}"),
+            ),
         }
     })
 }
 
 /// Validates a write body against the object's schema; returns the field
 /// errors in the sandbox's own error shape.
-fn validate(object: &str, body: &Map<String, Value>, creating: bool) -> Result<(), Response> {
+fn validate(object: &str, body: &Map<String, Value>, creating: bool) -> Result<(), Box<Response>> {
     let schema = schema_of(object);
     let mut errors = Vec::new();
     for (k, v) in body {
@@ -299,19 +326,29 @@ fn validate(object: &str, body: &Map<String, Value>, creating: bool) -> Result<(
     if errors.is_empty() {
         Ok(())
     } else {
-        Err((
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Json(json!({"error": "validation_failed", "message": "The record is invalid.", "fields": errors})),
-        )
-            .into_response())
+        Err(Box::new(
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Json(json!({"error": "validation_failed", "message": "The record is invalid.", "fields": errors})),
+            )
+                .into_response(),
+        ))
     }
 }
 
-fn parse_body(body: &[u8]) -> Result<Map<String, Value>, Response> {
+fn parse_body(body: &[u8]) -> Result<Map<String, Value>, Box<Response>> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(error(StatusCode::BAD_REQUEST, "invalid_json", "body must be a JSON object")),
-        Err(e) => Err(error(StatusCode::BAD_REQUEST, "invalid_json", e.to_string())),
+        Ok(_) => Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            "body must be a JSON object",
+        ))),
+        Err(e) => Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            e.to_string(),
+        ))),
     }
 }
 
@@ -325,11 +362,15 @@ async fn create(
         return unknown_object(&object);
     };
     if object == "users" {
-        return error(StatusCode::METHOD_NOT_ALLOWED, "read_only", "users are read-only");
+        return error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "read_only",
+            "users are read-only",
+        );
     }
     let fields = match parse_body(&body).and_then(|m| validate(object, &m, true).map(|_| m)) {
         Ok(m) => m,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     with_account(&s, &headers, |a| {
         a.next_id += 1;
@@ -358,11 +399,15 @@ async fn update(
         return unknown_object(&object);
     };
     if object == "users" {
-        return error(StatusCode::METHOD_NOT_ALLOWED, "read_only", "users are read-only");
+        return error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "read_only",
+            "users are read-only",
+        );
     }
     let fields = match parse_body(&body).and_then(|m| validate(object, &m, false).map(|_| m)) {
         Ok(m) => m,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     with_account(&s, &headers, |a| {
         match a.objects.entry(object).or_default().get_mut(&id) {
@@ -370,10 +415,15 @@ async fn update(
                 for (k, v) in fields {
                     r.fields.insert(k, v);
                 }
-                r.updated_at = chrono::Utc::now().max(r.updated_at + chrono::Duration::milliseconds(1));
+                r.updated_at =
+                    chrono::Utc::now().max(r.updated_at + chrono::Duration::milliseconds(1));
                 Json(json!({"data": r.to_json(true)})).into_response()
             }
-            _ => error(StatusCode::NOT_FOUND, "not_found", format!("no {object} with id {id}")),
+            _ => error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no {object} with id {id}"),
+            ),
         }
     })
 }
@@ -387,7 +437,11 @@ async fn remove(
         return unknown_object(&object);
     };
     if object == "users" {
-        return error(StatusCode::METHOD_NOT_ALLOWED, "read_only", "users are read-only");
+        return error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "read_only",
+            "users are read-only",
+        );
     }
     with_account(&s, &headers, |a| {
         match a.objects.entry(object).or_default().get_mut(&id) {
@@ -397,8 +451,11 @@ async fn remove(
                 r.updated_at = now.max(r.updated_at + chrono::Duration::milliseconds(1));
                 StatusCode::NO_CONTENT.into_response()
             }
-            _ => error(StatusCode::NOT_FOUND, "not_found", format!("no {object} with id {id}")),
+            _ => error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no {object} with id {id}"),
+            ),
         }
     })
 }
-

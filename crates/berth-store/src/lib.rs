@@ -19,7 +19,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
 mod rows;
 pub use rows::*;
@@ -367,7 +369,11 @@ impl Store {
         )).bind(environment_id).bind(t).bind(id).bind(limit).fetch_all(p).await)?)
     }
 
-    pub async fn get_connection(&self, environment_id: &str, id: &str) -> Result<Option<Connection>> {
+    pub async fn get_connection(
+        &self,
+        environment_id: &str,
+        id: &str,
+    ) -> Result<Option<Connection>> {
         Ok(with_db!(self, p => sqlx::query_as::<_, Connection>(concat!(
             "SELECT ", connection_cols!(), " FROM connections \
              WHERE environment_id = $1 AND id = $2 AND deleted_at IS NULL"
@@ -415,7 +421,11 @@ impl Store {
 
     // ---- credentials --------------------------------------------------------
 
-    pub async fn get_credential(&self, environment_id: &str, connection_id: &str) -> Result<Option<Credential>> {
+    pub async fn get_credential(
+        &self,
+        environment_id: &str,
+        connection_id: &str,
+    ) -> Result<Option<Credential>> {
         Ok(with_db!(self, p => sqlx::query_as::<_, Credential>(
             "SELECT connection_id, environment_id, version, sealed, updated_at FROM credentials \
              WHERE environment_id = $1 AND connection_id = $2"
@@ -444,12 +454,18 @@ impl Store {
             "UPDATE credentials SET sealed = $3, version = version + 1, updated_at = $4 \
              WHERE connection_id = $1 AND version = $2"
         ).bind(connection_id).bind(expected_version).bind(sealed).bind(now).execute(p).await
-        .map(|r| r.rows_affected()))? == 1)
+        .map(|r| r.rows_affected()))?
+            == 1)
     }
 
     // ---- events ----------------------------------------------------------------
 
-    pub async fn list_events(&self, environment_id: &str, after_seq: i64, limit: i64) -> Result<Vec<Event>> {
+    pub async fn list_events(
+        &self,
+        environment_id: &str,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<Event>> {
         Ok(with_db!(self, p => sqlx::query_as::<_, Event>(
             "SELECT seq, id, environment_id, connection_id, event_type, payload, created_at FROM events \
              WHERE environment_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
@@ -506,12 +522,17 @@ pub mod testing {
                 .map(|d| d.as_nanos())
                 .unwrap_or_default()
         );
-        let admin = PgPoolOptions::new().max_connections(1).connect(admin_url).await?;
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(admin_url)
+            .await?;
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(&admin)
             .await?;
         admin.close().await;
-        let (base, _) = admin_url.rsplit_once('/').ok_or(StoreError::UnsupportedUrl)?;
+        let (base, _) = admin_url
+            .rsplit_once('/')
+            .ok_or(StoreError::UnsupportedUrl)?;
         Ok(format!("{base}/{name}"))
     }
 }

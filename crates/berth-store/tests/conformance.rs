@@ -33,10 +33,25 @@ async fn backends() -> Vec<Store> {
 async fn bootstrapped() -> Vec<(Store, Environment, Environment)> {
     let mut out = Vec::new();
     for s in backends().await {
-        let envs = s.bootstrap(1).await.unwrap().expect("first bootstrap creates");
-        assert!(s.bootstrap(2).await.unwrap().is_none(), "second bootstrap is a no-op");
-        let dev = envs.iter().find(|e| e.name == "development").unwrap().clone();
-        let prod = envs.iter().find(|e| e.name == "production").unwrap().clone();
+        let envs = s
+            .bootstrap(1)
+            .await
+            .unwrap()
+            .expect("first bootstrap creates");
+        assert!(
+            s.bootstrap(2).await.unwrap().is_none(),
+            "second bootstrap is a no-op"
+        );
+        let dev = envs
+            .iter()
+            .find(|e| e.name == "development")
+            .unwrap()
+            .clone();
+        let prod = envs
+            .iter()
+            .find(|e| e.name == "production")
+            .unwrap()
+            .clone();
         out.push((s, dev, prod));
     }
     out
@@ -75,7 +90,13 @@ async fn session(s: &Store, env: &str, id: &str, expires_at: i64) {
     .unwrap();
 }
 
-async fn connect(s: &Store, env: &str, sid: &str, cid: &str, limit: Option<i64>) -> Result<(), CreateConnectionError> {
+async fn connect(
+    s: &Store,
+    env: &str,
+    sid: &str,
+    cid: &str,
+    limit: Option<i64>,
+) -> Result<(), CreateConnectionError> {
     session(s, env, sid, i64::MAX).await;
     let c = new_conn(cid, env);
     s.create_connection_for_session(&CreateConnection {
@@ -101,23 +122,67 @@ async fn connect(s: &Store, env: &str, sid: &str, cid: &str, limit: Option<i64>)
 async fn api_tokens_hash_lookup_scoping_and_revocation() {
     for (s, dev, prod) in bootstrapped().await {
         for (id, env, hash) in [("t1", &dev, "h1"), ("t2", &prod, "h2")] {
-            s.insert_api_token(&NewApiToken { id, environment_id: &env.id, name: "n", prefix: "berth_dev_ab", token_hash: hash, created_at: 5 })
-                .await
-                .unwrap();
+            s.insert_api_token(&NewApiToken {
+                id,
+                environment_id: &env.id,
+                name: "n",
+                prefix: "berth_dev_ab",
+                token_hash: hash,
+                created_at: 5,
+            })
+            .await
+            .unwrap();
         }
-        assert_eq!(s.environment_by_api_token_hash("h1").await.unwrap().unwrap().name, "development");
-        assert_eq!(s.environment_by_api_token_hash("h2").await.unwrap().unwrap().name, "production");
-        assert!(s.environment_by_api_token_hash("nope").await.unwrap().is_none());
+        assert_eq!(
+            s.environment_by_api_token_hash("h1")
+                .await
+                .unwrap()
+                .unwrap()
+                .name,
+            "development"
+        );
+        assert_eq!(
+            s.environment_by_api_token_hash("h2")
+                .await
+                .unwrap()
+                .unwrap()
+                .name,
+            "production"
+        );
+        assert!(
+            s.environment_by_api_token_hash("nope")
+                .await
+                .unwrap()
+                .is_none()
+        );
         let dup = s
-            .insert_api_token(&NewApiToken { id: "t3", environment_id: &dev.id, name: "n", prefix: "p", token_hash: "h1", created_at: 5 })
+            .insert_api_token(&NewApiToken {
+                id: "t3",
+                environment_id: &dev.id,
+                name: "n",
+                prefix: "p",
+                token_hash: "h1",
+                created_at: 5,
+            })
             .await
             .unwrap_err();
         assert!(dup.is_unique_violation(), "{} {dup}", s.backend());
         assert_eq!(s.list_api_tokens().await.unwrap().len(), 2);
         assert_eq!(s.revoke_api_token("t1", 9).await.unwrap(), 1);
         assert_eq!(s.revoke_api_token("t1", 9).await.unwrap(), 0);
-        assert!(s.environment_by_api_token_hash("h1").await.unwrap().is_none());
-        assert!(s.list_api_tokens().await.unwrap().iter().any(|t| t.id == "t1" && t.revoked_at == Some(9)));
+        assert!(
+            s.environment_by_api_token_hash("h1")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            s.list_api_tokens()
+                .await
+                .unwrap()
+                .iter()
+                .any(|t| t.id == "t1" && t.revoked_at == Some(9))
+        );
     }
 }
 
@@ -125,10 +190,15 @@ async fn api_tokens_hash_lookup_scoping_and_revocation() {
 async fn connection_creation_is_atomic_and_limited() {
     for (s, dev, prod) in bootstrapped().await {
         for i in 0..3 {
-            connect(&s, &dev.id, &format!("s{i}"), &format!("c{i}"), Some(3)).await.unwrap();
+            connect(&s, &dev.id, &format!("s{i}"), &format!("c{i}"), Some(3))
+                .await
+                .unwrap();
         }
         let err = connect(&s, &dev.id, "s3", "c3", Some(3)).await.unwrap_err();
-        assert!(matches!(err, CreateConnectionError::LimitReached(3)), "{err}");
+        assert!(
+            matches!(err, CreateConnectionError::LimitReached(3)),
+            "{err}"
+        );
         // nothing of the refused attempt was written
         assert!(s.get_connection(&dev.id, "c3").await.unwrap().is_none());
         assert!(s.get_credential(&dev.id, "c3").await.unwrap().is_none());
@@ -144,7 +214,14 @@ async fn connection_creation_is_atomic_and_limited() {
                 sealed_credential: "x",
                 public_token_hash: None,
                 live_connection_limit: None,
-                event: NewEvent { id: "e9", environment_id: &dev.id, connection_id: None, event_type: "x", payload: "{}", created_at: 1 },
+                event: NewEvent {
+                    id: "e9",
+                    environment_id: &dev.id,
+                    connection_id: None,
+                    event_type: "x",
+                    payload: "{}",
+                    created_at: 1,
+                },
                 now: 11,
             })
             .await
@@ -161,7 +238,14 @@ async fn connection_creation_is_atomic_and_limited() {
                 sealed_credential: "x",
                 public_token_hash: None,
                 live_connection_limit: None,
-                event: NewEvent { id: "e8", environment_id: &prod.id, connection_id: None, event_type: "x", payload: "{}", created_at: 1 },
+                event: NewEvent {
+                    id: "e8",
+                    environment_id: &prod.id,
+                    connection_id: None,
+                    event_type: "x",
+                    payload: "{}",
+                    created_at: 1,
+                },
                 now: 11,
             })
             .await
@@ -190,7 +274,10 @@ async fn concurrent_creations_never_exceed_the_limit() {
             }
         }
         assert_eq!(ok, 5, "{}", s.backend());
-        let (live, _) = (s.list_connections(&dev.id, None, 100).await.unwrap().len(), ());
+        let (live, _) = (
+            s.list_connections(&dev.id, None, 100).await.unwrap().len(),
+            (),
+        );
         assert_eq!(live, 5);
     }
 }
@@ -199,15 +286,36 @@ async fn concurrent_creations_never_exceed_the_limit() {
 async fn exchange_is_single_use_and_scoped() {
     for (s, dev, prod) in bootstrapped().await {
         connect(&s, &dev.id, "s1", "c1", None).await.unwrap();
-        let sess = s.session_by_public_token_hash("pub-s1").await.unwrap().unwrap();
+        let sess = s
+            .session_by_public_token_hash("pub-s1")
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(sess.state, "completed");
         assert_eq!(sess.connection_id.as_deref(), Some("c1"));
         let c = s.exchange_session("s1", "ah1", 20).await.unwrap().unwrap();
         assert_eq!(c.id, "c1");
         assert!(s.exchange_session("s1", "ah2", 21).await.unwrap().is_none());
-        assert_eq!(s.connection_by_access_token_hash(&dev.id, "ah1").await.unwrap().unwrap().id, "c1");
-        assert!(s.connection_by_access_token_hash(&prod.id, "ah1").await.unwrap().is_none());
-        assert!(s.connection_by_access_token_hash(&dev.id, "ah2").await.unwrap().is_none());
+        assert_eq!(
+            s.connection_by_access_token_hash(&dev.id, "ah1")
+                .await
+                .unwrap()
+                .unwrap()
+                .id,
+            "c1"
+        );
+        assert!(
+            s.connection_by_access_token_hash(&prod.id, "ah1")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            s.connection_by_access_token_hash(&dev.id, "ah2")
+                .await
+                .unwrap()
+                .is_none()
+        );
         assert!(s.get_connection(&prod.id, "c1").await.unwrap().is_none());
     }
 }
@@ -228,14 +336,37 @@ async fn delete_revokes_erases_and_records() {
         // another environment cannot delete it
         let prod_id: &'static str = Box::leak(prod.id.clone().into_boxed_str());
         let dev_id: &'static str = Box::leak(dev.id.clone().into_boxed_str());
-        assert!(!s.delete_connection(prod_id, "c1", &ev("e1", prod_id), 30).await.unwrap());
-        assert!(s.delete_connection(dev_id, "c1", &ev("e2", dev_id), 30).await.unwrap());
-        assert!(!s.delete_connection(dev_id, "c1", &ev("e3", dev_id), 31).await.unwrap());
+        assert!(
+            !s.delete_connection(prod_id, "c1", &ev("e1", prod_id), 30)
+                .await
+                .unwrap()
+        );
+        assert!(
+            s.delete_connection(dev_id, "c1", &ev("e2", dev_id), 30)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !s.delete_connection(dev_id, "c1", &ev("e3", dev_id), 31)
+                .await
+                .unwrap()
+        );
         assert!(s.get_connection(dev_id, "c1").await.unwrap().is_none());
         assert!(s.get_credential(dev_id, "c1").await.unwrap().is_none());
-        assert!(s.connection_by_access_token_hash(dev_id, "ah1").await.unwrap().is_none());
+        assert!(
+            s.connection_by_access_token_hash(dev_id, "ah1")
+                .await
+                .unwrap()
+                .is_none()
+        );
         let events = s.list_events(dev_id, 0, 10).await.unwrap();
-        assert_eq!(events.iter().map(|e| e.event_type.as_str()).collect::<Vec<_>>(), ["connection.created", "connection.deleted"]);
+        assert_eq!(
+            events
+                .iter()
+                .map(|e| e.event_type.as_str())
+                .collect::<Vec<_>>(),
+            ["connection.created", "connection.deleted"]
+        );
         assert!(events[0].seq < events[1].seq);
         assert!(s.list_events(prod_id, 0, 10).await.unwrap().is_empty());
         // the freed slot counts again toward the limit
@@ -247,7 +378,9 @@ async fn delete_revokes_erases_and_records() {
 async fn keyset_paging_is_stable_under_inserts() {
     for (s, dev, _) in bootstrapped().await {
         for i in 0..7 {
-            connect(&s, &dev.id, &format!("s{i}"), &format!("c{i}"), None).await.unwrap();
+            connect(&s, &dev.id, &format!("s{i}"), &format!("c{i}"), None)
+                .await
+                .unwrap();
         }
         let first = s.list_connections(&dev.id, None, 3).await.unwrap();
         assert_eq!(first.len(), 3);
@@ -257,11 +390,17 @@ async fn keyset_paging_is_stable_under_inserts() {
         let mut seen: Vec<String> = first.iter().map(|c| c.id.clone()).collect();
         let mut after = (last.created_at, last.id.clone());
         loop {
-            let page = s.list_connections(&dev.id, Some((after.0, &after.1)), 3).await.unwrap();
+            let page = s
+                .list_connections(&dev.id, Some((after.0, &after.1)), 3)
+                .await
+                .unwrap();
             if page.is_empty() {
                 break;
             }
-            after = (page.last().unwrap().created_at, page.last().unwrap().id.clone());
+            after = (
+                page.last().unwrap().created_at,
+                page.last().unwrap().id.clone(),
+            );
             seen.extend(page.into_iter().map(|c| c.id));
         }
         let mut sorted = seen.clone();

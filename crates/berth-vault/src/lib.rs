@@ -274,23 +274,24 @@ impl Vault {
         if now == *stamp {
             return;
         }
-        match std::fs::read_to_string(&file.path)
+        // A half-written or damaged file keeps the keys we have.
+        if let Some(ring) = std::fs::read_to_string(&file.path)
             .ok()
             .and_then(|t| Keyring::parse_list(&t).ok())
         {
-            Some(ring) => {
-                *self.inner.ring.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ring);
-                *stamp = now;
-            }
-            // A half-written or damaged file: keep the keys we have.
-            None => {}
+            *self.inner.ring.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ring);
+            *stamp = now;
         }
     }
 
     /// The current keyring.
     pub fn keyring(&self) -> Arc<Keyring> {
         self.refresh();
-        self.inner.ring.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.inner
+            .ring
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn active_key_id(&self) -> String {
@@ -453,7 +454,10 @@ mod tests {
         let resealed = cli.seal(b"x", b"a");
         assert_eq!(&*server.open(&resealed, b"a").unwrap(), b"x");
         assert_eq!(&*server.open(&old, b"a").unwrap(), b"x");
-        assert!(!server.needs_reseal(&server.seal(b"y", b"a")) && !cli.needs_reseal(&server.seal(b"y", b"a")));
+        assert!(
+            !server.needs_reseal(&server.seal(b"y", b"a"))
+                && !cli.needs_reseal(&server.seal(b"y", b"a"))
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 
@@ -463,7 +467,11 @@ mod tests {
         assert!(MasterKey::parse(&STANDARD.encode([1u8; 16])).is_err());
         let k = MasterKey::generate();
         assert_eq!(MasterKey::parse(&k.encode()).unwrap().id(), k.id());
-        let list = format!("{}, {}", MasterKey::generate().encode().as_str(), k.encode().as_str());
+        let list = format!(
+            "{}, {}",
+            MasterKey::generate().encode().as_str(),
+            k.encode().as_str()
+        );
         assert_eq!(Keyring::parse_list(&list).unwrap().active().id(), k.id());
     }
 }

@@ -21,7 +21,12 @@ pub struct StoreArgs {
     #[arg(long, env = "BERTH_DATA_DIR", global = true)]
     pub data_dir: Option<PathBuf>,
     /// `sqlite://path` or `postgres://user@host/db`; default: SQLite in the data dir.
-    #[arg(long, env = "BERTH_DATABASE_URL", global = true, hide_env_values = true)]
+    #[arg(
+        long,
+        env = "BERTH_DATABASE_URL",
+        global = true,
+        hide_env_values = true
+    )]
     pub database_url: Option<String>,
 }
 
@@ -105,17 +110,21 @@ impl Config {
             .clone()
             .or(file.listen)
             .unwrap_or_else(|| "127.0.0.1:4000".into());
-        listen
-            .parse::<SocketAddr>()
-            .with_context(|| format!("--listen `{listen}` is not an address like 127.0.0.1:4000"))?;
+        listen.parse::<SocketAddr>().with_context(|| {
+            format!("--listen `{listen}` is not an address like 127.0.0.1:4000")
+        })?;
         let public_url = serve.public_url.clone().or(file.public_url);
         if let Some(u) = &public_url {
-            let parsed = url::Url::parse(u).with_context(|| format!("--public-url `{u}` is not a URL"))?;
+            let parsed =
+                url::Url::parse(u).with_context(|| format!("--public-url `{u}` is not a URL"))?;
             if !matches!(parsed.scheme(), "http" | "https") {
                 bail!("--public-url must be an http(s) URL");
             }
         }
-        let session_ttl_secs = serve.session_ttl_secs.or(file.session_ttl_secs).unwrap_or(1800);
+        let session_ttl_secs = serve
+            .session_ttl_secs
+            .or(file.session_ttl_secs)
+            .unwrap_or(1800);
         if !(60..=86_400).contains(&session_ttl_secs) {
             bail!("session TTL must be between 60 and 86400 seconds");
         }
@@ -168,13 +177,36 @@ mod tests {
 
     #[test]
     fn bad_values_are_refused_with_a_reason() {
-        let bad = |serve: ServeArgs| Config::resolve(&StoreArgs::default(), &serve).unwrap_err().to_string();
-        assert!(bad(ServeArgs { listen: Some("nope".into()), ..Default::default() }).contains("--listen"));
-        assert!(bad(ServeArgs { public_url: Some("ftp://x".into()), ..Default::default() }).contains("http"));
+        let bad = |serve: ServeArgs| {
+            Config::resolve(&StoreArgs::default(), &serve)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(
+            bad(ServeArgs {
+                listen: Some("nope".into()),
+                ..Default::default()
+            })
+            .contains("--listen")
+        );
+        assert!(
+            bad(ServeArgs {
+                public_url: Some("ftp://x".into()),
+                ..Default::default()
+            })
+            .contains("http")
+        );
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("c.toml");
         std::fs::write(&f, "unknown_key = 1").unwrap();
-        let e = Config::resolve(&StoreArgs { config: Some(f), ..Default::default() }, &ServeArgs::default()).unwrap_err();
+        let e = Config::resolve(
+            &StoreArgs {
+                config: Some(f),
+                ..Default::default()
+            },
+            &ServeArgs::default(),
+        )
+        .unwrap_err();
         assert!(format!("{e:#}").contains("unknown_key"), "{e:#}");
     }
 }

@@ -34,7 +34,10 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
     let store = Store::connect(&config.database_url)
         .await
         .context("cannot open the database")?;
-    store.migrate().await.context("cannot migrate the database")?;
+    store
+        .migrate()
+        .await
+        .context("cannot migrate the database")?;
     Ok(store)
 }
 
@@ -43,7 +46,8 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
 pub fn open_vault(config: &Config) -> anyhow::Result<Vault> {
     match std::env::var(MASTER_KEY_ENV) {
         Ok(v) if !v.trim().is_empty() => {
-            let ring = Keyring::parse_list(&v).with_context(|| format!("invalid {MASTER_KEY_ENV}"))?;
+            let ring =
+                Keyring::parse_list(&v).with_context(|| format!("invalid {MASTER_KEY_ENV}"))?;
             Ok(Vault::new(ring))
         }
         _ => {
@@ -64,10 +68,12 @@ pub fn open_vault(config: &Config) -> anyhow::Result<Vault> {
 
 /// Everything needed to build the platform services, minus the public URL.
 pub async fn platform(config: &Config, public_url: String) -> anyhow::Result<Platform> {
-    let catalog = Catalog::load(config.providers_file.as_deref()).context("cannot load the integration catalog")?;
+    let catalog = Catalog::load(config.providers_file.as_deref())
+        .context("cannot load the integration catalog")?;
     let store = open_store(config).await?;
     let vault = open_vault(config)?;
-    let outbound = Outbound::new(&OutboundConfig::default()).context("cannot build the HTTP client")?;
+    let outbound =
+        Outbound::new(&OutboundConfig::default()).context("cannot build the HTTP client")?;
     Ok(Platform::new(
         store,
         vault,
@@ -116,7 +122,10 @@ impl App {
     }
 
     /// Serves until `shutdown` resolves, then lets in-flight requests finish.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let cancel = CancellationToken::new();
         let housekeeping = tokio::spawn(housekeeping(self.platform.clone(), cancel.clone()));
         let router = berth_api::router(

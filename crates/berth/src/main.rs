@@ -9,7 +9,11 @@ use berth::config::{Config, ServeArgs, StoreArgs};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "berth", version, about = "Berth: self-hosted embedded integrations and unified GTM API")]
+#[command(
+    name = "berth",
+    version,
+    about = "Berth: self-hosted embedded integrations and unified GTM API"
+)]
 struct Cli {
     #[command(flatten)]
     store: StoreArgs,
@@ -78,7 +82,10 @@ fn init_tracing() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -125,14 +132,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::ApiToken(cmd) => {
             let config = Config::resolve(&cli.store, &no_serve)?;
             let platform = berth::platform(&config, String::new()).await?;
-            platform.store().bootstrap(berth_connections::now_ms()).await?;
+            platform
+                .store()
+                .bootstrap(berth_connections::now_ms())
+                .await?;
             match cmd {
                 ApiTokenCmd::Create { environment, name } => {
                     let token = platform.create_api_token(&environment, &name).await?;
                     println!("{token}");
                 }
                 ApiTokenCmd::List => {
-                    println!("{:<28} {:<12} {:<18} {:<24} STATUS", "ID", "ENVIRONMENT", "PREFIX", "NAME");
+                    println!(
+                        "{:<28} {:<12} {:<18} {:<24} STATUS",
+                        "ID", "ENVIRONMENT", "PREFIX", "NAME"
+                    );
                     for t in platform.store().list_api_tokens().await? {
                         println!(
                             "{:<28} {:<12} {:<18} {:<24} {}",
@@ -140,7 +153,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             t.environment,
                             format!("{}…", t.prefix),
                             t.name,
-                            if t.revoked_at.is_some() { "revoked" } else { "active" }
+                            if t.revoked_at.is_some() {
+                                "revoked"
+                            } else {
+                                "active"
+                            }
                         );
                     }
                 }
@@ -167,19 +184,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let vault = berth::open_vault(&config)?;
             let key_file = vault.key_file().map(|p| p.to_path_buf());
             if let Some(path) = &key_file {
-                let ring = vault.keyring().with_new_key(berth_vault::MasterKey::generate());
+                let ring = vault
+                    .keyring()
+                    .with_new_key(berth_vault::MasterKey::generate());
                 ring.write_file(path).context("cannot write the key file")?;
                 eprintln!("added key {} to {}", ring.active().id(), path.display());
             } else if prune {
-                anyhow::bail!("--prune works on the key file; with {} remove the old keys from the variable yourself", berth::MASTER_KEY_ENV);
+                anyhow::bail!(
+                    "--prune works on the key file; with {} remove the old keys from the variable yourself",
+                    berth::MASTER_KEY_ENV
+                );
             }
             let platform = berth::platform(&config, String::new()).await?;
             let n = platform.reseal_credentials().await?;
-            eprintln!("re-encrypted {n} credential(s) under key {}", platform_key_id(&config)?);
+            eprintln!(
+                "re-encrypted {n} credential(s) under key {}",
+                platform_key_id(&config)?
+            );
             if prune && let Some(path) = &key_file {
                 let ring = berth::open_vault(&config)?.keyring().only_active();
                 ring.write_file(path).context("cannot write the key file")?;
-                eprintln!("removed old keys; {} now holds only key {}", path.display(), ring.active().id());
+                eprintln!(
+                    "removed old keys; {} now holds only key {}",
+                    path.display(),
+                    ring.active().id()
+                );
             }
             platform.store().close().await;
             Ok(())

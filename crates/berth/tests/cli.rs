@@ -65,21 +65,39 @@ fn serve(data_dir: &Path, db: &str) -> Server {
         out.read_to_string(&mut s).unwrap();
         s
     });
-    Server { child, base, banner, stdout_rest, stderr }
+    Server {
+        child,
+        base,
+        banner,
+        stdout_rest,
+        stderr,
+    }
 }
 
 impl Server {
     /// SIGTERM, wait, and return (exit ok, stdout after the banner, stderr).
     fn stop(mut self) -> (bool, String, String) {
         let pid = self.child.id().to_string();
-        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
         let status = self.child.wait().unwrap();
-        (status.success(), self.stdout_rest.join().unwrap(), self.stderr.join().unwrap())
+        (
+            status.success(),
+            self.stdout_rest.join().unwrap(),
+            self.stderr.join().unwrap(),
+        )
     }
 }
 
 async fn post(base: &str, path: &str, headers: &[(&str, &str)], body: Value) -> (u16, Value) {
-    let mut req = reqwest::Client::new().post(format!("{base}{path}")).json(&body);
+    let mut req = reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .json(&body);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
@@ -91,7 +109,9 @@ async fn database_url(dir: &Path) -> String {
     match std::env::var("BERTH_TEST_BACKEND").as_deref() {
         Ok("postgres") => {
             let admin = std::env::var("BERTH_TEST_POSTGRES_URL").unwrap();
-            berth_store::testing::fresh_postgres_database(&admin).await.unwrap()
+            berth_store::testing::fresh_postgres_database(&admin)
+                .await
+                .unwrap()
         }
         _ => format!("sqlite://{}?mode=rwc", dir.join("berth.db").display()),
     }
@@ -104,7 +124,11 @@ async fn operator_flow_with_the_real_binary_leaks_no_secret_into_logs() {
     let db = database_url(data).await;
 
     let migrate = berth(data, &db, &["migrate"]);
-    assert!(migrate.status.success(), "{}", String::from_utf8_lossy(&migrate.stderr));
+    assert!(
+        migrate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrate.stderr)
+    );
 
     let server = serve(data, &db);
     let initial = server
@@ -117,26 +141,68 @@ async fn operator_flow_with_the_real_binary_leaks_no_secret_into_logs() {
     let base = server.base.clone();
 
     // CLI on the same store while the server runs; stdout is only the token
-    let out = berth(data, &db, &["api-token", "create", "--environment", "production", "--name", "ci"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = berth(
+        data,
+        &db,
+        &[
+            "api-token",
+            "create",
+            "--environment",
+            "production",
+            "--name",
+            "ci",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8(out.stdout).unwrap();
     let prod = stdout.trim().to_string();
     assert_eq!(stdout, format!("{prod}\n"));
     assert!(prod.starts_with("berth_prod_") && prod.len() == "berth_prod_".len() + 64);
     let list = berth(data, &db, &["api-token", "list"]);
     let listing = String::from_utf8(list.stdout).unwrap();
-    assert!(listing.contains("production") && listing.contains("ci") && listing.contains("initial token"));
-    assert!(!listing.contains(&prod) && !listing.contains(&initial), "list never shows secrets");
+    assert!(
+        listing.contains("production")
+            && listing.contains("ci")
+            && listing.contains("initial token")
+    );
+    assert!(
+        !listing.contains(&prod) && !listing.contains(&initial),
+        "list never shows secrets"
+    );
 
     // the documented flow over HTTP
     let api_key = "sk_sandbox_SECRET_4f1c2a9e";
-    let (s, r) = post(&base, "/auth/session-token", &[("x-vessel-api-token", &prod)], json!({})).await;
+    let (s, r) = post(
+        &base,
+        "/auth/session-token",
+        &[("x-vessel-api-token", &prod)],
+        json!({}),
+    )
+    .await;
     assert_eq!(s, 200, "{r}");
     let session = r["result"]["sessionToken"].as_str().unwrap().to_string();
-    let (s, r) = post(&base, "/auth/start", &[("x-vessel-session-token", &session)],
-        json!({"integrationId": "sandbox", "answers": {"api-key": api_key}})).await;
+    let (s, r) = post(
+        &base,
+        "/auth/start",
+        &[("x-vessel-session-token", &session)],
+        json!({"integrationId": "sandbox", "answers": {"api-key": api_key}}),
+    )
+    .await;
     assert_eq!(s, 200, "{r}");
-    let (s, r) = post(&base, "/auth/access-token", &[("x-vessel-api-token", &prod), ("x-vessel-session-token", &session)], json!({})).await;
+    let (s, r) = post(
+        &base,
+        "/auth/access-token",
+        &[
+            ("x-vessel-api-token", &prod),
+            ("x-vessel-session-token", &session),
+        ],
+        json!({}),
+    )
+    .await;
     assert_eq!(s, 200, "{r}");
     let access = r["result"]["accessToken"].as_str().unwrap().to_string();
     let conn = r["result"]["connectionId"].as_str().unwrap().to_string();
@@ -144,32 +210,75 @@ async fn operator_flow_with_the_real_binary_leaks_no_secret_into_logs() {
     let link = reqwest::Client::new()
         .post(format!("{base}/link/token"))
         .header("vessel-api-token", &initial)
-        .send().await.unwrap().json::<Value>().await.unwrap()["linkToken"].as_str().unwrap().to_string();
-    let (s, r) = post(&base, "/auth/start", &[("x-vessel-session-token", &link)],
-        json!({"integrationId": "sandbox", "answers": {"api-key": api_key}})).await;
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["linkToken"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (s, r) = post(
+        &base,
+        "/auth/start",
+        &[("x-vessel-session-token", &link)],
+        json!({"integrationId": "sandbox", "answers": {"api-key": api_key}}),
+    )
+    .await;
     assert_eq!(s, 200, "{r}");
     let public = r["result"]["publicToken"].as_str().unwrap().to_string();
     let r = reqwest::Client::new()
-        .get(format!("{base}/connection/connection?connectionId={conn}&accessToken={access}"))
+        .get(format!(
+            "{base}/connection/connection?connectionId={conn}&accessToken={access}"
+        ))
         .header("vessel-api-token", &prod)
-        .send().await.unwrap();
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
 
     // revocation through the CLI takes effect on the running server
     let prefix: String = prod.chars().take(16).collect();
     let out = berth(data, &db, &["api-token", "revoke", &prefix]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let (s, _) = post(&base, "/connections/list", &[("x-vessel-api-token", &prod)], json!({})).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (s, _) = post(
+        &base,
+        "/connections/list",
+        &[("x-vessel-api-token", &prod)],
+        json!({}),
+    )
+    .await;
     assert_eq!(s, 401);
-    let out = berth(data, &db, &["api-token", "revoke", "berth_nothing_like_this"]);
+    let out = berth(
+        data,
+        &db,
+        &["api-token", "revoke", "berth_nothing_like_this"],
+    );
     assert!(!out.status.success());
 
     let (ok, stdout_rest, logs) = server.stop();
     assert!(ok, "graceful exit on SIGTERM; logs:\n{logs}");
     assert!(logs.contains("shutting down"), "{logs}");
     assert!(logs.contains("/auth/start"), "requests are logged: {logs}");
-    for secret in [initial.as_str(), &prod, &session, &access, &link, &public, api_key] {
-        assert!(!logs.contains(secret), "a secret reached the log: {}…", &secret[..12]);
+    for secret in [
+        initial.as_str(),
+        &prod,
+        &session,
+        &access,
+        &link,
+        &public,
+        api_key,
+    ] {
+        assert!(
+            !logs.contains(secret),
+            "a secret reached the log: {}…",
+            &secret[..12]
+        );
         assert!(!stdout_rest.contains(secret));
     }
     let key_file = std::fs::read_to_string(data.join("master.key")).unwrap();
@@ -186,12 +295,24 @@ async fn operator_flow_with_the_real_binary_leaks_no_secret_into_logs() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(data.join("master.key")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(data.join("master.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
     let again = serve(data, &db);
-    assert!(!again.banner.contains("berth_dev_"), "the token is printed on first start only");
-    let (s, r) = post(&again.base, "/connections/list", &[("x-vessel-api-token", &initial)], json!({})).await;
+    assert!(
+        !again.banner.contains("berth_dev_"),
+        "the token is printed on first start only"
+    );
+    let (s, r) = post(
+        &again.base,
+        "/connections/list",
+        &[("x-vessel-api-token", &initial)],
+        json!({}),
+    )
+    .await;
     assert_eq!(s, 200, "{r}");
     assert_eq!(r["result"]["connections"].as_array().unwrap().len(), 1);
     let (ok, _, _) = again.stop();

@@ -25,9 +25,25 @@ const ENDPOINTS: &[(&str, &str)] = &[
 ];
 
 const KEYS: &[&str] = &[
-    "id", "integrationId", "authType", "answers", "api-key", "externalUserId", "metadata",
-    "allowedOrigins", "cursor", "limit", "filters", "ids", "category", "publicToken",
-    "connectionId", "sessionToken", "oauthAppId", "instanceUrl", "accountId",
+    "id",
+    "integrationId",
+    "authType",
+    "answers",
+    "api-key",
+    "externalUserId",
+    "metadata",
+    "allowedOrigins",
+    "cursor",
+    "limit",
+    "filters",
+    "ids",
+    "category",
+    "publicToken",
+    "connectionId",
+    "sessionToken",
+    "oauthAppId",
+    "instanceUrl",
+    "accountId",
 ];
 
 fn json_value() -> impl Strategy<Value = Value> {
@@ -35,16 +51,32 @@ fn json_value() -> impl Strategy<Value = Value> {
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(Value::from),
-        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(Value::from),
         "\\PC{0,40}".prop_map(Value::String),
-        prop::sample::select(vec!["sandbox", "hubspot", "chatwoot", "apiKey", "oauth2", "", "http://127.0.0.1:9", "crm"])
-            .prop_map(|s| Value::String(s.into())),
+        prop::sample::select(vec![
+            "sandbox",
+            "hubspot",
+            "chatwoot",
+            "apiKey",
+            "oauth2",
+            "",
+            "http://127.0.0.1:9",
+            "crm"
+        ])
+        .prop_map(|s| Value::String(s.into())),
     ];
     leaf.prop_recursive(3, 24, 6, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
-            prop::collection::vec((prop::sample::select(KEYS.to_vec()), inner), 0..6)
-                .prop_map(|kv| Value::Object(kv.into_iter().map(|(k, v)| (k.to_string(), v)).collect::<Map<_, _>>())),
+            prop::collection::vec((prop::sample::select(KEYS.to_vec()), inner), 0..6).prop_map(
+                |kv| Value::Object(
+                    kv.into_iter()
+                        .map(|(k, v)| (k.to_string(), v))
+                        .collect::<Map<_, _>>()
+                )
+            ),
         ]
     })
 }
@@ -63,11 +95,24 @@ fn no_input_reaches_a_server_error() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let app = rt.block_on(spawn());
     let (session, link) = rt.block_on(async {
-        let s = app.session_token(&app.dev_token, serde_json::json!({})).await;
-        let l = app.send("POST", "/link/token", &[("vessel-api-token", &app.dev_token)], None).await;
+        let s = app
+            .session_token(&app.dev_token, serde_json::json!({}))
+            .await;
+        let l = app
+            .send(
+                "POST",
+                "/link/token",
+                &[("vessel-api-token", &app.dev_token)],
+                None,
+            )
+            .await;
         (s, l.body["linkToken"].as_str().unwrap().to_string())
     });
-    let config = ProptestConfig { cases: 400, failure_persistence: None, ..ProptestConfig::default() };
+    let config = ProptestConfig {
+        cases: 400,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
     proptest!(config, |(
         ep in prop::sample::select(ENDPOINTS.to_vec()),
         body in body(),

@@ -32,7 +32,9 @@ pub async fn database_url(dir: &std::path::Path) -> String {
         Ok("postgres") => {
             let admin = std::env::var("BERTH_TEST_POSTGRES_URL")
                 .expect("BERTH_TEST_BACKEND=postgres needs BERTH_TEST_POSTGRES_URL");
-            berth_store::testing::fresh_postgres_database(&admin).await.unwrap()
+            berth_store::testing::fresh_postgres_database(&admin)
+                .await
+                .unwrap()
         }
         _ => format!("sqlite://{}?mode=rwc", dir.join("berth.db").display()),
     }
@@ -52,7 +54,10 @@ pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     tweak(&mut config);
     let app = berth::App::build(&config).await.unwrap();
     let base = format!("http://{}", app.addr);
-    let dev_token = app.initial_token.clone().expect("fresh store creates a token");
+    let dev_token = app
+        .initial_token
+        .clone()
+        .expect("fresh store creates a token");
     let platform = app.platform.clone();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(app.run_until_stopped(async move {
@@ -86,7 +91,13 @@ impl std::fmt::Debug for Resp {
 }
 
 impl TestApp {
-    pub async fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&str>) -> Resp {
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> Resp {
         let mut req = self
             .client
             .request(method.parse().unwrap(), format!("{}{path}", self.base));
@@ -113,9 +124,18 @@ impl TestApp {
     }
 
     pub async fn session_token(&self, api_token: &str, body: Value) -> String {
-        let r = self.post("/auth/session-token", &[("x-vessel-api-token", api_token)], body).await;
+        let r = self
+            .post(
+                "/auth/session-token",
+                &[("x-vessel-api-token", api_token)],
+                body,
+            )
+            .await;
         assert_eq!(r.status, 200, "{r:?}");
-        r.body["result"]["sessionToken"].as_str().unwrap().to_string()
+        r.body["result"]["sessionToken"]
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 
     /// Runs the whole v2 sandbox flow; returns (connectionId, accessToken).
@@ -132,19 +152,31 @@ impl TestApp {
         let r = self
             .post(
                 "/auth/access-token",
-                &[("x-vessel-api-token", api_token), ("x-vessel-session-token", &st)],
+                &[
+                    ("x-vessel-api-token", api_token),
+                    ("x-vessel-session-token", &st),
+                ],
                 json!({}),
             )
             .await;
         assert_eq!(r.status, 200, "{r:?}");
         (
-            r.body["result"]["connectionId"].as_str().unwrap().to_string(),
-            r.body["result"]["accessToken"].as_str().unwrap().to_string(),
+            r.body["result"]["connectionId"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+            r.body["result"]["accessToken"]
+                .as_str()
+                .unwrap()
+                .to_string(),
         )
     }
 
     pub async fn prod_token(&self) -> String {
-        self.platform.create_api_token("production", "test").await.unwrap()
+        self.platform
+            .create_api_token("production", "test")
+            .await
+            .unwrap()
     }
 }
 
@@ -160,6 +192,9 @@ pub fn v2_error(r: &Resp, status: u16) -> String {
 /// Asserts the v1 error shape and returns the error code.
 pub fn v1_error(r: &Resp, status: u16) -> String {
     assert_eq!(r.status, status, "{r:?}");
-    assert!(!r.body["message"].as_str().unwrap_or("").is_empty(), "{r:?}");
+    assert!(
+        !r.body["message"].as_str().unwrap_or("").is_empty(),
+        "{r:?}"
+    );
     r.body["errorCode"].as_str().unwrap().to_string()
 }

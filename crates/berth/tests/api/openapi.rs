@@ -25,8 +25,14 @@ async fn every_route_is_documented_and_served() {
     let paths = doc["paths"].as_object().unwrap();
     let app = spawn().await;
     let platform = [
-        "/integrations/list", "/integrations/find", "/auth/session-token", "/auth/start",
-        "/auth/access-token", "/connections/list", "/connections/get", "/connections/find",
+        "/integrations/list",
+        "/integrations/find",
+        "/auth/session-token",
+        "/auth/start",
+        "/auth/access-token",
+        "/connections/list",
+        "/connections/get",
+        "/connections/find",
         "/connections/delete",
     ];
     for p in platform {
@@ -39,14 +45,28 @@ async fn every_route_is_documented_and_served() {
         }
     }
     for (m, p) in [
-        ("post", "/link/token"), ("post", "/link/exchange"), ("get", "/connection/connection"),
-        ("delete", "/connection/connection"), ("get", "/connection/connections"),
-        ("get", "/connection/crm/integrations"), ("get", "/connection/engagement/integrations"),
-        ("get", "/healthz"), ("get", "/icons/{file}"), ("get", "/openapi.json"),
+        ("post", "/link/token"),
+        ("post", "/link/exchange"),
+        ("get", "/connection/connection"),
+        ("delete", "/connection/connection"),
+        ("get", "/connection/connections"),
+        ("get", "/connection/crm/integrations"),
+        ("get", "/connection/engagement/integrations"),
+        ("get", "/healthz"),
+        ("get", "/icons/{file}"),
+        ("get", "/openapi.json"),
     ] {
-        assert!(paths.get(p).and_then(|i| i.get(m)).is_some(), "{m} {p} undocumented");
+        assert!(
+            paths.get(p).and_then(|i| i.get(m)).is_some(),
+            "{m} {p} undocumented"
+        );
     }
-    let served = app.client.get(format!("{}/openapi.json", app.base)).send().await.unwrap();
+    let served = app
+        .client
+        .get(format!("{}/openapi.json", app.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(served.status(), 200);
     let served: serde_json::Value = served.json().await.unwrap();
     assert_eq!(served, doc);
