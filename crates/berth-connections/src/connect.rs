@@ -130,10 +130,8 @@ impl Platform {
 
         let env = self
             .store()
-            .environments()
+            .environment(&session.environment_id)
             .await?
-            .into_iter()
-            .find(|e| e.id == session.environment_id)
             .ok_or_else(|| {
                 PlatformError::unauthorized("INVALID_SESSION_TOKEN", "invalid session token")
             })?;

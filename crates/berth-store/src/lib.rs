@@ -203,6 +203,12 @@ impl Store {
         ).fetch_all(p).await)?)
     }
 
+    pub async fn environment(&self, id: &str) -> Result<Option<Environment>> {
+        Ok(with_db!(self, p => sqlx::query_as::<_, Environment>(
+            "SELECT id, project_id, name, created_at FROM environments WHERE id = $1"
+        ).bind(id).fetch_optional(p).await)?)
+    }
+
     pub async fn environment_by_name(&self, name: &str) -> Result<Option<Environment>> {
         Ok(with_db!(self, p => sqlx::query_as::<_, Environment>(
             "SELECT id, project_id, name, created_at FROM environments WHERE project_id = $1 AND name = $2"
