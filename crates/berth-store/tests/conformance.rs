@@ -168,7 +168,10 @@ async fn api_tokens_hash_lookup_scoping_and_revocation() {
             .unwrap_err();
         assert!(dup.is_unique_violation(), "{} {dup}", s.backend());
         assert_eq!(s.list_api_tokens().await.unwrap().len(), 2);
-        assert_eq!(s.environment(&prod.id).await.unwrap().unwrap().name, "production");
+        assert_eq!(
+            s.environment(&prod.id).await.unwrap().unwrap().name,
+            "production"
+        );
         assert!(s.environment("nope").await.unwrap().is_none());
         assert_eq!(s.revoke_api_token("t1", 9).await.unwrap(), 1);
         assert_eq!(s.revoke_api_token("t1", 9).await.unwrap(), 0);
