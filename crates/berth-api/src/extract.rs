@@ -142,6 +142,7 @@ impl<F: Family> FromRequestParts<AppState> for Session<F> {
             )
         })?;
         let session = state.platform.session(token).await?;
+        check_origin(parts, state, &session)?;
         Ok(Session {
             session,
             _f: PhantomData,
@@ -161,10 +162,11 @@ impl<F: Family> FromRequestParts<AppState> for MaybeSession<F> {
     ) -> Result<Self, Self::Rejection> {
         match session_token_header(parts) {
             None => Ok(MaybeSession(None, PhantomData)),
-            Some(t) => Ok(MaybeSession(
-                Some(state.platform.session(t).await?),
-                PhantomData,
-            )),
+            Some(t) => {
+                let session = state.platform.session(t).await?;
+                check_origin(parts, state, &session)?;
+                Ok(MaybeSession(Some(session), PhantomData))
+            }
         }
     }
 }
@@ -192,5 +194,71 @@ impl FromRequestParts<AppState> for SessionTokenHeader {
         Ok(SessionTokenHeader(
             session_token_header(parts).map(str::to_owned),
         ))
+    }
+}
+
+/// A session that names allowed origins may only be used from those pages
+/// (and from Berth's own modal). Requests without an `Origin` header are
+/// server-to-server and pass.
+fn check_origin<F: Family>(
+    parts: &Parts,
+    state: &AppState,
+    session: &AuthSession,
+) -> Result<(), ApiError<F>> {
+    let Some(origin) = parts
+        .headers
+        .get(axum::http::header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return Ok(());
+    };
+    let allowed: Vec<String> = serde_json::from_str(&session.allowed_origins).unwrap_or_default();
+    if allowed.is_empty() || allowed.iter().any(|a| a == origin) {
+        return Ok(());
+    }
+    let own = url::Url::parse(&state.platform.config().public_url)
+        .map(|u| u.origin().ascii_serialization())
+        .unwrap_or_default();
+    if origin == own {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "ORIGIN_NOT_ALLOWED",
+        format!("this session token may not be used from {origin}; it allows {}", allowed.join(", ")),
+    ))
+}
+
+/// The connection of the request's `x-vessel-access-token`, within the API
+/// token's environment (both required).
+pub struct AccessConnection<F> {
+    pub env: Environment,
+    pub connection: berth_store::Connection,
+    _f: PhantomData<F>,
+}
+
+impl<F: Family> FromRequestParts<AppState> for AccessConnection<F> {
+    type Rejection = ApiError<F>;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let ApiEnv(env, _) = ApiEnv::<F>::from_request_parts(parts, state).await?;
+        let token = header(parts, &[ACCESS_HEADER]).ok_or_else(|| {
+            ApiError::unauthorized(
+                "MISSING_ACCESS_TOKEN",
+                format!("missing access token: send it in the {ACCESS_HEADER} header"),
+            )
+        })?;
+        let connection = state
+            .platform
+            .connection_for_access_token(&env, token)
+            .await?;
+        Ok(AccessConnection {
+            env,
+            connection,
+            _f: PhantomData,
+        })
     }
 }

@@ -5,10 +5,12 @@
 //! errors to its own shape (`error`).
 #![forbid(unsafe_code)]
 
+mod connect_ui;
 pub mod error;
 pub mod extract;
 mod link;
 pub mod models;
+mod passthrough;
 mod platform;
 
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -36,9 +38,26 @@ pub struct AppState {
 /// The whole HTTP API. `extra` is merged in (the sandbox provider, later
 /// the connect modal) so that `berth` can compose independent routers.
 pub fn router(state: AppState, extra: Router) -> Router {
+    // Only the routes the modal and the client packages call from a
+    // customer's page answer CORS; API-token routes stay server-to-server.
+    let cors = tower_http::cors::CorsLayer::new()
+        .allow_origin(tower_http::cors::AllowOrigin::mirror_request())
+        .allow_methods([axum::http::Method::POST])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            axum::http::HeaderName::from_static(extract::SESSION_HEADER),
+        ])
+        .max_age(std::time::Duration::from_secs(600));
+    let browser = Router::new()
+        .merge(platform::browser_routes())
+        .nest("/api", platform::browser_routes())
+        .layer(cors);
     let api = Router::new()
         .merge(platform::routes())
         .nest("/api", platform::routes())
+        .merge(browser)
+        .merge(passthrough::routes())
+        .merge(connect_ui::routes())
         .merge(link::routes())
         .route("/healthz", get(healthz))
         .route("/icons/{file}", get(icon))
@@ -143,7 +162,15 @@ pub async fn openapi_json() -> Response {
         platform::find_integration,
         platform::create_session_token,
         platform::start_auth,
+        platform::check_permissions,
+        platform::session_status,
         platform::exchange_access_token,
+        platform::create_oauth_app,
+        platform::list_oauth_apps,
+        platform::find_oauth_app,
+        platform::delete_oauth_app,
+        passthrough::passthrough,
+        passthrough::passthrough_v2,
         platform::list_connections,
         platform::get_connection,
         platform::find_connection,

@@ -49,6 +49,7 @@ pub async fn link_token(
                 external_user_id: input.external_user_id,
                 metadata: input.metadata,
                 allowed_origins: input.allowed_origins.unwrap_or_default(),
+                connection_id: input.connection_id,
             },
         )
         .await?;

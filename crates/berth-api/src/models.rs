@@ -220,6 +220,9 @@ pub struct SessionTokenIn {
     pub allowed_origins: Option<Vec<String>>,
     /// Vessel's synced-cache options; accepted for compatibility.
     pub connection: Option<Value>,
+    /// Re-authenticate this existing connection in place (same id) instead
+    /// of creating a new one.
+    pub connection_id: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -244,7 +247,8 @@ pub struct StartAuthOut {
     /// Where to send the user for OAuth; null when the connection is complete.
     #[serde(rename = "oauthURL")]
     pub oauth_url: Option<String>,
-    pub connection_id: String,
+    /// Null until the connection exists (OAuth: after the callback).
+    pub connection_id: Option<String>,
     pub integration_id: String,
     /// v1 link sessions only: the token `onSuccess` receives.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -349,6 +353,8 @@ pub struct LinkTokenIn {
     pub external_user_id: Option<String>,
     pub metadata: Option<Value>,
     pub allowed_origins: Option<Vec<String>>,
+    /// Re-authenticate this existing connection in place.
+    pub connection_id: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -433,4 +439,122 @@ pub struct IntegrationV1 {
 #[derive(Serialize, ToSchema)]
 pub struct IntegrationsV1Out {
     pub integrations: Vec<IntegrationV1>,
+}
+
+// ---- OAuth apps --------------------------------------------------------------------
+
+#[derive(Serialize, Deserialize, Default, ToSchema)]
+#[serde(default, rename_all = "camelCase")]
+pub struct CreateOAuthAppIn {
+    pub integration_id: String,
+    pub client_id: String,
+    /// Stored in the vault; never returned.
+    pub client_secret: String,
+    /// Overrides the catalog's default scopes when not empty.
+    pub scopes: Option<Vec<String>>,
+}
+
+/// An OAuth app; the client secret is never returned.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OAuthAppOut {
+    pub id: String,
+    pub integration_id: String,
+    pub client_id: String,
+    pub scopes: Vec<String>,
+    pub created_time: Option<String>,
+    /// True for a default app from the server configuration.
+    pub configured: bool,
+}
+
+impl OAuthAppOut {
+    pub fn new(a: &berth_connections::OAuthAppView) -> Self {
+        Self {
+            id: a.id.clone(),
+            integration_id: a.integration_id.clone(),
+            client_id: a.client_id.clone(),
+            scopes: a.scopes.clone(),
+            created_time: (a.created_at > 0).then(|| iso(a.created_at)),
+            configured: a.configured,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OAuthAppFound {
+    pub oauth_app: OAuthAppOut,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OAuthAppsOut {
+    pub oauth_apps: Vec<OAuthAppOut>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct IdOut {
+    pub id: String,
+}
+
+// ---- connect modal -------------------------------------------------------------------
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckPermissionsOut {
+    pub valid: bool,
+    pub error_message: Option<String>,
+}
+
+/// The state of a connect session, as the modal sees it.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionStatusOut {
+    /// `created` (waiting for the user), `completed` or `exchanged`.
+    pub state: String,
+    /// `session` (v2) or `link` (v1).
+    pub kind: String,
+    pub integration_id: Option<String>,
+    pub connection_id: Option<String>,
+    /// Set when this session re-authenticates an existing connection.
+    pub reauth_connection_id: Option<String>,
+    pub allowed_origins: Vec<String>,
+    /// Why the last attempt failed, if it did.
+    pub last_error: Option<String>,
+    /// v1 link sessions, once completed: what `onSuccess` receives.
+    pub public_token: Option<String>,
+    pub expires_at: String,
+}
+
+// ---- passthrough ------------------------------------------------------------------------
+
+/// Seed 000 passthrough request.
+#[derive(Serialize, Deserialize, Default, ToSchema)]
+#[serde(default)]
+pub struct PassthroughIn {
+    /// GET, POST, PUT, PATCH or DELETE.
+    pub method: String,
+    /// Path on the provider's API, relative to its base URL.
+    pub path: String,
+    /// JSON body (seed spelling).
+    pub body: Option<Value>,
+    /// JSON body (Vessel v2 spelling).
+    pub json: Option<Value>,
+    pub query: Option<Map<String, Value>>,
+    pub headers: Option<Map<String, Value>>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct NativeResponse {
+    pub headers: Map<String, Value>,
+    pub body: Value,
+    pub url: String,
+    #[serde(rename = "statusCode")]
+    pub status_code: u16,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct PassthroughV2Out {
+    #[serde(rename = "$native")]
+    pub native: NativeResponse,
 }

@@ -17,14 +17,28 @@ use crate::models::*;
 
 type Res<T> = Result<Json<Envelope<T>>, ApiError<V2>>;
 
-/// Platform routes, without prefix; the caller mounts them bare and at `/api`.
-pub fn routes() -> Router<AppState> {
+/// Routes the connect modal and client packages call from the customer's
+/// page (cross-origin, authenticated by the session token): they answer
+/// CORS. Without prefix; the caller mounts them bare and at `/api`.
+pub fn browser_routes() -> Router<AppState> {
     Router::new()
         .route("/integrations/list", post(list_integrations))
         .route("/integrations/find", post(find_integration))
-        .route("/auth/session-token", post(create_session_token))
         .route("/auth/start", post(start_auth))
+        .route("/auth/check-permissions", post(check_permissions))
+        .route("/auth/session-status", post(session_status))
+}
+
+/// Server-to-server platform routes (API token), without prefix; the caller
+/// mounts them bare and at `/api`.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/auth/session-token", post(create_session_token))
         .route("/auth/access-token", post(exchange_access_token))
+        .route("/auth/oauth-apps/create", post(create_oauth_app))
+        .route("/auth/oauth-apps/list", post(list_oauth_apps))
+        .route("/auth/oauth-apps/find", post(find_oauth_app))
+        .route("/auth/oauth-apps/delete", post(delete_oauth_app))
         .route("/connections/list", post(list_connections))
         .route("/connections/get", post(get_connection))
         .route("/connections/find", post(find_connection))
@@ -109,6 +123,7 @@ pub async fn create_session_token(
                 external_user_id: input.external_user_id,
                 metadata: input.metadata,
                 allowed_origins: input.allowed_origins.unwrap_or_default(),
+                connection_id: input.connection_id,
             },
         )
         .await?;
@@ -119,7 +134,9 @@ pub async fn create_session_token(
 ///
 /// For apiKey, basic and client-credentials methods the credentials are
 /// verified with the provider, vaulted, and the connection is created;
-/// `oauthURL` is then null.
+/// `oauthURL` is then null. For oauth2 the result is the provider's
+/// authorization URL (PKCE S256, signed single-use state); the connection is
+/// created when the provider redirects to `/auth/oauth-callback`.
 #[utoipa::path(post, path = "/auth/start", tag = "auth",
     request_body = StartAuthIn,
     security(("sessionToken" = [])),
@@ -251,4 +268,146 @@ pub async fn delete_connection(
     }
     state.platform.delete_connection(&env, &input.id).await?;
     Ok(v2(SuccessOut { success: true }))
+}
+
+/// Whether the session's connection works (called by the connect modal).
+#[utoipa::path(post, path = "/auth/check-permissions", tag = "auth",
+    security(("sessionToken" = [])),
+    responses((status = 200, body = Envelope<CheckPermissionsOut>), (status = 401, body = ErrorBody)))]
+pub async fn check_permissions(
+    State(state): State<AppState>,
+    session: Session<V2>,
+) -> Res<CheckPermissionsOut> {
+    let s = &session.session;
+    let out = match (s.state.as_str(), &s.connection_id) {
+        ("created", _) | (_, None) => CheckPermissionsOut {
+            valid: false,
+            error_message: Some(
+                s.last_error
+                    .clone()
+                    .unwrap_or_else(|| "the connection is not finished yet".into()),
+            ),
+        },
+        (_, Some(id)) => match state
+            .platform
+            .store()
+            .get_connection(&s.environment_id, id)
+            .await
+            .map_err(berth_connections::PlatformError::from)?
+        {
+            Some(c) if c.auth_state == "ok" => CheckPermissionsOut {
+                valid: true,
+                error_message: None,
+            },
+            Some(c) => CheckPermissionsOut {
+                valid: false,
+                error_message: c.auth_error.or(Some("the connection needs re-authentication".into())),
+            },
+            None => CheckPermissionsOut {
+                valid: false,
+                error_message: Some("the connection was deleted".into()),
+            },
+        },
+    };
+    Ok(v2(out))
+}
+
+/// The state of the session's connect flow (polled by the connect modal
+/// while the user is at the provider's consent screen).
+#[utoipa::path(post, path = "/auth/session-status", tag = "auth",
+    security(("sessionToken" = [])),
+    responses((status = 200, body = Envelope<SessionStatusOut>), (status = 401, body = ErrorBody)))]
+pub async fn session_status(
+    State(state): State<AppState>,
+    SessionTokenHeader(token): SessionTokenHeader,
+    session: Session<V2>,
+) -> Res<SessionStatusOut> {
+    let st = state
+        .platform
+        .session_status(token.as_deref().unwrap_or_default())
+        .await?;
+    let s = st.session;
+    drop(session);
+    Ok(v2(SessionStatusOut {
+        state: s.state,
+        kind: s.kind,
+        integration_id: s.integration_id.or(st.reauth_integration_id),
+        connection_id: s.connection_id,
+        reauth_connection_id: s.reauth_connection_id,
+        allowed_origins: serde_json::from_str(&s.allowed_origins).unwrap_or_default(),
+        last_error: s.last_error,
+        public_token: st.public_token,
+        expires_at: chrono::DateTime::from_timestamp_millis(s.expires_at)
+            .unwrap_or_default()
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    }))
+}
+
+/// Register an OAuth app (client id and secret) for an integration in this
+/// environment. The secret is vaulted and never returned.
+#[utoipa::path(post, path = "/auth/oauth-apps/create", tag = "oauth-apps",
+    request_body = CreateOAuthAppIn, security(("apiToken" = [])),
+    responses((status = 200, body = Envelope<OAuthAppFound>), (status = 400, body = ErrorBody)))]
+pub async fn create_oauth_app(
+    State(state): State<AppState>,
+    ApiEnv(env, ..): ApiEnv<V2>,
+    Body(input, ..): Body<CreateOAuthAppIn, V2>,
+) -> Res<OAuthAppFound> {
+    let app = state
+        .platform
+        .create_oauth_app(
+            &env,
+            berth_connections::NewOAuthApp {
+                integration_id: input.integration_id,
+                client_id: input.client_id,
+                client_secret: input.client_secret.into(),
+                scopes: input.scopes.unwrap_or_default(),
+            },
+        )
+        .await?;
+    Ok(v2(OAuthAppFound {
+        oauth_app: OAuthAppOut::new(&app),
+    }))
+}
+
+/// List this environment's OAuth apps and the server's default apps.
+#[utoipa::path(post, path = "/auth/oauth-apps/list", tag = "oauth-apps",
+    security(("apiToken" = [])),
+    responses((status = 200, body = Envelope<OAuthAppsOut>)))]
+pub async fn list_oauth_apps(
+    State(state): State<AppState>,
+    ApiEnv(env, ..): ApiEnv<V2>,
+) -> Res<OAuthAppsOut> {
+    let apps = state.platform.list_oauth_apps(&env).await?;
+    Ok(v2(OAuthAppsOut {
+        oauth_apps: apps.iter().map(OAuthAppOut::new).collect(),
+    }))
+}
+
+/// Find an OAuth app.
+#[utoipa::path(post, path = "/auth/oauth-apps/find", tag = "oauth-apps",
+    request_body = FindIn, security(("apiToken" = [])),
+    responses((status = 200, body = Envelope<OAuthAppFound>), (status = 404, body = ErrorBody)))]
+pub async fn find_oauth_app(
+    State(state): State<AppState>,
+    ApiEnv(env, ..): ApiEnv<V2>,
+    Body(input, ..): Body<FindIn, V2>,
+) -> Res<OAuthAppFound> {
+    let app = state.platform.find_oauth_app(&env, &input.id).await?;
+    Ok(v2(OAuthAppFound {
+        oauth_app: OAuthAppOut::new(&app),
+    }))
+}
+
+/// Delete an OAuth app. Connections made with it stop refreshing.
+#[utoipa::path(post, path = "/auth/oauth-apps/delete", tag = "oauth-apps",
+    request_body = FindIn, security(("apiToken" = [])),
+    responses((status = 200, body = Envelope<IdOut>), (status = 404, body = ErrorBody)))]
+pub async fn delete_oauth_app(
+    State(state): State<AppState>,
+    ApiEnv(env, ..): ApiEnv<V2>,
+    Body(input, ..): Body<FindIn, V2>,
+) -> Res<IdOut> {
+    state.platform.delete_oauth_app(&env, &input.id).await?;
+    Ok(v2(IdOut { id: input.id }))
 }

@@ -177,6 +177,28 @@ pub struct Check {
     pub path: String,
 }
 
+/// A call made right after an OAuth2 token exchange to learn who connected
+/// (HubSpot's portal id comes from its token-info endpoint).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    pub method: String,
+    /// Absolute URL template; may name `{{credential.accessToken}}`.
+    pub url: String,
+    /// Keys copied from the JSON response into the connection's metadata.
+    pub metadata: Vec<String>,
+}
+
+/// Templates for the connection's `nativeOrgId`, `nativeOrgURL` and
+/// `nativeUserId`, rendered from answers and metadata.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NativeIds {
+    pub org_id: Option<String>,
+    pub org_url: Option<String>,
+    pub user_id: Option<String>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LimitScope {
@@ -215,6 +237,11 @@ struct AuthDef {
     body_format: BodyFormat,
     #[serde(default)]
     token_metadata: Vec<String>,
+    #[serde(default)]
+    callback_metadata: Vec<String>,
+    identity: Option<Identity>,
+    #[serde(default)]
+    native: NativeIds,
     attach: Attach,
     markdown: Option<String>,
     #[serde(default)]
@@ -259,7 +286,13 @@ pub struct AuthMethod {
     pub pkce: bool,
     pub token_auth: TokenAuth,
     pub body_format: BodyFormat,
+    /// Token-response keys kept as connection metadata.
     pub token_metadata: Vec<String>,
+    /// Callback query parameters kept as connection metadata (Zoho's
+    /// `accounts-server`).
+    pub callback_metadata: Vec<String>,
+    pub identity: Option<Identity>,
+    pub native: NativeIds,
     pub attach: Attach,
     pub markdown: Option<String>,
     pub questions: Vec<Question>,
@@ -478,6 +511,9 @@ fn build(id: String, def: IntegrationDef) -> Result<Integration, CatalogError> {
             token_auth: a.token_auth,
             body_format: a.body_format,
             token_metadata: a.token_metadata,
+            callback_metadata: a.callback_metadata,
+            identity: a.identity,
+            native: a.native,
             attach: a.attach,
             markdown: a.markdown,
             questions: a.questions,

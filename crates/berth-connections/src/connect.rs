@@ -4,14 +4,14 @@
 
 use std::collections::BTreeMap;
 
-use berth_catalog::{AuthMethod, AuthType, Integration, QuestionType, TokenAuth};
+use berth_catalog::{AuthMethod, AuthType, Integration, QuestionType};
 use berth_outbound::{Method, OutboundRequest};
-use berth_store::{AuthSession, CreateConnectionError, NewConnection, NewEvent};
+use berth_store::AuthSession;
 use serde_json::{Map, Value};
 
 use crate::credential::{CredentialData, TemplateContext, provider_target};
 use crate::{
-    Platform, PlatformError, Result, credential_aad, now_ms, secrets, session_kind, status,
+    Platform, PlatformError, Result,
 };
 
 /// The body of `/auth/start`.
@@ -27,7 +27,8 @@ pub struct StartAuth {
 pub struct StartOutcome {
     /// Where to send the user for OAuth; `None` when the connection is done.
     pub oauth_url: Option<String>,
-    pub connection_id: String,
+    /// Set once the connection exists (or is being re-authenticated).
+    pub connection_id: Option<String>,
     pub integration_id: String,
     /// For v1 link sessions: what the modal hands to `onSuccess`.
     pub public_token: Option<String>,
@@ -98,23 +99,24 @@ impl Platform {
                 "oauthAppId is only allowed with authType oauth2",
             ));
         }
-        if method.kind == AuthType::OAuth2 {
-            return Err(PlatformError::bad_request(
-                "OAUTH_NOT_AVAILABLE",
-                format!(
-                    "OAuth2 connections are not available in this Berth build yet; {}",
-                    match integration.auth.iter().find(|a| a.kind != AuthType::OAuth2) {
-                        Some(a) => format!(
-                            "connect {} with authType `{}` instead",
-                            integration.name, a.kind
-                        ),
-                        None => format!("{} offers no other auth method", integration.name),
-                    }
-                ),
-            ));
-        }
-
         let (public_answers, mut cred) = collect_answers(method, &req.answers)?;
+        if method.kind == AuthType::OAuth2 {
+            let url = self
+                .start_oauth(
+                    session,
+                    &integration,
+                    method,
+                    public_answers,
+                    req.oauth_app_id.as_deref(),
+                )
+                .await?;
+            return Ok(StartOutcome {
+                oauth_url: Some(url),
+                connection_id: session.reauth_connection_id.clone(),
+                integration_id: integration.id.clone(),
+                public_token: None,
+            });
+        }
         let empty = Map::new();
         let ctx = TemplateContext {
             answers: &public_answers,
@@ -122,87 +124,53 @@ impl Platform {
             public_url: &self.config().public_url,
         };
         if method.kind == AuthType::OAuth2ClientCredentials {
-            self.fetch_client_credentials_token(&integration, method, &mut cred, &ctx)
-                .await?;
+            let token_url = crate::oauth::render_url(
+                method.token_url.as_deref().unwrap_or_default(),
+                &ctx,
+                "token URL",
+            )
+            .map_err(|m| PlatformError::bad_request("INVALID_ANSWERS", m))?;
+            self.client_credentials_token(&integration, method, token_url, &mut cred)
+                .await
+                .map_err(|e| match e {
+                    crate::oauth::TokenError::Unavailable(m) => PlatformError::ProviderUnavailable(
+                        format!("could not obtain a token from {}: {m}", integration.name),
+                    ),
+                    other => PlatformError::InvalidCredentials(format!(
+                        "{} rejected the client credentials: {}",
+                        integration.name,
+                        other.message()
+                    )),
+                })?;
         }
         self.check_credentials(&integration, method, &cred, &ctx)
             .await?;
-
-        let env = self
-            .store()
-            .environment(&session.environment_id)
-            .await?
-            .ok_or_else(|| {
-                PlatformError::unauthorized("INVALID_SESSION_TOKEN", "invalid session token")
-            })?;
-        let connection_id = secrets::new_connection_id(&env.name, &integration.id);
-        let aad = credential_aad(&env.id, &connection_id);
-        let sealed = self.inner.vault.seal(
-            &serde_json::to_vec(&cred).expect("credentials serialize"),
-            aad.as_bytes(),
-        );
-        let answers_json = Value::Object(public_answers).to_string();
-        let public_token = (session.kind == session_kind::LINK)
-            .then(|| secrets::new_token(secrets::PUBLIC_TOKEN_PREFIX));
-        let now = now_ms();
-        let payload = serde_json::json!({
-            "connectionId": connection_id,
-            "integrationId": integration.id,
-            "externalUserId": session.external_user_id,
-            "status": status::NEW_CONNECTION,
+        let answers_json = Value::Object(public_answers.clone()).to_string();
+        let connection_id = match session.reauth_connection_id.as_deref() {
+            Some(existing) => {
+                self.reauthorize(session, existing, &cred, &answers_json, "{}")
+                    .await?;
+                existing.to_string()
+            }
+            None => {
+                self.persist_new_connection(
+                    session,
+                    &integration,
+                    method.kind,
+                    &cred,
+                    &answers_json,
+                    "{}",
+                    [None, None, None],
+                )
+                .await?
+            }
+        };
+        Ok(StartOutcome {
+            oauth_url: None,
+            connection_id: Some(connection_id),
+            integration_id: integration.id.clone(),
+            public_token: self.public_token_for(session),
         })
-        .to_string();
-        let result = self
-            .store()
-            .create_connection_for_session(&berth_store::CreateConnection {
-                session_id: &session.id,
-                connection: &NewConnection {
-                    id: &connection_id,
-                    environment_id: &env.id,
-                    integration_id: &integration.id,
-                    auth_type: method.kind.as_str(),
-                    status: status::NEW_CONNECTION,
-                    external_user_id: session.external_user_id.as_deref(),
-                    metadata: session.metadata.as_deref(),
-                    answers: &answers_json,
-                    native_org_id: None,
-                    native_user_id: None,
-                    native_org_url: None,
-                },
-                sealed_credential: &sealed,
-                public_token_hash: public_token.as_deref().map(secrets::hash_token).as_deref(),
-                live_connection_limit: (env.name == "development")
-                    .then_some(self.config().dev_connection_limit),
-                event: NewEvent {
-                    id: &secrets::new_id("evt"),
-                    environment_id: &env.id,
-                    connection_id: Some(&connection_id),
-                    event_type: "connection.created",
-                    payload: &payload,
-                    created_at: now,
-                },
-                now,
-            })
-            .await;
-        match result {
-            Ok(()) => Ok(StartOutcome {
-                oauth_url: None,
-                connection_id,
-                integration_id: integration.id.clone(),
-                public_token,
-            }),
-            Err(CreateConnectionError::LimitReached(n)) => Err(PlatformError::bad_request(
-                "CONNECTION_LIMIT_REACHED",
-                format!(
-                    "Maximum number of connections reached for development account: the development connection limit is {n}. Delete a connection (DELETE /connection/connection or POST /connections/delete) or use a production API token."
-                ),
-            )),
-            Err(CreateConnectionError::SessionNotPending) => Err(PlatformError::bad_request(
-                "SESSION_ALREADY_USED",
-                "this session expired or already completed a connection; create a new session token",
-            )),
-            Err(CreateConnectionError::Store(e)) => Err(e.into()),
-        }
     }
 
     /// Proves the credentials with the provider's cheap check call, if any.
@@ -262,108 +230,6 @@ impl Platform {
                 integration.name
             ))),
         }
-    }
-
-    /// OAuth2 client-credentials grant (Snov.io): the token request itself
-    /// is the credential check.
-    async fn fetch_client_credentials_token(
-        &self,
-        integration: &Integration,
-        method: &AuthMethod,
-        cred: &mut CredentialData,
-        ctx: &TemplateContext<'_>,
-    ) -> Result<()> {
-        let token_url = method.token_url.as_deref().unwrap_or_default();
-        let token_url = berth_catalog::render(token_url, |k| {
-            if k == "public_url" {
-                Some(ctx.public_url.to_string())
-            } else {
-                k.strip_prefix("answers.")
-                    .and_then(|a| ctx.answers.get(a))
-                    .and_then(Value::as_str)
-                    .map(str::to_owned)
-            }
-        })
-        .ok()
-        .and_then(|u| url::Url::parse(&u).ok())
-        .ok_or_else(|| {
-            PlatformError::bad_request("INVALID_ANSWERS", "cannot build the token URL")
-        })?;
-        let (id, secret) = (
-            cred.client_id.clone().unwrap_or_default(),
-            cred.client_secret.clone().unwrap_or_default(),
-        );
-        let mut headers = vec![
-            (
-                "content-type".to_string(),
-                "application/x-www-form-urlencoded".to_string(),
-            ),
-            ("accept".to_string(), "application/json".to_string()),
-        ];
-        // The serializer is not Send: build the body in a scope of its own.
-        let body = {
-            let mut form = url::form_urlencoded::Serializer::new(String::new());
-            form.append_pair("grant_type", "client_credentials");
-            match method.token_auth {
-                TokenAuth::Body => {
-                    form.append_pair("client_id", &id);
-                    form.append_pair("client_secret", &secret);
-                }
-                TokenAuth::Basic => {
-                    use base64::Engine;
-                    let b =
-                        base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
-                    headers.push(("authorization".into(), format!("Basic {b}")));
-                }
-            }
-            form.finish().into_bytes()
-        };
-        let resp = self
-            .inner
-            .outbound
-            .send(OutboundRequest {
-                method: Method::POST,
-                url: token_url,
-                headers,
-                body: Some(body),
-            })
-            .await
-            .map_err(|e| {
-                PlatformError::ProviderUnavailable(format!(
-                    "could not reach {} to obtain a token: {e}",
-                    integration.name
-                ))
-            })?;
-        if !(200..300).contains(&resp.status) {
-            return Err(if (400..500).contains(&resp.status) {
-                PlatformError::InvalidCredentials(format!(
-                    "{} rejected the client credentials: {}",
-                    integration.name,
-                    provider_reason(&resp.body, resp.status)
-                ))
-            } else {
-                PlatformError::ProviderUnavailable(format!(
-                    "{} token endpoint answered HTTP {}",
-                    integration.name, resp.status
-                ))
-            });
-        }
-        let body: Value = serde_json::from_slice(&resp.body).unwrap_or(Value::Null);
-        let token = body
-            .get("access_token")
-            .and_then(Value::as_str)
-            .ok_or_else(|| {
-                PlatformError::ProviderUnavailable(format!(
-                    "{} token endpoint answered without an access_token",
-                    integration.name
-                ))
-            })?;
-        cred.access_token = Some(token.to_string());
-        cred.expires_at = body
-            .get("expires_in")
-            .and_then(Value::as_i64)
-            .map(|s| now_ms() + s * 1000);
-        Ok(())
     }
 }
 

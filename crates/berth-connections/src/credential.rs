@@ -33,7 +33,11 @@ pub struct CredentialData {
     /// Unix milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<i64>,
-    /// Other secret connect-form answers (e.g. a second key).
+    /// The OAuth app whose client credentials refresh this token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth_app_id: Option<String>,
+    /// Other secret connect-form answers (e.g. a second key) and secondary
+    /// tokens (Slack's user token).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secrets: BTreeMap<String, String>,
 }
@@ -113,7 +117,7 @@ pub struct TemplateContext<'a> {
 }
 
 impl TemplateContext<'_> {
-    fn lookup(&self, name: &str, cred: &CredentialData) -> Option<String> {
+    pub(crate) fn lookup(&self, name: &str, cred: &CredentialData) -> Option<String> {
         let as_string = |v: &serde_json::Value| match v {
             serde_json::Value::String(s) => Some(s.clone()),
             serde_json::Value::Null => None,
@@ -125,7 +129,15 @@ impl TemplateContext<'_> {
         let (scope, key) = name.split_once('.')?;
         match scope {
             "answers" => self.answers.get(key).and_then(as_string),
-            "metadata" => self.metadata.get(key).and_then(as_string),
+            // `metadata.team.id` walks into objects (Slack's `team`).
+            "metadata" => self.metadata.get(key).and_then(as_string).or_else(|| {
+                let mut parts = key.split('.');
+                let mut v = self.metadata.get(parts.next()?)?;
+                for p in parts {
+                    v = v.get(p)?;
+                }
+                as_string(v)
+            }),
             "credential" => cred.lookup(key),
             _ => None,
         }

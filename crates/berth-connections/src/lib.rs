@@ -9,7 +9,9 @@
 mod connect;
 pub mod credential;
 pub mod cursor;
+pub mod oauth;
 pub mod secrets;
+pub mod tokens;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +24,8 @@ use berth_vault::Vault;
 pub use berth_store::{AuthSession, Environment as Env};
 pub use connect::{StartAuth, StartOutcome};
 pub use cursor::{CursorCodec, InvalidCursor};
+pub use oauth::{CallbackOutcome, CallbackParams, ConfiguredApp, NewOAuthApp, OAuthAppView};
+pub use tokens::ProviderCall;
 
 /// Connection statuses of seed 001.
 pub mod status {
@@ -94,6 +98,10 @@ pub struct PlatformConfig {
     pub session_ttl: Duration,
     /// Live connections allowed in a `development` environment.
     pub dev_connection_limit: i64,
+    /// Access tokens are refreshed when they expire within this margin.
+    pub refresh_margin: Duration,
+    /// Default OAuth apps from the server config, by integration id.
+    pub oauth_apps: std::collections::BTreeMap<String, ConfiguredApp>,
 }
 
 /// The services behind every API family. Cheap to clone.
@@ -110,6 +118,9 @@ struct Inner {
     outbound: Outbound,
     cursors: CursorCodec,
     config: PlatformConfig,
+    /// Identifies this process as a refresh-lease holder.
+    node_id: String,
+    refresh_locks: tokens::LocalLocks,
 }
 
 /// What a successful token exchange hands to the customer's backend.
@@ -127,6 +138,18 @@ pub struct NewSessionRequest {
     pub external_user_id: Option<String>,
     pub metadata: Option<serde_json::Value>,
     pub allowed_origins: Vec<String>,
+    /// Re-authenticate this existing connection instead of creating one.
+    pub connection_id: Option<String>,
+}
+
+/// What the connect modal needs to know about its session.
+#[derive(Debug)]
+pub struct SessionStatus {
+    pub session: AuthSession,
+    /// The v1 public token, once a link session completed.
+    pub public_token: Option<String>,
+    /// The integration of the connection being re-authenticated.
+    pub reauth_integration_id: Option<String>,
 }
 
 pub fn now_ms() -> i64 {
@@ -150,6 +173,8 @@ impl Platform {
                 outbound,
                 cursors,
                 config,
+                node_id: secrets::new_id("node"),
+                refresh_locks: Default::default(),
             }),
         }
     }
@@ -242,6 +267,23 @@ impl Platform {
         {
             return Err(unknown_integration(id));
         }
+        let mut integration_id = req.integration_id.clone();
+        if let Some(cid) = req.connection_id.as_deref().filter(|s| !s.is_empty()) {
+            let conn = self.get_connection(env, cid).await?;
+            if integration_id
+                .as_deref()
+                .is_some_and(|i| i != conn.integration_id)
+            {
+                return Err(PlatformError::bad_request(
+                    "INTEGRATION_MISMATCH",
+                    format!(
+                        "connection `{cid}` is a `{}` connection",
+                        conn.integration_id
+                    ),
+                ));
+            }
+            integration_id = Some(conn.integration_id);
+        }
         if let Some(u) = &req.external_user_id
             && (u.is_empty() || u.len() > 256)
         {
@@ -292,7 +334,8 @@ impl Platform {
                 environment_id: &env.id,
                 kind,
                 token_hash: &secrets::hash_token(&token),
-                integration_id: req.integration_id.as_deref(),
+                integration_id: integration_id.as_deref(),
+                reauth_connection_id: req.connection_id.as_deref().filter(|s| !s.is_empty()),
                 external_user_id: req.external_user_id.as_deref(),
                 metadata: metadata.as_deref(),
                 allowed_origins: &serde_json::to_string(&origins).expect("strings serialize"),
@@ -320,6 +363,28 @@ impl Platform {
             ));
         }
         Ok(s)
+    }
+
+    /// The state of a connect session, for the modal (authenticated by the
+    /// session token itself).
+    pub async fn session_status(&self, token: &str) -> Result<SessionStatus> {
+        let session = self.session(token).await?;
+        let public_token = (session.state != "created")
+            .then(|| self.public_token_for(&session))
+            .flatten();
+        let reauth_integration_id = match &session.reauth_connection_id {
+            Some(id) => self
+                .store()
+                .get_connection(&session.environment_id, id)
+                .await?
+                .map(|c| c.integration_id),
+            None => None,
+        };
+        Ok(SessionStatus {
+            session,
+            public_token,
+            reauth_integration_id,
+        })
     }
 
     /// Exchanges a completed v2 session for the connection's access token.
@@ -558,7 +623,7 @@ pub fn credential_aad(environment_id: &str, connection_id: &str) -> String {
     format!("credential/{environment_id}/{connection_id}")
 }
 
-fn unknown_integration(id: &str) -> PlatformError {
+pub(crate) fn unknown_integration(id: &str) -> PlatformError {
     PlatformError::bad_request(
         "UNKNOWN_INTEGRATION",
         format!("unknown integration `{id}`; POST /integrations/list shows the valid ids"),

@@ -67,14 +67,15 @@ macro_rules! connection_cols {
     () => {
         "id, environment_id, integration_id, auth_type, status, auth_state, auth_error, \
          external_user_id, metadata, answers, native_org_id, native_user_id, native_org_url, \
-         created_at, updated_at, last_activity_at, deleted_at"
+         provider_metadata, created_at, updated_at, last_activity_at, deleted_at"
     };
 }
 
 macro_rules! session_cols {
     () => {
         "id, environment_id, kind, integration_id, external_user_id, metadata, allowed_origins, \
-         state, connection_id, created_at, expires_at, completed_at, exchanged_at"
+         state, connection_id, created_at, expires_at, completed_at, exchanged_at, \
+         reauth_connection_id, last_error"
     };
 }
 
@@ -255,11 +256,12 @@ impl Store {
     pub async fn insert_session(&self, s: &NewSession<'_>) -> Result<()> {
         with_db!(self, p => sqlx::query(
             "INSERT INTO auth_sessions (id, environment_id, kind, token_hash, integration_id, external_user_id, \
-             metadata, allowed_origins, state, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'created', $9, $10)"
+             metadata, allowed_origins, state, created_at, expires_at, reauth_connection_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'created', $9, $10, $11)"
         )
         .bind(s.id).bind(s.environment_id).bind(s.kind).bind(s.token_hash).bind(s.integration_id)
         .bind(s.external_user_id).bind(s.metadata).bind(s.allowed_origins).bind(s.created_at).bind(s.expires_at)
+        .bind(s.reauth_connection_id)
         .execute(p).await.map(|r| r.rows_affected()))?;
         Ok(())
     }
@@ -301,12 +303,12 @@ impl Store {
             sqlx::query(
                 "INSERT INTO connections (id, environment_id, integration_id, auth_type, status, auth_state, \
                  external_user_id, metadata, answers, native_org_id, native_user_id, native_org_url, \
-                 created_at, updated_at, last_activity_at) \
-                 VALUES ($1, $2, $3, $4, $5, 'ok', $6, $7, $8, $9, $10, $11, $12, $12, $12)"
+                 provider_metadata, created_at, updated_at, last_activity_at) \
+                 VALUES ($1, $2, $3, $4, $5, 'ok', $6, $7, $8, $9, $10, $11, $13, $12, $12, $12)"
             )
             .bind(c.id).bind(c.environment_id).bind(c.integration_id).bind(c.auth_type).bind(c.status)
             .bind(c.external_user_id).bind(c.metadata).bind(c.answers).bind(c.native_org_id)
-            .bind(c.native_user_id).bind(c.native_org_url).bind(req.now)
+            .bind(c.native_user_id).bind(c.native_org_url).bind(req.now).bind(c.provider_metadata)
             .execute(&mut *tx).await?;
             sqlx::query(
                 "INSERT INTO credentials (connection_id, environment_id, version, sealed, updated_at) \
@@ -464,6 +466,198 @@ impl Store {
             == 1)
     }
 
+    // ---- token lifecycle ------------------------------------------------------------
+
+    /// Takes the refresh lease of a connection's credential if nobody holds
+    /// a live one. Only the holder calls the provider's token endpoint.
+    pub async fn try_acquire_refresh_lease(
+        &self,
+        connection_id: &str,
+        owner: &str,
+        until: i64,
+        now: i64,
+    ) -> Result<bool> {
+        Ok(with_db!(self, p => sqlx::query(
+            "UPDATE credentials SET lease_owner = $2, lease_until = $3 \
+             WHERE connection_id = $1 AND (lease_until < $4 OR lease_owner = $2)"
+        ).bind(connection_id).bind(owner).bind(until).bind(now).execute(p).await
+        .map(|r| r.rows_affected()))?
+            == 1)
+    }
+
+    /// Gives up a refresh lease without changing the credential.
+    pub async fn release_refresh_lease(&self, connection_id: &str, owner: &str) -> Result<()> {
+        with_db!(self, p => sqlx::query(
+            "UPDATE credentials SET lease_owner = NULL, lease_until = 0 \
+             WHERE connection_id = $1 AND lease_owner = $2"
+        ).bind(connection_id).bind(owner).execute(p).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// Stores a refreshed credential (new access token together with a
+    /// rotated refresh token) and releases the lease, in one statement, only
+    /// if the version is still `expected_version`.
+    pub async fn store_refreshed_credential(
+        &self,
+        connection_id: &str,
+        expected_version: i64,
+        sealed: &str,
+        now: i64,
+    ) -> Result<bool> {
+        Ok(with_db!(self, p => sqlx::query(
+            "UPDATE credentials SET sealed = $3, version = version + 1, updated_at = $4, \
+             lease_owner = NULL, lease_until = 0 \
+             WHERE connection_id = $1 AND version = $2"
+        ).bind(connection_id).bind(expected_version).bind(sealed).bind(now).execute(p).await
+        .map(|r| r.rows_affected()))?
+            == 1)
+    }
+
+    /// Marks a connection as needing re-authentication (its refresh token
+    /// was refused) and records the event, atomically.
+    pub async fn mark_needs_reauth(
+        &self,
+        environment_id: &str,
+        connection_id: &str,
+        reason: &str,
+        event: &NewEvent<'_>,
+        now: i64,
+    ) -> Result<bool> {
+        Ok(with_db!(self, p => {
+            let mut tx = p.begin().await?;
+            let r = sqlx::query(
+                "UPDATE connections SET auth_state = 'needs_reauth', auth_error = $3, updated_at = $4 \
+                 WHERE environment_id = $1 AND id = $2 AND deleted_at IS NULL AND auth_state <> 'needs_reauth'"
+            ).bind(environment_id).bind(connection_id).bind(reason).bind(now).execute(&mut *tx).await?;
+            if r.rows_affected() == 1 {
+                insert_event(&mut *tx, event).await?;
+            }
+            sqlx::query("UPDATE credentials SET lease_owner = NULL, lease_until = 0 WHERE connection_id = $1")
+                .bind(connection_id).execute(&mut *tx).await?;
+            tx.commit().await?;
+            r.rows_affected() == 1
+        }))
+    }
+
+    /// Completes a re-authentication session: the existing connection gets
+    /// the new credential, its auth state is cleared, and the session is
+    /// completed, in one transaction.
+    pub async fn reauthorize_connection(
+        &self,
+        r: &Reauthorize<'_>,
+    ) -> Result<(), CreateConnectionError> {
+        with_db!(self, p => {
+            let mut tx = p.begin().await?;
+            let done = sqlx::query(
+                "UPDATE auth_sessions SET state = 'completed', connection_id = $2, completed_at = $3, \
+                 public_token_hash = $4, last_error = NULL \
+                 WHERE id = $1 AND state = 'created' AND expires_at > $3"
+            ).bind(r.session_id).bind(r.connection_id).bind(r.now).bind(r.public_token_hash)
+            .execute(&mut *tx).await?;
+            if done.rows_affected() != 1 {
+                return Err(CreateConnectionError::SessionNotPending);
+            }
+            let c = sqlx::query(
+                "UPDATE connections SET auth_state = 'ok', auth_error = NULL, answers = $3, \
+                 provider_metadata = $4, updated_at = $5 \
+                 WHERE environment_id = $1 AND id = $2 AND deleted_at IS NULL"
+            ).bind(r.environment_id).bind(r.connection_id).bind(r.answers).bind(r.provider_metadata)
+            .bind(r.now).execute(&mut *tx).await?;
+            if c.rows_affected() != 1 {
+                return Err(CreateConnectionError::SessionNotPending);
+            }
+            sqlx::query(
+                "UPDATE credentials SET sealed = $3, version = version + 1, updated_at = $4, \
+                 lease_owner = NULL, lease_until = 0 WHERE connection_id = $1 AND environment_id = $2"
+            ).bind(r.connection_id).bind(r.environment_id).bind(r.sealed_credential).bind(r.now)
+            .execute(&mut *tx).await?;
+            insert_event(&mut *tx, &r.event).await?;
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// Records why the connect flow of a session failed (shown by the modal).
+    pub async fn set_session_error(&self, session_id: &str, message: &str) -> Result<()> {
+        with_db!(self, p => sqlx::query(
+            "UPDATE auth_sessions SET last_error = $2 WHERE id = $1 AND state = 'created'"
+        ).bind(session_id).bind(message).execute(p).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    pub async fn session_by_id(&self, id: &str) -> Result<Option<AuthSession>> {
+        Ok(with_db!(self, p => sqlx::query_as::<_, AuthSession>(
+            concat!("SELECT ", session_cols!(), " FROM auth_sessions WHERE id = $1")
+        ).bind(id).fetch_optional(p).await)?)
+    }
+
+    // ---- OAuth apps and flows ------------------------------------------------------
+
+    pub async fn insert_oauth_app(&self, a: &OAuthApp) -> Result<()> {
+        with_db!(self, p => sqlx::query(
+            "INSERT INTO oauth_apps (id, environment_id, integration_id, client_id, sealed_secret, scopes, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)"
+        ).bind(&a.id).bind(&a.environment_id).bind(&a.integration_id).bind(&a.client_id)
+        .bind(&a.sealed_secret).bind(&a.scopes).bind(a.created_at)
+        .execute(p).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    pub async fn list_oauth_apps(&self, environment_id: &str) -> Result<Vec<OAuthApp>> {
+        Ok(with_db!(self, p => sqlx::query_as::<_, OAuthApp>(
+            "SELECT id, environment_id, integration_id, client_id, sealed_secret, scopes, created_at \
+             FROM oauth_apps WHERE environment_id = $1 AND deleted_at IS NULL ORDER BY created_at, id"
+        ).bind(environment_id).fetch_all(p).await)?)
+    }
+
+    pub async fn get_oauth_app(&self, environment_id: &str, id: &str) -> Result<Option<OAuthApp>> {
+        Ok(with_db!(self, p => sqlx::query_as::<_, OAuthApp>(
+            "SELECT id, environment_id, integration_id, client_id, sealed_secret, scopes, created_at \
+             FROM oauth_apps WHERE environment_id = $1 AND id = $2 AND deleted_at IS NULL"
+        ).bind(environment_id).bind(id).fetch_optional(p).await)?)
+    }
+
+    /// The newest live app for an integration in an environment.
+    pub async fn latest_oauth_app(
+        &self,
+        environment_id: &str,
+        integration_id: &str,
+    ) -> Result<Option<OAuthApp>> {
+        Ok(with_db!(self, p => sqlx::query_as::<_, OAuthApp>(
+            "SELECT id, environment_id, integration_id, client_id, sealed_secret, scopes, created_at \
+             FROM oauth_apps WHERE environment_id = $1 AND integration_id = $2 AND deleted_at IS NULL \
+             ORDER BY created_at DESC, id DESC LIMIT 1"
+        ).bind(environment_id).bind(integration_id).fetch_optional(p).await)?)
+    }
+
+    /// Soft-deletes an app and erases its secret.
+    pub async fn delete_oauth_app(&self, environment_id: &str, id: &str, now: i64) -> Result<bool> {
+        Ok(with_db!(self, p => sqlx::query(
+            "UPDATE oauth_apps SET deleted_at = $3, sealed_secret = '' \
+             WHERE environment_id = $1 AND id = $2 AND deleted_at IS NULL"
+        ).bind(environment_id).bind(id).bind(now).execute(p).await
+        .map(|r| r.rows_affected()))?
+            == 1)
+    }
+
+    pub async fn insert_oauth_flow(&self, f: &OAuthFlow) -> Result<()> {
+        with_db!(self, p => sqlx::query(
+            "INSERT INTO oauth_flows (id, session_id, environment_id, sealed, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)"
+        ).bind(&f.id).bind(&f.session_id).bind(&f.environment_id).bind(&f.sealed)
+        .bind(f.created_at).bind(f.expires_at).execute(p).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// Marks a flow used and returns it, once: a replayed `state` gets `None`,
+    /// as does an expired one.
+    pub async fn consume_oauth_flow(&self, id: &str, now: i64) -> Result<Option<OAuthFlow>> {
+        Ok(with_db!(self, p => sqlx::query_as::<_, OAuthFlow>(
+            "UPDATE oauth_flows SET used_at = $2 WHERE id = $1 AND used_at IS NULL AND expires_at > $2 \
+             RETURNING id, session_id, environment_id, sealed, created_at, expires_at"
+        ).bind(id).bind(now).fetch_optional(p).await)?)
+    }
+
     // ---- events ----------------------------------------------------------------
 
     pub async fn list_events(
@@ -483,9 +677,13 @@ impl Store {
     /// Deletes sessions that expired before `before` and were never exchanged
     /// (exchanged ones are kept as the record of who connected what).
     pub async fn delete_expired_sessions(&self, before: i64) -> Result<u64> {
-        Ok(with_db!(self, p => sqlx::query(
-            "DELETE FROM auth_sessions WHERE expires_at < $1 AND state <> 'exchanged'"
-        ).bind(before).execute(p).await.map(|r| r.rows_affected()))?)
+        Ok(with_db!(self, p => {
+            sqlx::query("DELETE FROM oauth_flows WHERE expires_at < $1")
+                .bind(before).execute(p).await?;
+            sqlx::query(
+                "DELETE FROM auth_sessions WHERE expires_at < $1 AND state <> 'exchanged'"
+            ).bind(before).execute(p).await.map(|r| r.rows_affected())
+        })?)
     }
 }
 

@@ -51,6 +51,10 @@ pub struct AuthSession {
     pub expires_at: i64,
     pub completed_at: Option<i64>,
     pub exchanged_at: Option<i64>,
+    /// Set when the session re-authenticates this existing connection.
+    pub reauth_connection_id: Option<String>,
+    /// The last failure of the flow (provider denied, invalid credentials...).
+    pub last_error: Option<String>,
 }
 
 pub struct NewSession<'a> {
@@ -62,6 +66,7 @@ pub struct NewSession<'a> {
     pub external_user_id: Option<&'a str>,
     pub metadata: Option<&'a str>,
     pub allowed_origins: &'a str,
+    pub reauth_connection_id: Option<&'a str>,
     pub created_at: i64,
     pub expires_at: i64,
 }
@@ -84,6 +89,8 @@ pub struct Connection {
     pub native_org_id: Option<String>,
     pub native_user_id: Option<String>,
     pub native_org_url: Option<String>,
+    /// JSON object: token-response metadata (instance URL, api domain...).
+    pub provider_metadata: String,
     pub created_at: i64,
     pub updated_at: i64,
     pub last_activity_at: Option<i64>,
@@ -102,6 +109,7 @@ pub struct NewConnection<'a> {
     pub native_org_id: Option<&'a str>,
     pub native_user_id: Option<&'a str>,
     pub native_org_url: Option<&'a str>,
+    pub provider_metadata: &'a str,
 }
 
 pub struct CreateConnection<'a> {
@@ -144,4 +152,39 @@ pub struct NewEvent<'a> {
     pub event_type: &'a str,
     pub payload: &'a str,
     pub created_at: i64,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OAuthApp {
+    pub id: String,
+    pub environment_id: String,
+    pub integration_id: String,
+    pub client_id: String,
+    pub sealed_secret: String,
+    /// JSON array of scopes; empty means the catalog's defaults.
+    pub scopes: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OAuthFlow {
+    pub id: String,
+    pub session_id: String,
+    pub environment_id: String,
+    pub sealed: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+/// What replaces a connection's credential when it is re-authenticated.
+pub struct Reauthorize<'a> {
+    pub session_id: &'a str,
+    pub environment_id: &'a str,
+    pub connection_id: &'a str,
+    pub sealed_credential: &'a str,
+    pub answers: &'a str,
+    pub provider_metadata: &'a str,
+    pub public_token_hash: Option<&'a str>,
+    pub event: NewEvent<'a>,
+    pub now: i64,
 }

@@ -70,6 +70,7 @@ fn new_conn<'a>(id: &'a str, env: &'a str) -> NewConnection<'a> {
         native_org_id: None,
         native_user_id: None,
         native_org_url: None,
+        provider_metadata: "{}",
     }
 }
 
@@ -83,6 +84,7 @@ async fn session(s: &Store, env: &str, id: &str, expires_at: i64) {
         external_user_id: Some("u1"),
         metadata: None,
         allowed_origins: "[]",
+        reauth_connection_id: None,
         created_at: 1,
         expires_at,
     })

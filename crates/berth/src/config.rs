@@ -48,6 +48,22 @@ pub struct ServeArgs {
     /// Live connections allowed in a development environment.
     #[arg(long, env = "BERTH_DEV_CONNECTION_LIMIT")]
     pub dev_connection_limit: Option<i64>,
+    /// Refresh OAuth access tokens this many seconds before they expire.
+    #[arg(long, env = "BERTH_REFRESH_MARGIN_SECS")]
+    pub refresh_margin_secs: Option<u64>,
+}
+
+/// A default OAuth app (`v_oauthapp_<integration>_default`) from the file.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthAppConfig {
+    pub client_id: String,
+    /// The secret itself, or (better) `client_secret_env`.
+    pub client_secret: Option<String>,
+    /// Name of the environment variable holding the secret.
+    pub client_secret_env: Option<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -60,6 +76,9 @@ struct FileConfig {
     providers_file: Option<PathBuf>,
     session_ttl_secs: Option<u64>,
     dev_connection_limit: Option<i64>,
+    refresh_margin_secs: Option<u64>,
+    #[serde(default)]
+    oauth_apps: std::collections::BTreeMap<String, OAuthAppConfig>,
 }
 
 /// The resolved configuration.
@@ -73,6 +92,9 @@ pub struct Config {
     pub providers_file: Option<PathBuf>,
     pub session_ttl: Duration,
     pub dev_connection_limit: i64,
+    pub refresh_margin: Duration,
+    /// Default OAuth apps by integration id, secrets resolved.
+    pub oauth_apps: std::collections::BTreeMap<String, (String, zeroize::Zeroizing<String>, Vec<String>)>,
 }
 
 fn load_file(path: Option<&Path>) -> anyhow::Result<FileConfig> {
@@ -135,7 +157,30 @@ impl Config {
         if dev_connection_limit < 1 {
             bail!("the development connection limit must be at least 1");
         }
+        let refresh_margin_secs = serve
+            .refresh_margin_secs
+            .or(file.refresh_margin_secs)
+            .unwrap_or(300);
+        if refresh_margin_secs > 3600 {
+            bail!("the refresh margin must be at most 3600 seconds");
+        }
+        let mut oauth_apps = std::collections::BTreeMap::new();
+        for (id, app) in file.oauth_apps {
+            let secret = match (&app.client_secret, &app.client_secret_env) {
+                (Some(s), None) => s.clone(),
+                (None, Some(var)) => std::env::var(var).with_context(|| {
+                    format!("oauth_apps.{id}: environment variable {var} is not set")
+                })?,
+                _ => bail!("oauth_apps.{id}: set exactly one of client_secret or client_secret_env"),
+            };
+            if app.client_id.trim().is_empty() || secret.trim().is_empty() {
+                bail!("oauth_apps.{id}: client_id and the client secret must not be empty");
+            }
+            oauth_apps.insert(id, (app.client_id, zeroize::Zeroizing::new(secret), app.scopes));
+        }
         Ok(Self {
+            refresh_margin: Duration::from_secs(refresh_margin_secs),
+            oauth_apps,
             listen,
             data_dir,
             database_url,

@@ -70,6 +70,23 @@ pub fn open_vault(config: &Config) -> anyhow::Result<Vault> {
 pub async fn platform(config: &Config, public_url: String) -> anyhow::Result<Platform> {
     let catalog = Catalog::load(config.providers_file.as_deref())
         .context("cannot load the integration catalog")?;
+    let mut oauth_apps = std::collections::BTreeMap::new();
+    for (id, (client_id, secret, scopes)) in &config.oauth_apps {
+        let Some(i) = catalog.get(id) else {
+            anyhow::bail!("oauth_apps.{id}: no integration with that id in the catalog");
+        };
+        if i.auth_method(berth_catalog::AuthType::OAuth2).is_none() {
+            anyhow::bail!("oauth_apps.{id}: {} does not use OAuth2", i.name);
+        }
+        oauth_apps.insert(
+            id.to_string(),
+            berth_connections::ConfiguredApp {
+                client_id: client_id.clone(),
+                client_secret: secret.clone(),
+                scopes: scopes.clone(),
+            },
+        );
+    }
     let store = open_store(config).await?;
     let vault = open_vault(config)?;
     let outbound =
@@ -83,6 +100,8 @@ pub async fn platform(config: &Config, public_url: String) -> anyhow::Result<Pla
             public_url,
             session_ttl: config.session_ttl,
             dev_connection_limit: config.dev_connection_limit,
+            refresh_margin: config.refresh_margin,
+            oauth_apps,
         },
     ))
 }

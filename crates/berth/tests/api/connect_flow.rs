@@ -265,16 +265,16 @@ async fn session_bound_to_an_integration_refuses_another() {
         )
         .await;
     assert_eq!(v2_error(&r, 400), "INTEGRATION_MISMATCH");
-    // HubSpot's default is OAuth, which arrives with the connect-flow issue
+    // HubSpot's default is OAuth; without an OAuth app it says how to add one
     let r = app
         .post("/auth/start", &[("x-vessel-session-token", &st)], json!({}))
         .await;
-    assert_eq!(v2_error(&r, 400), "OAUTH_NOT_AVAILABLE");
+    assert_eq!(v2_error(&r, 400), "NO_OAUTH_APP");
     assert!(
         r.body["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("apiKey"),
+            .contains("oauth-apps/create"),
         "{r:?}"
     );
 }

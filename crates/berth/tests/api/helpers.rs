@@ -50,6 +50,8 @@ pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
         providers_file: None,
         session_ttl: Duration::from_secs(1800),
         dev_connection_limit: 5,
+        refresh_margin: std::time::Duration::from_secs(300),
+        oauth_apps: Default::default(),
     };
     tweak(&mut config);
     let app = berth::App::build(&config).await.unwrap();
