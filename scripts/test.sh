@@ -4,6 +4,10 @@
 #  2. every unit and integration test on SQLite, with the store conformance
 #     suite also run against a throwaway PostgreSQL
 #  3. the HTTP and CLI integration tests again with PostgreSQL as the store
+#  4. the end-to-end connect suite (tests/e2e): a real OAuth2 server
+#     (oidc-provider), Debian's Chromium driven by playwright-core, and
+#     Vessel's own client packages, on SQLite and on PostgreSQL
+# It installs what it needs (postgresql, chromium, the e2e node packages).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,3 +25,15 @@ cargo test --workspace --locked
 
 echo "== HTTP and CLI tests on PostgreSQL"
 BERTH_TEST_BACKEND=postgres cargo test -p berth --locked --test api --test cli
+
+echo "== end-to-end connect suite"
+if [ ! -x /usr/bin/chromium ]; then
+  echo "installing chromium (Debian)..." >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >&2 && apt-get install -y -qq --no-install-recommends chromium >&2
+fi
+(cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error)
+cargo build --locked -p berth
+export BERTH_BIN="$PWD/target/debug/berth"
+(cd tests/e2e && BERTH_TEST_BACKEND=sqlite node run.mjs)
+(cd tests/e2e && BERTH_TEST_BACKEND=postgres node run.mjs)

@@ -10,11 +10,11 @@
 
 use std::sync::OnceLock;
 
+use axum::Router;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
 use berth_connections::{CallbackOutcome, CallbackParams};
 use minijinja::{Environment, context};
 use serde::Serialize;
@@ -39,11 +39,26 @@ pub fn routes() -> Router<AppState> {
         .route("/modal", get(modal_page))
         .route("/modal/", get(modal_page))
         .route("/modal/index.html", get(modal_page))
-        .route("/modal/modal.js", get(|| async { asset("text/javascript; charset=utf-8", MODAL_JS) }))
-        .route("/modal/modal.css", get(|| async { asset("text/css; charset=utf-8", MODAL_CSS) }))
-        .route("/modal/callback.js", get(|| async { asset("text/javascript; charset=utf-8", CALLBACK_JS) }))
-        .route("/init.js", get(|| async { asset("text/javascript; charset=utf-8", CONNECT_JS) }))
-        .route("/connect.js", get(|| async { asset("text/javascript; charset=utf-8", CONNECT_JS) }))
+        .route(
+            "/modal/modal.js",
+            get(|| async { asset("text/javascript; charset=utf-8", MODAL_JS) }),
+        )
+        .route(
+            "/modal/modal.css",
+            get(|| async { asset("text/css; charset=utf-8", MODAL_CSS) }),
+        )
+        .route(
+            "/modal/callback.js",
+            get(|| async { asset("text/javascript; charset=utf-8", CALLBACK_JS) }),
+        )
+        .route(
+            "/init.js",
+            get(|| async { asset("text/javascript; charset=utf-8", CONNECT_JS) }),
+        )
+        .route(
+            "/connect.js",
+            get(|| async { asset("text/javascript; charset=utf-8", CONNECT_JS) }),
+        )
         .route("/auth/oauth-callback", get(oauth_callback))
         .route("/api/auth/oauth-callback", get(oauth_callback))
 }
@@ -86,7 +101,10 @@ fn html(body: String, csp: &'static str) -> Response {
                 HeaderValue::from_static("text/html; charset=utf-8"),
             ),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
-            (header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(csp)),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(csp),
+            ),
             (
                 header::REFERRER_POLICY,
                 HeaderValue::from_static("no-referrer"),

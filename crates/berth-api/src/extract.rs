@@ -225,7 +225,10 @@ fn check_origin<F: Family>(
     Err(ApiError::new(
         StatusCode::FORBIDDEN,
         "ORIGIN_NOT_ALLOWED",
-        format!("this session token may not be used from {origin}; it allows {}", allowed.join(", ")),
+        format!(
+            "this session token may not be used from {origin}; it allows {}",
+            allowed.join(", ")
+        ),
     ))
 }
 

@@ -93,7 +93,8 @@ fn body_value(body: &[u8]) -> Value {
     if body.is_empty() {
         return Value::Null;
     }
-    serde_json::from_slice(body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()))
+    serde_json::from_slice(body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()))
 }
 
 /// Call the provider's API with the connection's credentials (seed shape).
@@ -113,7 +114,11 @@ pub async fn passthrough(
         .call_provider(&access.connection, &call)
         .await?;
     let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY);
-    Ok((status, Json(serde_json::json!({"result": body_value(&resp.body)}))).into_response())
+    Ok((
+        status,
+        Json(serde_json::json!({"result": body_value(&resp.body)})),
+    )
+        .into_response())
 }
 
 /// Call the provider's API (Vessel v2 shape: `{$native: {headers, body, url}}`).

@@ -301,7 +301,9 @@ pub async fn check_permissions(
             },
             Some(c) => CheckPermissionsOut {
                 valid: false,
-                error_message: c.auth_error.or(Some("the connection needs re-authentication".into())),
+                error_message: c
+                    .auth_error
+                    .or(Some("the connection needs re-authentication".into())),
             },
             None => CheckPermissionsOut {
                 valid: false,

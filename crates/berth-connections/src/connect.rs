@@ -10,9 +10,7 @@ use berth_store::AuthSession;
 use serde_json::{Map, Value};
 
 use crate::credential::{CredentialData, TemplateContext, provider_target};
-use crate::{
-    Platform, PlatformError, Result,
-};
+use crate::{Platform, PlatformError, Result};
 
 /// The body of `/auth/start`.
 #[derive(Debug, Default)]

@@ -20,7 +20,9 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::credential::{CredentialData, TemplateContext};
-use crate::{Platform, PlatformError, Result, credential_aad, now_ms, secrets, session_kind, status};
+use crate::{
+    Platform, PlatformError, Result, credential_aad, now_ms, secrets, session_kind, status,
+};
 
 /// How long a user has to finish the provider's consent screen.
 const FLOW_TTL_MS: i64 = 15 * 60 * 1000;
@@ -305,7 +307,10 @@ impl Platform {
             let secret = self
                 .inner
                 .vault
-                .open(&app.sealed_secret, app_aad(environment_id, &app.id).as_bytes())
+                .open(
+                    &app.sealed_secret,
+                    app_aad(environment_id, &app.id).as_bytes(),
+                )
                 .map_err(|e| PlatformError::Internal(Box::new(e)))?;
             return Ok(ResolvedApp {
                 scopes: serde_json::from_str(&app.scopes).unwrap_or_default(),
@@ -384,7 +389,10 @@ impl Platform {
                 q.append_pair("scope", &scopes.join(&method.scope_separator));
             }
             if !method.user_scopes.is_empty() {
-                q.append_pair("user_scope", &method.user_scopes.join(&method.scope_separator));
+                q.append_pair(
+                    "user_scope",
+                    &method.user_scopes.join(&method.scope_separator),
+                );
             }
             q.append_pair("state", &self.sign_state(&flow_id));
             if let Some(v) = &verifier {
@@ -511,8 +519,16 @@ impl Platform {
         let data: FlowData =
             serde_json::from_slice(&plain).map_err(|e| PlatformError::Internal(Box::new(e)))?;
         let Some(integration) = self.catalog().get(&data.integration_id).cloned() else {
-            return self.record_failure(&session.id, "UNKNOWN_INTEGRATION", format!("The integration `{}` is no longer available.", data.integration_id))
-            .await;
+            return self
+                .record_failure(
+                    &session.id,
+                    "UNKNOWN_INTEGRATION",
+                    format!(
+                        "The integration `{}` is no longer available.",
+                        data.integration_id
+                    ),
+                )
+                .await;
         };
         if let Some(err) = params.error.as_deref().filter(|s| !s.is_empty()) {
             let detail = params
@@ -526,11 +542,21 @@ impl Platform {
             } else {
                 format!("{} returned an error: {detail}", integration.name)
             };
-            return self.record_failure(&session.id, "PROVIDER_DENIED", msg).await;
+            return self
+                .record_failure(&session.id, "PROVIDER_DENIED", msg)
+                .await;
         }
         let Some(code) = params.code.as_deref().filter(|s| !s.is_empty()) else {
-            return self.record_failure(&session.id, "CODE_MISSING", format!("{} redirected back without an authorization code.", integration.name))
-            .await;
+            return self
+                .record_failure(
+                    &session.id,
+                    "CODE_MISSING",
+                    format!(
+                        "{} redirected back without an authorization code.",
+                        integration.name
+                    ),
+                )
+                .await;
         };
         let method = integration
             .auth_method(AuthType::OAuth2)
@@ -541,7 +567,11 @@ impl Platform {
             .await
         {
             Ok(a) => a,
-            Err(e) => return self.record_failure(&session.id, "NO_OAUTH_APP", e.to_string()).await,
+            Err(e) => {
+                return self
+                    .record_failure(&session.id, "NO_OAUTH_APP", e.to_string())
+                    .await;
+            }
         };
         // Callback parameters the provider documents as metadata (Zoho's
         // data-center accounts server) are validated before they are used
@@ -550,8 +580,13 @@ impl Platform {
         for key in &method.callback_metadata {
             if let Some(v) = params.extra.get(key) {
                 if looks_like_url_key(key) && !is_http_url(v) {
-                    return self.record_failure(&session.id, "MALFORMED_METADATA", format!("{} returned a malformed `{key}`.", integration.name))
-                    .await;
+                    return self
+                        .record_failure(
+                            &session.id,
+                            "MALFORMED_METADATA",
+                            format!("{} returned a malformed `{key}`.", integration.name),
+                        )
+                        .await;
                 }
                 metadata.insert(key.clone(), Value::String(v.clone()));
             }
@@ -567,7 +602,11 @@ impl Platform {
             "token URL",
         ) {
             Ok(u) => u,
-            Err(m) => return self.record_failure(&session.id, "MALFORMED_METADATA", m).await,
+            Err(m) => {
+                return self
+                    .record_failure(&session.id, "MALFORMED_METADATA", m)
+                    .await;
+            }
         };
         let mut form = vec![
             ("grant_type", "authorization_code".to_string()),
@@ -583,22 +622,31 @@ impl Platform {
         {
             Ok(r) => r,
             Err(e) => {
-                return self.record_failure(&session.id, "TOKEN_EXCHANGE_FAILED", format!(
-                        "{} did not issue a token: {}",
-                        integration.name,
-                        e.message()
-                    ))
-                .await;
+                return self
+                    .record_failure(
+                        &session.id,
+                        "TOKEN_EXCHANGE_FAILED",
+                        format!(
+                            "{} did not issue a token: {}",
+                            integration.name,
+                            e.message()
+                        ),
+                    )
+                    .await;
             }
         };
         let mut cred = CredentialData::default();
         cred.auth_type = AuthType::OAuth2.as_str().to_string();
         cred.oauth_app_id = Some(app.id.clone());
         if let Err(m) = apply_token_response(&mut cred, &resp, &integration.name) {
-            return self.record_failure(&session.id, "TOKEN_EXCHANGE_FAILED", m).await;
+            return self
+                .record_failure(&session.id, "TOKEN_EXCHANGE_FAILED", m)
+                .await;
         }
         if let Err(m) = collect_metadata(&method, &resp, &mut metadata, &integration.name) {
-            return self.record_failure(&session.id, "MALFORMED_METADATA", m).await;
+            return self
+                .record_failure(&session.id, "MALFORMED_METADATA", m)
+                .await;
         }
         if let Some(identity) = &method.identity
             && let Err(m) = self
@@ -624,11 +672,10 @@ impl Platform {
         let metadata_json = Value::Object(metadata.clone()).to_string();
 
         let result = match session.reauth_connection_id.as_deref() {
-            Some(existing) => {
-                self.reauthorize(&session, existing, &cred, &answers_json, &metadata_json)
-                    .await
-                    .map(|()| existing.to_string())
-            }
+            Some(existing) => self
+                .reauthorize(&session, existing, &cred, &answers_json, &metadata_json)
+                .await
+                .map(|()| existing.to_string()),
             None => {
                 self.persist_new_connection(
                     &session,
@@ -653,7 +700,8 @@ impl Platform {
                 session_kind: session.kind.clone(),
             }),
             Err(e @ (PlatformError::BadRequest { .. } | PlatformError::NotFound(_))) => {
-                self.record_failure(&session.id, "CONNECTION_NOT_CREATED", e.to_string()).await
+                self.record_failure(&session.id, "CONNECTION_NOT_CREATED", e.to_string())
+                    .await
             }
             Err(e) => Err(e),
         }
@@ -881,7 +929,9 @@ impl Platform {
             }
             TokenAuth::Basic => {
                 // RFC 6749 2.3.1: form-encode the id and secret before joining.
-                let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+                let enc = |s: &str| {
+                    url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>()
+                };
                 let b = STANDARD.encode(format!(
                     "{}:{}",
                     enc(&app.client_id),
@@ -922,7 +972,9 @@ impl Platform {
                 body: Some(body),
             })
             .await
-            .map_err(|e| TokenError::Unavailable(format!("could not reach {}: {e}", integration.name)))?;
+            .map_err(|e| {
+                TokenError::Unavailable(format!("could not reach {}: {e}", integration.name))
+            })?;
         let parsed: Option<Map<String, Value>> = serde_json::from_slice(&resp.body).ok();
         let Some(json) = parsed else {
             let ct = resp
@@ -1011,8 +1063,7 @@ pub(crate) fn apply_token_response(
         .map(|s| now_ms() + s.min(10 * 365 * 86_400) * 1000);
     if let Some(user) = resp.get("authed_user") {
         if let Some(t) = user.get("access_token").and_then(Value::as_str) {
-            cred.secrets
-                .insert("userAccessToken".into(), t.to_string());
+            cred.secrets.insert("userAccessToken".into(), t.to_string());
         }
         if let Some(t) = user.get("refresh_token").and_then(Value::as_str) {
             cred.secrets
@@ -1048,7 +1099,10 @@ pub(crate) fn collect_metadata(
 }
 
 fn looks_like_url_key(key: &str) -> bool {
-    key.ends_with("_url") || key.ends_with("_domain") || key.ends_with("-server") || key == "api_endpoint"
+    key.ends_with("_url")
+        || key.ends_with("_domain")
+        || key.ends_with("-server")
+        || key == "api_endpoint"
 }
 
 fn is_http_url(s: &str) -> bool {
@@ -1147,7 +1201,10 @@ mod tests {
     fn secrets_never_reach_metadata() {
         let v = serde_json::json!({"id": "U1", "access_token": "xoxp", "scope": "a", "nested": {"refresh_token": "r"}});
         let s = strip_secrets(v);
-        assert_eq!(s, serde_json::json!({"id": "U1", "scope": "a", "nested": {}}));
+        assert_eq!(
+            s,
+            serde_json::json!({"id": "U1", "scope": "a", "nested": {}})
+        );
     }
 
     #[test]

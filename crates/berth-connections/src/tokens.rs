@@ -91,7 +91,9 @@ impl Platform {
             .ok_or_else(|| crate::unknown_integration(&conn.integration_id))?
             .clone();
         let (cred, version) = self.ensure_fresh(conn, None).await?;
-        let resp = self.send_to_provider(&integration, conn, &cred, call).await?;
+        let resp = self
+            .send_to_provider(&integration, conn, &cred, call)
+            .await?;
         if resp.status == 401 && refreshable(&cred) {
             drop(cred);
             let (cred, _) = self.ensure_fresh(conn, Some(version)).await?;
@@ -132,7 +134,12 @@ impl Platform {
         let mut headers: Vec<(String, String)> = call
             .headers
             .iter()
-            .filter(|(k, _)| !target.headers.iter().any(|(t, _)| t.eq_ignore_ascii_case(k)))
+            .filter(|(k, _)| {
+                !target
+                    .headers
+                    .iter()
+                    .any(|(t, _)| t.eq_ignore_ascii_case(k))
+            })
             .cloned()
             .collect();
         headers.extend(target.headers.iter().cloned());
@@ -169,7 +176,8 @@ impl Platform {
                 credential_aad(&conn.environment_id, &conn.id).as_bytes(),
             )
             .map_err(|e| PlatformError::Internal(Box::new(e)))?;
-        let cred = serde_json::from_slice(&plain).map_err(|e| PlatformError::Internal(Box::new(e)))?;
+        let cred =
+            serde_json::from_slice(&plain).map_err(|e| PlatformError::Internal(Box::new(e)))?;
         Ok((cred, row.version))
     }
 
@@ -313,7 +321,11 @@ impl Platform {
                     ));
                 };
                 let app = self
-                    .resolve_app(&conn.environment_id, &integration, cred.oauth_app_id.as_deref())
+                    .resolve_app(
+                        &conn.environment_id,
+                        &integration,
+                        cred.oauth_app_id.as_deref(),
+                    )
                     .await
                     .map_err(|e| TokenError::Rejected(e.to_string()))?;
                 (
@@ -435,7 +447,9 @@ pub fn provider_url(base: &str, path: &str) -> Result<url::Url> {
         .next()
         .map(|(_, v)| v.into_owned())
         .unwrap_or_default();
-    if p.split('/').chain(decoded.split('/')).any(|seg| seg == ".." || seg == ".")
+    if p.split('/')
+        .chain(decoded.split('/'))
+        .any(|seg| seg == ".." || seg == ".")
         || decoded.contains('\\')
     {
         return Err(bad("`.` and `..` segments are not allowed"));

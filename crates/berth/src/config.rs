@@ -94,7 +94,8 @@ pub struct Config {
     pub dev_connection_limit: i64,
     pub refresh_margin: Duration,
     /// Default OAuth apps by integration id, secrets resolved.
-    pub oauth_apps: std::collections::BTreeMap<String, (String, zeroize::Zeroizing<String>, Vec<String>)>,
+    pub oauth_apps:
+        std::collections::BTreeMap<String, (String, zeroize::Zeroizing<String>, Vec<String>)>,
 }
 
 fn load_file(path: Option<&Path>) -> anyhow::Result<FileConfig> {
@@ -171,12 +172,17 @@ impl Config {
                 (None, Some(var)) => std::env::var(var).with_context(|| {
                     format!("oauth_apps.{id}: environment variable {var} is not set")
                 })?,
-                _ => bail!("oauth_apps.{id}: set exactly one of client_secret or client_secret_env"),
+                _ => {
+                    bail!("oauth_apps.{id}: set exactly one of client_secret or client_secret_env")
+                }
             };
             if app.client_id.trim().is_empty() || secret.trim().is_empty() {
                 bail!("oauth_apps.{id}: client_id and the client secret must not be empty");
             }
-            oauth_apps.insert(id, (app.client_id, zeroize::Zeroizing::new(secret), app.scopes));
+            oauth_apps.insert(
+                id,
+                (app.client_id, zeroize::Zeroizing::new(secret), app.scopes),
+            );
         }
         Ok(Self {
             refresh_margin: Duration::from_secs(refresh_margin_secs),

@@ -7,6 +7,7 @@ mod connect_flow;
 mod fuzz;
 mod integrations;
 mod link_v1;
+mod oauth;
 mod openapi;
 mod tenancy;
 mod vault;
