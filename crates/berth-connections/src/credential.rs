@@ -171,3 +171,59 @@ pub fn provider_target(
     }
     Ok(target)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn provider_quirks_resolve_from_metadata() {
+        let catalog = berth_catalog::Catalog::builtin();
+        let mut cred = CredentialData::default();
+        cred.access_token = Some("tok".into());
+        let empty = serde_json::Map::new();
+        // Zoho: the data center's api_domain from the token response
+        let meta = json!({"api_domain": "https://www.zohoapis.eu", "accounts-server": "https://accounts.zoho.eu"});
+        let ctx = TemplateContext {
+            answers: &empty,
+            metadata: meta.as_object().unwrap(),
+            public_url: "http://b",
+        };
+        let zoho = catalog.get("zoho").unwrap();
+        let t = provider_target(zoho, AuthType::OAuth2, &cred, &ctx).unwrap();
+        assert_eq!(t.base_url, "https://www.zohoapis.eu/crm/v8");
+        assert_eq!(t.headers[0].1, "Zoho-oauthtoken tok");
+        let token_url = zoho
+            .auth_method(AuthType::OAuth2)
+            .unwrap()
+            .token_url
+            .clone()
+            .unwrap();
+        assert_eq!(
+            berth_catalog::render(&token_url, |k| ctx.lookup(k, &cred)).unwrap(),
+            "https://accounts.zoho.eu/oauth/v2/token"
+        );
+        // Slack: nested team id for nativeOrgId
+        let meta = json!({"team": {"id": "T1", "name": "Acme"}});
+        let ctx = TemplateContext {
+            answers: &empty,
+            metadata: meta.as_object().unwrap(),
+            public_url: "http://b",
+        };
+        assert_eq!(ctx.lookup("metadata.team.id", &cred).as_deref(), Some("T1"));
+        // Salesforce: the per-org instance URL
+        let meta = json!({"instance_url": "https://acme.my.salesforce.com"});
+        let ctx = TemplateContext {
+            answers: &empty,
+            metadata: meta.as_object().unwrap(),
+            public_url: "http://b",
+        };
+        let sf = catalog.get("salesforce").unwrap();
+        let t = provider_target(sf, AuthType::OAuth2, &cred, &ctx).unwrap();
+        assert_eq!(
+            t.base_url,
+            "https://acme.my.salesforce.com/services/data/v66.0"
+        );
+    }
+}

@@ -22,6 +22,13 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("GET", "/connection/connection"),
     ("DELETE", "/connection/connection"),
     ("GET", "/connection/connections"),
+    ("POST", "/auth/oauth-apps/create"),
+    ("POST", "/api/auth/oauth-apps/find"),
+    ("POST", "/auth/oauth-apps/delete"),
+    ("POST", "/auth/session-status"),
+    ("POST", "/auth/check-permissions"),
+    ("POST", "/passthrough"),
+    ("POST", "/api/passthrough"),
 ];
 
 const KEYS: &[&str] = &[
@@ -44,6 +51,15 @@ const KEYS: &[&str] = &[
     "oauthAppId",
     "instanceUrl",
     "accountId",
+    "clientId",
+    "clientSecret",
+    "scopes",
+    "method",
+    "path",
+    "body",
+    "json",
+    "headers",
+    "query",
 ];
 
 fn json_value() -> impl Strategy<Value = Value> {
@@ -63,7 +79,11 @@ fn json_value() -> impl Strategy<Value = Value> {
             "oauth2",
             "",
             "http://127.0.0.1:9",
-            "crm"
+            "crm",
+            "GET",
+            "/me",
+            "/../me",
+            "//evil.example/x"
         ])
         .prop_map(|s| Value::String(s.into())),
     ];
@@ -94,7 +114,7 @@ fn body() -> impl Strategy<Value = Option<Vec<u8>>> {
 fn no_input_reaches_a_server_error() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let app = rt.block_on(spawn());
-    let (session, link) = rt.block_on(async {
+    let (session, link, access) = rt.block_on(async {
         let s = app
             .session_token(&app.dev_token, serde_json::json!({}))
             .await;
@@ -106,7 +126,8 @@ fn no_input_reaches_a_server_error() {
                 None,
             )
             .await;
-        (s, l.body["linkToken"].as_str().unwrap().to_string())
+        let (_, access) = app.connect_sandbox(&app.dev_token, "fuzz-key").await;
+        (s, l.body["linkToken"].as_str().unwrap().to_string(), access)
     });
     let config = ProptestConfig {
         cases: 400,
@@ -119,6 +140,7 @@ fn no_input_reaches_a_server_error() {
         api in prop::option::of(prop::sample::select(vec![0usize, 1, 2])),
         sess in prop::option::of(prop::sample::select(vec![0usize, 1, 2])),
         query in prop::option::of("[a-zA-Z0-9=&%_.-]{0,30}"),
+        with_access in any::<bool>(),
         ctype in prop::sample::select(vec!["application/json", "text/plain", "", "application/x-www-form-urlencoded"]),
     )| {
         let api_tok = api.map(|i| [app.dev_token.as_str(), "berth_dev_bogus", ""][i]);
@@ -129,6 +151,7 @@ fn no_input_reaches_a_server_error() {
             let mut req = app.client.request(method.parse().unwrap(), url);
             if let Some(t) = api_tok { req = req.header("x-vessel-api-token", t).header("vessel-api-token", t); }
             if let Some(t) = sess_tok { req = req.header("x-vessel-session-token", t); }
+            if with_access { req = req.header("x-vessel-access-token", access.as_str()); }
             if !ctype.is_empty() { req = req.header("content-type", ctype); }
             if let Some(b) = &body { req = req.body(b.clone()); }
             let resp = req.send().await.unwrap();
