@@ -79,6 +79,12 @@ macro_rules! session_cols {
     };
 }
 
+macro_rules! oauth_app_cols {
+    () => {
+        "id, environment_id, integration_id, client_id, sealed_secret, scopes, created_at"
+    };
+}
+
 /// The handle to the database. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -605,15 +611,15 @@ impl Store {
 
     pub async fn list_oauth_apps(&self, environment_id: &str) -> Result<Vec<OAuthApp>> {
         Ok(with_db!(self, p => sqlx::query_as::<_, OAuthApp>(
-            "SELECT id, environment_id, integration_id, client_id, sealed_secret, scopes, created_at \
-             FROM oauth_apps WHERE environment_id = $1 AND deleted_at IS NULL ORDER BY created_at, id"
+            concat!("SELECT ", oauth_app_cols!(), " FROM oauth_apps \
+             WHERE environment_id = $1 AND deleted_at IS NULL ORDER BY created_at, id")
         ).bind(environment_id).fetch_all(p).await)?)
     }
 
     pub async fn get_oauth_app(&self, environment_id: &str, id: &str) -> Result<Option<OAuthApp>> {
         Ok(with_db!(self, p => sqlx::query_as::<_, OAuthApp>(
-            "SELECT id, environment_id, integration_id, client_id, sealed_secret, scopes, created_at \
-             FROM oauth_apps WHERE environment_id = $1 AND id = $2 AND deleted_at IS NULL"
+            concat!("SELECT ", oauth_app_cols!(), " FROM oauth_apps \
+             WHERE environment_id = $1 AND id = $2 AND deleted_at IS NULL")
         ).bind(environment_id).bind(id).fetch_optional(p).await)?)
     }
 
@@ -624,9 +630,9 @@ impl Store {
         integration_id: &str,
     ) -> Result<Option<OAuthApp>> {
         Ok(with_db!(self, p => sqlx::query_as::<_, OAuthApp>(
-            "SELECT id, environment_id, integration_id, client_id, sealed_secret, scopes, created_at \
-             FROM oauth_apps WHERE environment_id = $1 AND integration_id = $2 AND deleted_at IS NULL \
-             ORDER BY created_at DESC, id DESC LIMIT 1"
+            concat!("SELECT ", oauth_app_cols!(), " FROM oauth_apps \
+             WHERE environment_id = $1 AND integration_id = $2 AND deleted_at IS NULL \
+             ORDER BY created_at DESC, id DESC LIMIT 1")
         ).bind(environment_id).bind(integration_id).fetch_optional(p).await)?)
     }
 

@@ -151,6 +151,21 @@ impl TestApp {
         (st, q["state"].clone())
     }
 
+    async fn exchange(&self, session_token: &str) -> crate::helpers::Resp {
+        let r = self
+            .post(
+                "/auth/access-token",
+                &[
+                    ("x-vessel-api-token", &self.dev_token),
+                    ("x-vessel-session-token", session_token),
+                ],
+                json!({}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{r:?}");
+        r
+    }
+
     async fn callback(&self, query: &str) -> (u16, String) {
         let r = self
             .client
@@ -227,16 +242,7 @@ async fn a_good_flow_creates_the_connection_with_its_instance_url() {
     let (status, page) = app.callback(&format!("code=good&state={state}")).await;
     assert_eq!(status, 200, "{page}");
     assert!(page.contains("Connected to Test OAuth"));
-    let r = app
-        .post(
-            "/auth/access-token",
-            &[
-                ("x-vessel-api-token", &app.dev_token),
-                ("x-vessel-session-token", &st),
-            ],
-            json!({}),
-        )
-        .await;
+    let r = app.exchange(&st).await;
     assert_eq!(r.status, 200, "{r:?}");
     let at = r.body["result"]["accessToken"]
         .as_str()
@@ -352,16 +358,7 @@ async fn a_missing_refresh_token_marks_the_connection_for_reauthentication() {
     let (st, state) = app.begin_oauth().await;
     let (status, _) = app.callback(&format!("code=norefresh&state={state}")).await;
     assert_eq!(status, 200);
-    let r = app
-        .post(
-            "/auth/access-token",
-            &[
-                ("x-vessel-api-token", &app.dev_token),
-                ("x-vessel-session-token", &st),
-            ],
-            json!({}),
-        )
-        .await;
+    let r = app.exchange(&st).await;
     let at = r.body["result"]["accessToken"]
         .as_str()
         .unwrap()
