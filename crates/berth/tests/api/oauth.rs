@@ -33,6 +33,19 @@ async fn token(State(p): State<Provider>, body: Bytes) -> Response {
             .unwrap_or("")
     };
     assert!(!get("code_verifier").is_empty() || get("grant_type") != "authorization_code");
+    if get("grant_type") == "client_credentials" {
+        if get("client_secret") != "cc-secret" {
+            return (
+                StatusCode::UNAUTHORIZED,
+                Json(json!({"error": "invalid_client", "error_description": "bad secret"})),
+            )
+                .into_response();
+        }
+        // The first token is already inside the refresh margin; later ones last.
+        let n = p.token_calls.load(Ordering::SeqCst);
+        let expires_in = if n == 1 { 1 } else { 3600 };
+        return Json(json!({"access_token": "at-1", "expires_in": expires_in})).into_response();
+    }
     match (get("grant_type"), get("code")) {
         ("authorization_code", "good") => Json(json!({
             "access_token": "at-1", "refresh_token": "rt-1", "expires_in": 3600,
@@ -102,6 +115,11 @@ pkce = true
 token_metadata = ["instance_url"]
 native = {{ org_url = "{{{{metadata.instance_url}}}}" }}
 attach = {{ header = "Authorization", value = "Bearer {{{{credential.accessToken}}}}" }}
+
+[integrations.snovio]
+base_url = "{base}/api"
+[integrations.snovio.auth.oauth2-client-credentials]
+token_url = "{base}/token"
 "#,
             base = p.base
         ),
@@ -471,4 +489,56 @@ async fn browser_routes_answer_cors_and_server_routes_do_not() {
                 .starts_with(ct)
         );
     }
+}
+
+#[tokio::test]
+async fn client_credentials_tokens_are_fetched_on_demand_and_cached() {
+    let (app, p) = setup().await;
+    let st = app
+        .session_token(&app.dev_token, json!({"integrationId": "snovio"}))
+        .await;
+    let h = [("x-vessel-session-token", st.as_str())];
+    let r = app
+        .post(
+            "/auth/start",
+            &h,
+            json!({"answers": {"clientId": "cid", "clientSecret": "wrong"}}),
+        )
+        .await;
+    assert_eq!(v2_error(&r, 400), "INVALID_CREDENTIALS");
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("bad secret")
+    );
+    p.token_calls.store(0, Ordering::SeqCst);
+    let r = app
+        .post(
+            "/auth/start",
+            &h,
+            json!({"answers": {"clientId": "cid", "clientSecret": "cc-secret"}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(p.token_calls.load(Ordering::SeqCst), 1);
+    let at = app.exchange(&st).await.body["result"]["accessToken"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for _ in 0..3 {
+        let r = app
+            .post(
+                "/passthrough",
+                &[
+                    ("x-vessel-api-token", &app.dev_token),
+                    ("x-vessel-access-token", &at),
+                ],
+                json!({"method": "GET", "path": "/me"}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    // one fetch at connect, one when the first (short) token was due, then cached
+    assert_eq!(p.token_calls.load(Ordering::SeqCst), 2);
 }
