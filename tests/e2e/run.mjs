@@ -432,7 +432,10 @@ markdown = "Sign in at Acme (a local oidc-provider)."
     //    credentials show the provider's reason, then a good key connects.
     log('client-sdk');
     await page.goto(`${hostOrigin}/sdk.html`);
-    await page.waitForSelector('body[data-loaded="yes"]');
+    // The page pre-creates the iframe, so the modal may announce itself
+    // before the SDK listens (onLoad is then not called; open() still
+    // works). Wait for the modal itself instead.
+    await modal.locator('body[data-ready="yes"]').waitFor({ state: 'attached' });
     await page.click('#connect');
     await modal.getByRole('heading', { name: /Connect Berth Sandbox/ }).waitFor();
     await modal.locator('#q-api-key').fill('invalid-key');

@@ -304,6 +304,7 @@
       });
     });
     show('loading');
+    document.body.setAttribute('data-ready', 'yes');
     // Carries no secret, so the referrer's origin is enough to address it.
     if (parentOrigin && parentOrigin !== 'null') {
       window.parent.postMessage({ messageType: '_vessel_modal_ready_' }, parentOrigin);

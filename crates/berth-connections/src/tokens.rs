@@ -215,21 +215,24 @@ impl Platform {
                 return Ok((cred, current));
             }
             let now = now_ms();
+            // A lease owner per attempt: not even another task of this
+            // process can take over a lease it did not acquire.
+            let owner = format!("{}:{}", self.inner.node_id, secrets::new_id("rf"));
             if self
                 .store()
-                .try_acquire_refresh_lease(&conn.id, &self.inner.node_id, now + LEASE_MS, now)
+                .try_acquire_refresh_lease(&conn.id, &owner, now + LEASE_MS, now)
                 .await?
             {
                 let (cred, current) = self.load_versioned(conn).await?;
                 if current != version {
-                    self.store()
-                        .release_refresh_lease(&conn.id, &self.inner.node_id)
-                        .await?;
+                    self.store().release_refresh_lease(&conn.id, &owner).await?;
                     return Ok((cred, current));
                 }
                 let outcome = self.renew(conn, &cred).await;
-                drop(guard);
-                return match outcome {
+                // The local guard is held until the new credential is
+                // stored (end of this block): a queued task must not re-read
+                // the old version and send the rotated-away refresh token.
+                let result = match outcome {
                     Ok(fresh) => {
                         let sealed = self.inner.vault.seal(
                             &serde_json::to_vec(&fresh).expect("credentials serialize"),
@@ -256,15 +259,15 @@ impl Platform {
                         Err(needs_reauth(&message))
                     }
                     Err(e) => {
-                        self.store()
-                            .release_refresh_lease(&conn.id, &self.inner.node_id)
-                            .await?;
+                        self.store().release_refresh_lease(&conn.id, &owner).await?;
                         Err(PlatformError::ProviderUnavailable(format!(
                             "could not refresh the access token: {}",
                             e.message()
                         )))
                     }
                 };
+                drop(guard);
+                return result;
             }
             drop(guard);
             // Another process holds the lease: wait for its new version.

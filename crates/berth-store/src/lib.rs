@@ -476,6 +476,8 @@ impl Store {
 
     /// Takes the refresh lease of a connection's credential if nobody holds
     /// a live one. Only the holder calls the provider's token endpoint.
+    /// `owner` is unique per attempt; the lease is released by storing the
+    /// refreshed credential or by `release_refresh_lease`.
     pub async fn try_acquire_refresh_lease(
         &self,
         connection_id: &str,
@@ -485,7 +487,7 @@ impl Store {
     ) -> Result<bool> {
         Ok(with_db!(self, p => sqlx::query(
             "UPDATE credentials SET lease_owner = $2, lease_until = $3 \
-             WHERE connection_id = $1 AND (lease_until < $4 OR lease_owner = $2)"
+             WHERE connection_id = $1 AND lease_until < $4"
         ).bind(connection_id).bind(owner).bind(until).bind(now).execute(p).await
         .map(|r| r.rows_affected()))?
             == 1)
