@@ -593,27 +593,52 @@ impl Platform {
             let Some(last) = page.last() else { break };
             after = last.connection_id.clone();
             for c in page {
-                if !self.inner.vault.needs_reseal(&c.sealed) {
-                    continue;
-                }
-                let aad = credential_aad(&c.environment_id, &c.connection_id);
-                let plain = self
-                    .inner
-                    .vault
-                    .open(&c.sealed, aad.as_bytes())
-                    .map_err(|e| PlatformError::Internal(Box::new(e)))?;
-                let sealed = self.inner.vault.seal(&plain, aad.as_bytes());
-                if self
-                    .inner
-                    .store
-                    .replace_credential(&c.connection_id, c.version, &sealed, now_ms())
-                    .await?
-                {
+                if self.reseal_one(c).await? {
                     count += 1;
                 }
             }
         }
         Ok(count)
+    }
+
+    /// Re-seals one credential under the active key. A row being refreshed
+    /// (leased) or changed meanwhile is re-read and retried, so no row is
+    /// left under an old key that `--prune` would then drop.
+    async fn reseal_one(&self, mut c: berth_store::Credential) -> Result<bool> {
+        let aad = credential_aad(&c.environment_id, &c.connection_id);
+        for _ in 0..1000 {
+            if !self.inner.vault.needs_reseal(&c.sealed) {
+                return Ok(false);
+            }
+            let plain = self
+                .inner
+                .vault
+                .open(&c.sealed, aad.as_bytes())
+                .map_err(|e| PlatformError::Internal(Box::new(e)))?;
+            let sealed = self.inner.vault.seal(&plain, aad.as_bytes());
+            if self
+                .inner
+                .store
+                .replace_credential(&c.connection_id, c.version, &sealed, now_ms())
+                .await?
+            {
+                return Ok(true);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            match self
+                .inner
+                .store
+                .get_credential(&c.environment_id, &c.connection_id)
+                .await?
+            {
+                Some(fresh) => c = fresh,
+                None => return Ok(false), // deleted meanwhile
+            }
+        }
+        Err(PlatformError::ProviderUnavailable(format!(
+            "credential of {} stayed locked by a token refresh; run the rotation again",
+            c.connection_id
+        )))
     }
 }
 

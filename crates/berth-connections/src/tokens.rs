@@ -247,7 +247,8 @@ impl Platform {
                             Ok((fresh, version + 1))
                         } else {
                             // Only a re-authentication can move the version
-                            // under a held lease; its credential wins.
+                            // under a held lease (key rotation waits for
+                            // leases); its credential wins.
                             self.load_versioned(conn).await
                         }
                     }

@@ -456,7 +456,8 @@ impl Store {
     }
 
     /// Compare-and-swap on the credential version: writes `sealed` only if
-    /// the stored version is still `expected_version`.
+    /// the stored version is still `expected_version` and no refresh holds
+    /// the lease (a refresher's write must never be the one that loses).
     pub async fn replace_credential(
         &self,
         connection_id: &str,
@@ -466,7 +467,7 @@ impl Store {
     ) -> Result<bool> {
         Ok(with_db!(self, p => sqlx::query(
             "UPDATE credentials SET sealed = $3, version = version + 1, updated_at = $4 \
-             WHERE connection_id = $1 AND version = $2"
+             WHERE connection_id = $1 AND version = $2 AND lease_until < $4"
         ).bind(connection_id).bind(expected_version).bind(sealed).bind(now).execute(p).await
         .map(|r| r.rows_affected()))?
             == 1)

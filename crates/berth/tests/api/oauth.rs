@@ -184,6 +184,18 @@ impl TestApp {
         r
     }
 
+    async fn passthrough(&self, access_token: &str, path: &str) -> crate::helpers::Resp {
+        self.post(
+            "/passthrough",
+            &[
+                ("x-vessel-api-token", &self.dev_token),
+                ("x-vessel-access-token", access_token),
+            ],
+            json!({"method": "GET", "path": path}),
+        )
+        .await
+    }
+
     async fn callback(&self, query: &str) -> (u16, String) {
         let r = self
             .client
@@ -267,16 +279,7 @@ async fn a_good_flow_creates_the_connection_with_its_instance_url() {
         .unwrap()
         .to_string();
     // passthrough goes to {{metadata.instance_url}}/api with the vaulted token
-    let r = app
-        .post(
-            "/passthrough",
-            &[
-                ("x-vessel-api-token", &app.dev_token),
-                ("x-vessel-access-token", &at),
-            ],
-            json!({"method": "GET", "path": "/me"}),
-        )
-        .await;
+    let r = app.passthrough(&at, "/me").await;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.body["result"]["id"], "u1");
     // the state is single-use
@@ -285,16 +288,7 @@ async fn a_good_flow_creates_the_connection_with_its_instance_url() {
     assert!(page.contains("STATE_USED"), "{page}");
     assert_eq!(p.token_calls.load(Ordering::SeqCst), 1);
     // escaping a path out of the provider's API is refused
-    let r = app
-        .post(
-            "/passthrough",
-            &[
-                ("x-vessel-api-token", &app.dev_token),
-                ("x-vessel-access-token", &at),
-            ],
-            json!({"method": "GET", "path": "/../token"}),
-        )
-        .await;
+    let r = app.passthrough(&at, "/../token").await;
     assert_eq!(v2_error(&r, 400), "INVALID_PATH");
 }
 
@@ -386,16 +380,7 @@ async fn a_missing_refresh_token_marks_the_connection_for_reauthentication() {
         .unwrap()
         .to_string();
     // expires_in 1 s is inside the 300 s refresh margin: due at once
-    let r = app
-        .post(
-            "/passthrough",
-            &[
-                ("x-vessel-api-token", &app.dev_token),
-                ("x-vessel-access-token", &at),
-            ],
-            json!({"method": "GET", "path": "/me"}),
-        )
-        .await;
+    let r = app.passthrough(&at, "/me").await;
     assert_eq!(v2_error(&r, 409), "CONNECTION_NEEDS_REAUTH");
     let r = app
         .post(
@@ -527,16 +512,7 @@ async fn client_credentials_tokens_are_fetched_on_demand_and_cached() {
         .unwrap()
         .to_string();
     for _ in 0..3 {
-        let r = app
-            .post(
-                "/passthrough",
-                &[
-                    ("x-vessel-api-token", &app.dev_token),
-                    ("x-vessel-access-token", &at),
-                ],
-                json!({"method": "GET", "path": "/me"}),
-            )
-            .await;
+        let r = app.passthrough(&at, "/me").await;
         assert_eq!(r.status, 200, "{r:?}");
     }
     // one fetch at connect, one when the first (short) token was due, then cached
