@@ -45,6 +45,8 @@ pub struct ApiError<F> {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Sent as `Retry-After` (seconds).
+    pub retry_after: Option<u64>,
     source: Option<Box<dyn std::error::Error + Send + Sync>>,
     _family: PhantomData<F>,
 }
@@ -65,6 +67,7 @@ impl<F> ApiError<F> {
             status,
             code,
             message: message.into(),
+            retry_after: None,
             source: None,
             _family: PhantomData,
         }
@@ -101,10 +104,20 @@ impl<F> From<PlatformError> for ApiError<F> {
             PlatformError::ProviderUnavailable(_) => {
                 Self::new(StatusCode::BAD_GATEWAY, "PROVIDER_UNAVAILABLE", message)
             }
+            PlatformError::ProviderTimeout(_) => {
+                Self::new(StatusCode::GATEWAY_TIMEOUT, "PROVIDER_TIMEOUT", message)
+            }
+            PlatformError::RateLimited {
+                retry_after_secs, ..
+            } => Self {
+                retry_after: Some(retry_after_secs),
+                ..Self::new(StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED", message)
+            },
             PlatformError::Internal(source) => Self {
                 status: StatusCode::INTERNAL_SERVER_ERROR,
                 code: "INTERNAL",
                 message: "internal error; the details are in the server log".into(),
+                retry_after: None,
                 source: Some(source),
                 _family: PhantomData,
             },
@@ -124,10 +137,15 @@ impl<F: Family> IntoResponse for ApiError<F> {
             }
             tracing::error!(error = %chain, "internal error");
         }
-        (
+        let mut resp = (
             self.status,
             Json(F::body(self.status, self.code, &self.message)),
         )
-            .into_response()
+            .into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        resp
     }
 }

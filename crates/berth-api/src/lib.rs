@@ -60,6 +60,7 @@ pub fn router(state: AppState, extra: Router) -> Router {
         .merge(connect_ui::routes())
         .merge(link::routes())
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .route("/icons/{file}", get(icon))
         .route("/openapi.json", get(openapi_json))
         .fallback(not_found)
@@ -109,6 +110,21 @@ pub async fn healthz(State(state): State<AppState>) -> Response {
                 .into_response()
         }
     }
+}
+
+/// Prometheus metrics: provider calls by provider and status, latency
+/// histograms, retries, rate-limit waits. No tenant data in any label.
+#[utoipa::path(get, path = "/metrics", tag = "meta",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.platform.outbound().metrics().encode(),
+    )
+        .into_response()
 }
 
 /// An integration's icon, drawn by Berth.
@@ -171,6 +187,9 @@ pub async fn openapi_json() -> Response {
         platform::delete_oauth_app,
         passthrough::passthrough,
         passthrough::passthrough_v2,
+        passthrough::passthrough_v1,
+        passthrough::proxy,
+        passthrough::list_logs,
         platform::list_connections,
         platform::get_connection,
         platform::find_connection,
@@ -183,6 +202,7 @@ pub async fn openapi_json() -> Response {
         link::crm_integrations,
         link::engagement_integrations,
         healthz,
+        metrics,
         icon,
         openapi_json,
     ),

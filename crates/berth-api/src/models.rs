@@ -558,3 +558,104 @@ pub struct PassthroughV2Out {
     #[serde(rename = "$native")]
     pub native: NativeResponse,
 }
+
+/// Vessel v1 passthrough request (`POST /crm/passthrough`).
+#[derive(Serialize, Deserialize, Default, ToSchema)]
+#[serde(default)]
+pub struct V1PassthroughIn {
+    #[serde(rename = "accessToken")]
+    pub access_token: String,
+    /// GET, POST, PUT, PATCH or DELETE.
+    pub method: String,
+    pub path: String,
+    pub body: Option<Value>,
+    pub query: Option<Map<String, Value>>,
+    pub headers: Option<Map<String, Value>>,
+}
+
+/// Vessel v1 passthrough response.
+#[derive(Serialize, ToSchema)]
+pub struct V1PassthroughOut {
+    pub headers: Map<String, Value>,
+    /// The provider path called (credentials never appear here).
+    pub url: String,
+    #[serde(rename = "statusCode")]
+    pub status_code: u16,
+    pub body: Value,
+}
+
+/// A time bound: Unix milliseconds or an RFC 3339 string.
+#[derive(Serialize, Deserialize, ToSchema, Clone)]
+#[serde(untagged)]
+pub enum TimeBound {
+    Millis(i64),
+    Text(String),
+}
+
+/// `POST /logs/list` filters.
+#[derive(Serialize, Deserialize, Default, ToSchema)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ListLogsIn {
+    pub connection_id: Option<String>,
+    /// `2xx`, `3xx`, `4xx` or `5xx`.
+    pub status_class: Option<String>,
+    /// `provider` (the provider answered), `berth` (Berth refused before
+    /// sending), or `network` (no usable answer).
+    pub layer: Option<String>,
+    /// Inclusive lower time bound.
+    pub since: Option<TimeBound>,
+    /// Exclusive upper time bound.
+    pub until: Option<TimeBound>,
+    pub cursor: Option<String>,
+    /// 1-500, default 100.
+    pub limit: Option<i64>,
+}
+
+/// One request-log entry.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LogOut {
+    pub id: String,
+    pub connection_id: Option<String>,
+    pub integration_id: String,
+    /// ISO 8601.
+    pub time: String,
+    pub method: String,
+    /// Query values are redacted.
+    pub path: String,
+    /// The status the caller got.
+    pub status: i32,
+    pub latency_ms: i64,
+    pub request_bytes: Option<i64>,
+    pub response_bytes: Option<i64>,
+    pub retries: i32,
+    pub layer: String,
+    pub error: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LogsOut {
+    pub logs: Vec<LogOut>,
+    pub next_page_cursor: Option<String>,
+}
+
+impl From<berth_store::RequestLog> for LogOut {
+    fn from(r: berth_store::RequestLog) -> Self {
+        LogOut {
+            id: r.id,
+            connection_id: r.connection_id,
+            integration_id: r.integration_id,
+            time: iso(r.created_at),
+            method: r.method,
+            path: r.path,
+            status: r.status,
+            latency_ms: r.latency_ms,
+            request_bytes: r.request_bytes,
+            response_bytes: r.response_bytes,
+            retries: r.retries,
+            layer: r.layer,
+            error: r.error,
+        }
+    }
+}

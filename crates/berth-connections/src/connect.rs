@@ -207,7 +207,8 @@ impl Platform {
                 method: Method::from_bytes(check.method.as_bytes()).unwrap_or(Method::GET),
                 url,
                 headers,
-                body: None,
+                body: berth_outbound::OutBody::Empty,
+                context: None,
             })
             .await
             .map_err(|e| {

@@ -10,6 +10,7 @@ mod connect;
 pub mod credential;
 pub mod cursor;
 pub mod oauth;
+pub mod request_log;
 pub mod secrets;
 pub mod tokens;
 
@@ -25,7 +26,8 @@ pub use berth_store::{AuthSession, Environment as Env};
 pub use connect::{StartAuth, StartOutcome};
 pub use cursor::{CursorCodec, InvalidCursor};
 pub use oauth::{CallbackOutcome, CallbackParams, ConfiguredApp, NewOAuthApp, OAuthAppView};
-pub use tokens::ProviderCall;
+pub use request_log::LogQuery;
+pub use tokens::{ProviderCall, StreamCall};
 
 /// Connection statuses of seed 001.
 pub mod status {
@@ -56,6 +58,12 @@ pub enum PlatformError {
     InvalidCredentials(String),
     #[error("{0}")]
     ProviderUnavailable(String),
+    /// The provider did not answer in time.
+    #[error("{0}")]
+    ProviderTimeout(String),
+    /// A rate-limit budget is spent; Berth did not send the call.
+    #[error("{message}")]
+    RateLimited { retry_after_secs: u64, message: String },
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -102,6 +110,8 @@ pub struct PlatformConfig {
     pub refresh_margin: Duration,
     /// Default OAuth apps from the server config, by integration id.
     pub oauth_apps: std::collections::BTreeMap<String, ConfiguredApp>,
+    /// Request-log rows older than this are deleted.
+    pub request_log_retention: Duration,
 }
 
 /// The services behind every API family. Cheap to clone.
@@ -121,6 +131,7 @@ struct Inner {
     /// Identifies this process as a refresh-lease holder.
     node_id: String,
     refresh_locks: tokens::LocalLocks,
+    log_writer: tokio::sync::mpsc::Sender<request_log::Msg>,
 }
 
 /// What a successful token exchange hands to the customer's backend.
@@ -165,6 +176,12 @@ impl Platform {
         config: PlatformConfig,
     ) -> Self {
         let cursors = CursorCodec::new(*vault.derive_subkey("cursor"));
+        let entries = outbound.take_log_receiver().unwrap_or_else(|| {
+            // The outbound layer is shared with another platform that
+            // writes its log already.
+            tokio::sync::mpsc::channel(1).1
+        });
+        let log_writer = request_log::spawn_writer(store.clone(), entries);
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -175,6 +192,7 @@ impl Platform {
                 config,
                 node_id: secrets::new_id("node"),
                 refresh_locks: Default::default(),
+                log_writer,
             }),
         }
     }

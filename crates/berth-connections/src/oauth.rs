@@ -891,7 +891,8 @@ impl Platform {
                 method: Method::from_bytes(identity.method.as_bytes()).unwrap_or(Method::GET),
                 url,
                 headers: vec![("accept".into(), "application/json".into())],
-                body: None,
+                body: berth_outbound::OutBody::Empty,
+                context: None,
             })
             .await
             .map_err(|e| format!("could not look up the {} account: {e}", integration.name))?;
@@ -969,7 +970,8 @@ impl Platform {
                 method: Method::POST,
                 url: token_url,
                 headers,
-                body: Some(body),
+                body: berth_outbound::OutBody::Bytes(body.into()),
+                context: None,
             })
             .await
             .map_err(|e| {

@@ -20,8 +20,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_catalog::{AuthType, Integration};
-use berth_outbound::{Method, OutboundRequest, OutboundResponse};
+use berth_catalog::{AuthType, Integration, LimitScope};
+use berth_outbound::{
+    BudgetKey, CallContext, Limit, LogEntry, Method, OutBody, OutboundError, OutboundRequest,
+    OutboundResponse, StreamingResponse,
+};
 use berth_store::{Connection, NewEvent};
 use serde_json::{Map, Value};
 use zeroize::Zeroizing;
@@ -45,6 +48,108 @@ pub struct ProviderCall {
     pub query: Vec<(String, String)>,
     pub headers: Vec<(String, String)>,
     pub body: Option<Vec<u8>>,
+}
+
+/// A raw call whose body may be a stream (the `/proxy` mode). `path` may
+/// carry the caller's query string.
+#[derive(Debug)]
+pub struct StreamCall {
+    pub method: Method,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: OutBody,
+    /// The length of a streamed body, sent as is (not re-chunked).
+    pub content_length: Option<String>,
+}
+
+/// A call about to be resolved against the connection.
+struct Prepared {
+    method: Method,
+    path: String,
+    query: Vec<(String, String)>,
+    headers: Vec<(String, String)>,
+    body: OutBody,
+    content_length: Option<String>,
+}
+
+impl From<ProviderCall> for Prepared {
+    fn from(c: ProviderCall) -> Self {
+        Prepared {
+            method: c.method,
+            path: c.path,
+            query: c.query,
+            headers: c.headers,
+            body: c.body.into(),
+            content_length: None,
+        }
+    }
+}
+
+/// Request headers never forwarded to a provider: hop-by-hop headers,
+/// Berth's own tokens, anything that would override the credential or the
+/// target host, and the caller's network identity.
+const DROPPED_REQUEST_HEADERS: &[&str] = &[
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "expect",
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "forwarded",
+    "x-real-ip",
+    "origin",
+    "referer",
+];
+
+/// Response headers never passed back: hop-by-hop ones, and cookies set
+/// for the provider's domain.
+const DROPPED_RESPONSE_HEADERS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "set-cookie",
+    "set-cookie2",
+    "proxy-authenticate",
+];
+
+fn dropped_request_header(name: &str, listed: &[String]) -> bool {
+    let n = name.to_ascii_lowercase();
+    DROPPED_REQUEST_HEADERS.contains(&n.as_str())
+        || n.starts_with("x-vessel-")
+        || n.starts_with("vessel-")
+        || n.starts_with("x-berth-")
+        || n.starts_with("x-forwarded-")
+        || listed.contains(&n)
+}
+
+/// Drops what must not reach the provider, including any header the
+/// caller's own `Connection` header names.
+pub fn sanitize_request_headers(headers: Vec<(String, String)>) -> Vec<(String, String)> {
+    let listed: Vec<String> = headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("connection"))
+        .flat_map(|(_, v)| v.split(',').map(|t| t.trim().to_ascii_lowercase()))
+        .collect();
+    headers
+        .into_iter()
+        .filter(|(k, _)| !dropped_request_header(k, &listed))
+        .collect()
+}
+
+/// Whether a provider response header is passed back to the caller.
+pub fn forwardable_response_header(name: &str) -> bool {
+    !DROPPED_RESPONSE_HEADERS.contains(&name.to_ascii_lowercase().as_str())
 }
 
 /// Per-connection mutexes of this process.
@@ -85,30 +190,180 @@ impl Platform {
         conn: &Connection,
         call: &ProviderCall,
     ) -> Result<OutboundResponse> {
-        let integration = self
-            .catalog()
-            .get(&conn.integration_id)
-            .ok_or_else(|| crate::unknown_integration(&conn.integration_id))?
-            .clone();
+        let integration = self.integration_of(conn)?;
         let (cred, version) = self.ensure_fresh(conn, None).await?;
-        let resp = self
-            .send_to_provider(&integration, conn, &cred, call)
-            .await?;
+        let req = self.provider_request(&integration, conn, &cred, call.clone().into())?;
+        let resp = self.inner.outbound.send(req).await;
+        let resp = resp.map_err(|e| outbound_error(&integration, e))?;
         if resp.status == 401 && refreshable(&cred) {
             drop(cred);
             let (cred, _) = self.ensure_fresh(conn, Some(version)).await?;
-            return self.send_to_provider(&integration, conn, &cred, call).await;
+            let req = self.provider_request(&integration, conn, &cred, call.clone().into())?;
+            return self
+                .inner
+                .outbound
+                .send(req)
+                .await
+                .map_err(|e| outbound_error(&integration, e));
         }
         Ok(resp)
     }
 
-    async fn send_to_provider(
+    /// The streaming twin of [`Platform::call_provider`]: the request body
+    /// (if a stream) and the response body pass through without being
+    /// held whole. A 401 is retried after a refresh only when the request
+    /// body can be sent again (empty or buffered); otherwise the token is
+    /// still refreshed, so the caller's own retry succeeds.
+    pub async fn stream_provider(
+        &self,
+        conn: &Connection,
+        call: StreamCall,
+    ) -> Result<StreamingResponse> {
+        let integration = self.integration_of(conn)?;
+        let (cred, version) = self.ensure_fresh(conn, None).await?;
+        let replay = match &call.body {
+            OutBody::Empty => Some(OutBody::Empty),
+            OutBody::Bytes(b) => Some(OutBody::Bytes(b.clone())),
+            OutBody::Stream(_) => None,
+        };
+        let StreamCall {
+            method,
+            path,
+            headers,
+            body,
+            content_length,
+        } = call;
+        let req = self.provider_request(
+            &integration,
+            conn,
+            &cred,
+            Prepared {
+                method: method.clone(),
+                path: path.clone(),
+                query: Vec::new(),
+                headers: headers.clone(),
+                body,
+                content_length,
+            },
+        )?;
+        let resp = self
+            .inner
+            .outbound
+            .send_streaming(req)
+            .await
+            .map_err(|e| outbound_error(&integration, e))?;
+        if resp.status == 401 && refreshable(&cred) {
+            drop(cred);
+            let (cred, _) = self.ensure_fresh(conn, Some(version)).await?;
+            if let Some(body) = replay {
+                drop(resp);
+                let req = self.provider_request(
+                    &integration,
+                    conn,
+                    &cred,
+                    Prepared {
+                        method,
+                        path,
+                        query: Vec::new(),
+                        headers,
+                        body,
+                        content_length: None,
+                    },
+                )?;
+                return self
+                    .inner
+                    .outbound
+                    .send_streaming(req)
+                    .await
+                    .map_err(|e| outbound_error(&integration, e));
+            }
+        }
+        Ok(resp)
+    }
+
+    /// Records a call Berth refused before it reached the outbound layer
+    /// (unknown method, oversize body), so the request log shows it.
+    pub fn log_refused(&self, conn: &Connection, method: &str, path: &str, status: u16, why: &str) {
+        // Refused paths may hold control characters: log them escaped,
+        // with any query values hidden.
+        let (p, q) = path.split_once('?').unwrap_or((path, ""));
+        let mut path: String = p.escape_debug().take(200).collect();
+        if !q.is_empty() {
+            path.push_str("?***");
+        }
+        self.inner.outbound.record(LogEntry {
+            environment_id: conn.environment_id.clone(),
+            connection_id: Some(conn.id.clone()),
+            provider: conn.integration_id.clone(),
+            at_ms: now_ms(),
+            method: method.chars().take(16).collect(),
+            path,
+            status: Some(status),
+            latency_ms: 0,
+            request_bytes: None,
+            response_bytes: None,
+            retries: 0,
+            layer: "berth",
+            error: Some(why.chars().take(500).collect()),
+        });
+    }
+
+    pub fn outbound(&self) -> &berth_outbound::Outbound {
+        &self.inner.outbound
+    }
+
+    fn integration_of(&self, conn: &Connection) -> Result<Integration> {
+        self.catalog()
+            .get(&conn.integration_id)
+            .cloned()
+            .ok_or_else(|| crate::unknown_integration(&conn.integration_id))
+    }
+
+    /// Which budgets a call of `conn` draws from.
+    fn call_context(&self, integration: &Integration, conn: &Connection) -> CallContext {
+        let own = BudgetKey {
+            key: format!("{}:{}:c:{}", integration.id, conn.environment_id, conn.id),
+            scope: "connection",
+            limit: None,
+        };
+        let key = match &integration.rate_limit {
+            None => own,
+            Some(rl) => {
+                let limit = Some(Limit {
+                    requests: rl.requests,
+                    per_seconds: rl.per_seconds,
+                });
+                let account = conn.native_org_id.as_deref().filter(|a| !a.is_empty());
+                match (rl.scope, account) {
+                    // Shared by every connection of the tenant to this
+                    // provider account; never across tenants.
+                    (LimitScope::Account, Some(a)) => BudgetKey {
+                        key: format!("{}:{}:a:{a}", integration.id, conn.environment_id),
+                        scope: "account",
+                        limit,
+                    },
+                    _ => BudgetKey { limit, ..own },
+                }
+            }
+        };
+        CallContext {
+            provider: integration.id.clone(),
+            environment_id: conn.environment_id.clone(),
+            connection_id: Some(conn.id.clone()),
+            budgets: vec![key.clone()],
+            learn: Some(key),
+        }
+    }
+
+    /// Resolves URL and credentials for one attempt. A path that would
+    /// leave the provider is refused here, and the refusal logged.
+    fn provider_request(
         &self,
         integration: &Integration,
         conn: &Connection,
         cred: &CredentialData,
-        call: &ProviderCall,
-    ) -> Result<OutboundResponse> {
+        call: Prepared,
+    ) -> Result<OutboundRequest> {
         let kind = AuthType::parse(&conn.auth_type).unwrap_or(AuthType::ApiKey);
         let answers = json_map(&conn.answers);
         let metadata = json_map(&conn.provider_metadata);
@@ -123,41 +378,57 @@ impl Platform {
                 format!("cannot build the provider URL for this connection: {e}"),
             )
         })?;
-        let url = provider_url(&target.base_url, &call.path)?;
-        let mut url = url;
-        if !call.query.is_empty() || !target.query.is_empty() {
-            let mut q = url.query_pairs_mut();
-            q.extend_pairs(call.query.iter());
-            q.extend_pairs(target.query.iter());
+        let mut url = match provider_url(&target.base_url, &call.path) {
+            Ok(u) => u,
+            Err(e) => {
+                self.log_refused(conn, call.method.as_str(), &call.path, 400, &e.to_string());
+                return Err(e);
+            }
+        };
+        // The credential's query parameters win over a caller's of the
+        // same name (Snov.io's `access_token`).
+        let reserved = |k: &str| target.query.iter().any(|(t, _)| t == k);
+        if !target.query.is_empty() && url.query_pairs().any(|(k, _)| reserved(&k)) {
+            let kept: Vec<(String, String)> = url
+                .query_pairs()
+                .filter(|(k, _)| !reserved(k))
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            url.set_query(None);
+            if !kept.is_empty() {
+                url.query_pairs_mut().extend_pairs(kept);
+            }
+        }
+        let extra: Vec<&(String, String)> = call
+            .query
+            .iter()
+            .filter(|(k, _)| !reserved(k))
+            .chain(target.query.iter())
+            .collect();
+        if !extra.is_empty() {
+            url.query_pairs_mut().extend_pairs(extra);
         }
         // The credential header wins over a caller's header of the same name.
-        let mut headers: Vec<(String, String)> = call
-            .headers
-            .iter()
+        let mut headers: Vec<(String, String)> = sanitize_request_headers(call.headers)
+            .into_iter()
             .filter(|(k, _)| {
                 !target
                     .headers
                     .iter()
                     .any(|(t, _)| t.eq_ignore_ascii_case(k))
             })
-            .cloned()
             .collect();
         headers.extend(target.headers.iter().cloned());
-        self.inner
-            .outbound
-            .send(OutboundRequest {
-                method: call.method.clone(),
-                url,
-                headers,
-                body: call.body.clone(),
-            })
-            .await
-            .map_err(|e| {
-                PlatformError::ProviderUnavailable(format!(
-                    "could not reach {}: {e}",
-                    integration.name
-                ))
-            })
+        if let (Some(n), OutBody::Stream(_)) = (&call.content_length, &call.body) {
+            headers.push(("content-length".into(), n.clone()));
+        }
+        Ok(OutboundRequest {
+            method: call.method,
+            url,
+            headers,
+            body: call.body,
+            context: Some(self.call_context(integration, conn)),
+        })
     }
 
     async fn load_versioned(&self, conn: &Connection) -> Result<(CredentialData, i64)> {
@@ -424,6 +695,20 @@ pub(crate) fn needs_reauth(reason: &str) -> PlatformError {
                 "this connection needs to be re-authenticated ({reason}): open the connect modal with a session token naming its connectionId"
             )
         },
+    }
+}
+
+/// Maps an outbound failure to the platform error the caller sees.
+fn outbound_error(integration: &Integration, e: OutboundError) -> PlatformError {
+    match e {
+        OutboundError::RateLimited { retry_after, .. } => PlatformError::RateLimited {
+            retry_after_secs: retry_after.as_secs_f64().ceil() as u64,
+            message: format!("{}: {e}", integration.name),
+        },
+        OutboundError::Timeout { .. } => {
+            PlatformError::ProviderTimeout(format!("{}: {e}", integration.name))
+        }
+        e => PlatformError::ProviderUnavailable(format!("{}: {e}", integration.name)),
     }
 }
 

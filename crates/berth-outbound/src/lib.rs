@@ -1,36 +1,100 @@
 //! The one outbound HTTP layer: every call Berth makes to a provider goes
-//! through [`Outbound`], so timeouts, TLS, logging rules (and, as they land,
-//! retries, rate-limit budgets and request logs) apply to all of them.
+//! through [`Outbound`], so timeouts, TLS, retries ([`retry`]), rate-limit
+//! budgets ([`budget`]), metrics ([`metrics`]) and the request log apply to
+//! all of them, whoever makes the call (passthrough, proxy, sync, writes).
 //!
-//! Invariant: nothing here logs a header value or a query string; provider
-//! credentials travel in both.
+//! Invariants:
+//! - nothing here logs a header value or a query value; provider
+//!   credentials travel in both. Request-log paths have query values
+//!   redacted and error texts never include the URL;
+//! - redirects are never followed (they could carry credentials to another
+//!   host); they are answered to the caller;
+//! - a request body that is a stream is sent at most once.
 #![forbid(unsafe_code)]
 
-use std::time::{Duration, Instant};
+pub mod budget;
+pub mod metrics;
+pub mod retry;
 
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
 pub use reqwest::Method;
+use reqwest::header::HeaderMap;
+use tokio::sync::mpsc;
 
-/// Response bodies larger than this are cut off for buffered calls.
+pub use budget::{BudgetKey, Budgets, Limit};
+pub use metrics::Metrics;
+pub use retry::RetryPolicy;
+use retry::{Attempt, is_idempotent, parse_retry_after};
+
+/// Response bodies larger than this are refused for buffered calls (the
+/// streaming proxy has no limit).
 pub const MAX_BUFFERED_BODY: usize = 16 * 1024 * 1024;
 
-#[derive(Debug, thiserror::Error)]
+/// Request-log entries waiting for the writer; beyond this they are dropped
+/// (and counted) rather than slowing provider calls down.
+const LOG_QUEUE: usize = 65_536;
+
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum OutboundError {
     #[error("invalid provider URL: {0}")]
     InvalidUrl(String),
-    #[error("provider did not answer in time")]
-    Timeout,
-    #[error("could not connect to the provider")]
-    Connect,
-    #[error("provider response exceeded {MAX_BUFFERED_BODY} bytes")]
+    #[error("the provider did not answer within the {stage} timeout ({secs} s)")]
+    Timeout { stage: &'static str, secs: u64 },
+    #[error("could not connect to the provider: {0}")]
+    Connect(String),
+    #[error("the provider's response exceeded {MAX_BUFFERED_BODY} bytes; use the streaming proxy")]
     TooLarge,
-    #[error("provider call failed: {0}")]
-    Other(String),
+    #[error("the provider sent an invalid or broken response: {0}")]
+    Protocol(String),
+    #[error("{}", rate_limited_message(*.scope, *.learned, *.retry_after))]
+    RateLimited {
+        retry_after: Duration,
+        scope: &'static str,
+        learned: bool,
+    },
+}
+
+fn rate_limited_message(scope: &str, learned: bool, retry_after: Duration) -> String {
+    let why = if learned {
+        "the provider reported its rate limit used up"
+    } else {
+        "the provider's declared rate limit is used up"
+    };
+    format!(
+        "Berth held this call back: {why} for this {scope}; retry after {} s",
+        retry_after.as_secs_f64().ceil() as u64
+    )
+}
+
+impl OutboundError {
+    /// Which layer produced the outcome, for the request log.
+    pub fn layer(&self) -> &'static str {
+        match self {
+            OutboundError::RateLimited { .. } | OutboundError::InvalidUrl(_) => "berth",
+            _ => "network",
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
 pub struct OutboundConfig {
     pub connect_timeout: Duration,
+    /// From sending the request to the response headers.
+    pub first_byte_timeout: Duration,
+    /// The whole call, body included (buffered calls only; a stream is
+    /// bounded by `idle_timeout` between chunks instead).
     pub total_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub retry: RetryPolicy,
+    /// How long a call may queue for a rate-limit budget before Berth
+    /// answers 429 itself.
+    pub max_budget_wait: Duration,
     pub user_agent: String,
 }
 
@@ -38,19 +102,74 @@ impl Default for OutboundConfig {
     fn default() -> Self {
         Self {
             connect_timeout: Duration::from_secs(10),
-            total_timeout: Duration::from_secs(60),
+            first_byte_timeout: Duration::from_secs(60),
+            total_timeout: Duration::from_secs(120),
+            idle_timeout: Duration::from_secs(60),
+            retry: RetryPolicy::default(),
+            max_budget_wait: Duration::from_secs(5),
             user_agent: concat!("berth/", env!("CARGO_PKG_VERSION")).into(),
         }
     }
 }
 
+/// Who a call is made for: drives budgets, metrics labels and the request
+/// log. Calls without one (connect-time checks) are only counted.
+#[derive(Debug, Clone, Default)]
+pub struct CallContext {
+    /// Integration id.
+    pub provider: String,
+    pub environment_id: String,
+    pub connection_id: Option<String>,
+    pub budgets: Vec<BudgetKey>,
+    /// The budget that headers and 429s teach about.
+    pub learn: Option<BudgetKey>,
+}
+
+pub enum OutBody {
+    Empty,
+    Bytes(Bytes),
+    /// Sent once, never retried.
+    Stream(reqwest::Body),
+}
+
+impl std::fmt::Debug for OutBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OutBody::Empty => f.write_str("Empty"),
+            OutBody::Bytes(b) => write!(f, "Bytes({})", b.len()),
+            OutBody::Stream(_) => f.write_str("Stream"),
+        }
+    }
+}
+
+impl OutBody {
+    /// A body that streams from `s`.
+    pub fn stream<S, E>(s: S) -> Self
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        OutBody::Stream(reqwest::Body::wrap_stream(s))
+    }
+}
+
+impl From<Option<Vec<u8>>> for OutBody {
+    fn from(b: Option<Vec<u8>>) -> Self {
+        match b {
+            Some(b) => OutBody::Bytes(b.into()),
+            None => OutBody::Empty,
+        }
+    }
+}
+
 /// A request to a provider, fully resolved (URL, credentials attached).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct OutboundRequest {
     pub method: Method,
     pub url: url::Url,
     pub headers: Vec<(String, String)>,
-    pub body: Option<Vec<u8>>,
+    pub body: OutBody,
+    pub context: Option<CallContext>,
 }
 
 #[derive(Debug, Clone)]
@@ -58,6 +177,8 @@ pub struct OutboundResponse {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// Retries spent inside the layer.
+    pub retries: u32,
 }
 
 impl OutboundResponse {
@@ -66,87 +187,596 @@ impl OutboundResponse {
     }
 }
 
-/// The shared client. Cheap to clone (the pool is shared).
-#[derive(Clone, Debug)]
-pub struct Outbound {
+/// A response whose body is still arriving.
+pub struct StreamingResponse {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: BodyStream,
+}
+
+/// One row of the request log.
+#[derive(Debug, Clone)]
+pub struct LogEntry {
+    pub environment_id: String,
+    pub connection_id: Option<String>,
+    pub provider: String,
+    pub at_ms: i64,
+    pub method: String,
+    /// Query values are redacted.
+    pub path: String,
+    pub status: Option<u16>,
+    pub latency_ms: u64,
+    pub request_bytes: Option<u64>,
+    pub response_bytes: Option<u64>,
+    pub retries: u32,
+    /// `provider` (it answered), `berth` (refused before sending) or
+    /// `network` (no usable answer).
+    pub layer: &'static str,
+    pub error: Option<String>,
+}
+
+struct Inner {
     client: reqwest::Client,
+    config: OutboundConfig,
+    budgets: Budgets,
+    metrics: Metrics,
+    log_tx: mpsc::Sender<LogEntry>,
+    log_rx: Mutex<Option<mpsc::Receiver<LogEntry>>>,
+}
+
+/// The shared client. Cheap to clone (pool, budgets and metrics are shared).
+#[derive(Clone)]
+pub struct Outbound {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Outbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Outbound")
+    }
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// `path?k=***&…`: what the request log keeps of a URL.
+pub fn redacted_path(url: &url::Url) -> String {
+    let mut out = url.path().to_string();
+    let keys: Vec<String> = url.query_pairs().map(|(k, _)| k.into_owned()).collect();
+    if !keys.is_empty() {
+        out.push('?');
+        let redacted: Vec<String> = keys.iter().map(|k| format!("{k}=***")).collect();
+        out.push_str(&redacted.join("&"));
+    }
+    out
+}
+
+/// The innermost causes of a reqwest error, without the URL (it may hold a
+/// credential in its query).
+fn causes(e: &reqwest::Error) -> String {
+    let mut parts = Vec::new();
+    let mut cur = std::error::Error::source(e);
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !parts.contains(&text) {
+            parts.push(text);
+        }
+        cur = s.source();
+    }
+    if parts.is_empty() {
+        "unknown error".into()
+    } else {
+        parts.join(": ")
+    }
+}
+
+enum Failure {
+    Error(OutboundError, Attempt),
 }
 
 impl Outbound {
     pub fn new(config: &OutboundConfig) -> Result<Self, OutboundError> {
         let client = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
-            .timeout(config.total_timeout)
+            .read_timeout(config.idle_timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .tcp_nodelay(true)
             .user_agent(config.user_agent.clone())
             // Provider redirects are answered to the caller, never followed:
             // following one could carry credentials to another host.
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(|e| OutboundError::Other(e.to_string()))?;
-        Ok(Self { client })
+            .map_err(|e| OutboundError::InvalidUrl(causes(&e)))?;
+        let (log_tx, log_rx) = mpsc::channel(LOG_QUEUE);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                client,
+                config: config.clone(),
+                budgets: Budgets::default(),
+                metrics: Metrics::default(),
+                log_tx,
+                log_rx: Mutex::new(Some(log_rx)),
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &OutboundConfig {
+        &self.inner.config
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    pub fn budgets(&self) -> &Budgets {
+        &self.inner.budgets
+    }
+
+    /// The receiving end of the request log (once; the store writer owns it).
+    pub fn take_log_receiver(&self) -> Option<mpsc::Receiver<LogEntry>> {
+        self.inner
+            .log_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    /// Records an entry (also used for calls refused before reaching this
+    /// layer, such as an unsafe path).
+    pub fn record(&self, entry: LogEntry) {
+        if self.inner.log_tx.try_send(entry).is_err() {
+            self.inner.metrics.request_logs_dropped.inc();
+        }
+    }
+
+    fn count(&self, provider: &str, status: String, latency: Duration) {
+        let m = &self.inner.metrics;
+        m.requests
+            .get_or_create(&metrics::ProviderStatus {
+                provider: provider.to_string(),
+                status,
+            })
+            .inc();
+        m.latency
+            .get_or_create(&Metrics::provider(provider))
+            .observe(latency.as_secs_f64());
+    }
+
+    /// Budgets, then attempts with retries. Returns the last response (any
+    /// status) with the retries spent.
+    async fn execute(
+        &self,
+        req: OutboundRequest,
+        buffered: bool,
+    ) -> (Result<reqwest::Response, OutboundError>, u32) {
+        let OutboundRequest {
+            method,
+            url,
+            headers,
+            body,
+            context,
+        } = req;
+        let provider = context
+            .as_ref()
+            .map(|c| c.provider.as_str())
+            .unwrap_or("unknown");
+        let cfg = &self.inner.config;
+        if let Some(ctx) = &context
+            && !ctx.budgets.is_empty()
+        {
+            let label = |outcome: &str| metrics::WaitLabel {
+                provider: provider.to_string(),
+                outcome: outcome.into(),
+            };
+            match self
+                .inner
+                .budgets
+                .acquire(&ctx.budgets, cfg.max_budget_wait)
+                .await
+            {
+                Ok(waited) if !waited.is_zero() => {
+                    self.inner
+                        .metrics
+                        .rate_limit_waits
+                        .get_or_create(&label("waited"))
+                        .inc();
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.inner
+                        .metrics
+                        .rate_limit_waits
+                        .get_or_create(&label("rejected"))
+                        .inc();
+                    return (
+                        Err(OutboundError::RateLimited {
+                            retry_after: e.retry_after,
+                            scope: e.scope,
+                            learned: e.learned,
+                        }),
+                        0,
+                    );
+                }
+            }
+        }
+        let repeatable = is_idempotent(&method)
+            || headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("idempotency-key"));
+        let mut body = Some(body);
+        let mut retries = 0u32;
+        loop {
+            let this_body = match body.take() {
+                Some(OutBody::Empty) => {
+                    body = Some(OutBody::Empty);
+                    None
+                }
+                Some(OutBody::Bytes(b)) => {
+                    body = Some(OutBody::Bytes(b.clone()));
+                    Some(reqwest::Body::from(b))
+                }
+                // A stream goes once; `body` stays None so no retry can
+                // happen.
+                Some(OutBody::Stream(s)) => Some(s),
+                None => None,
+            };
+            let can_repeat = body.is_some();
+            let mut builder = self.inner.client.request(method.clone(), url.clone());
+            for (k, v) in &headers {
+                builder = builder.header(k, v);
+            }
+            if let Some(b) = this_body {
+                builder = builder.body(b);
+            }
+            if buffered {
+                builder = builder.timeout(cfg.total_timeout);
+            }
+            let outcome = match tokio::time::timeout(cfg.first_byte_timeout, builder.send()).await {
+                Err(_) => Err(Failure::Error(
+                    OutboundError::Timeout {
+                        stage: "first byte",
+                        secs: cfg.first_byte_timeout.as_secs(),
+                    },
+                    Attempt::Failed,
+                )),
+                Ok(Err(e)) => Err(classify(&e, cfg)),
+                Ok(Ok(resp)) => Ok(resp),
+            };
+            let attempt = match &outcome {
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    if let Some(ctx) = &context
+                        && let Some(key) = &ctx.learn
+                    {
+                        self.inner.budgets.learn(key, status, resp.headers());
+                    }
+                    let ra = resp
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| parse_retry_after(v, SystemTime::now()));
+                    Attempt::Status(status, ra)
+                }
+                Err(Failure::Error(_, a)) => *a,
+            };
+            let delay = if can_repeat {
+                cfg.retry.delay(retries + 1, attempt, repeatable)
+            } else {
+                None
+            };
+            match delay {
+                Some(d) => {
+                    retries += 1;
+                    self.inner
+                        .metrics
+                        .retries
+                        .get_or_create(&Metrics::provider(provider))
+                        .inc();
+                    tracing::debug!(target: "berth::outbound", provider, retry = retries, delay_ms = d.as_millis() as u64, "retrying provider call");
+                    tokio::time::sleep(d).await;
+                }
+                None => {
+                    return (outcome.map_err(|Failure::Error(e, _)| e), retries);
+                }
+            }
+        }
+    }
+
+    fn entry_for(
+        &self,
+        ctx: &CallContext,
+        method: &Method,
+        url: &url::Url,
+        request_bytes: Option<u64>,
+    ) -> LogEntry {
+        LogEntry {
+            environment_id: ctx.environment_id.clone(),
+            connection_id: ctx.connection_id.clone(),
+            provider: ctx.provider.clone(),
+            at_ms: now_ms(),
+            method: method.to_string(),
+            path: redacted_path(url),
+            status: None,
+            latency_ms: 0,
+            request_bytes,
+            response_bytes: None,
+            retries: 0,
+            layer: "provider",
+            error: None,
+        }
     }
 
     /// Sends `req` and buffers the whole response body.
     pub async fn send(&self, req: OutboundRequest) -> Result<OutboundResponse, OutboundError> {
         let started = Instant::now();
+        let method = req.method.clone();
+        let provider = req
+            .context
+            .as_ref()
+            .map(|c| c.provider.clone())
+            .unwrap_or_else(|| "unknown".into());
+        let request_bytes = match &req.body {
+            OutBody::Bytes(b) => Some(b.len() as u64),
+            OutBody::Empty => Some(0),
+            OutBody::Stream(_) => None,
+        };
+        let mut entry = req
+            .context
+            .as_ref()
+            .map(|c| self.entry_for(c, &req.method, &req.url, request_bytes));
         let host = req.url.host_str().unwrap_or("").to_string();
         let path = req.url.path().to_string();
-        let method = req.method.clone();
-        let mut builder = self.client.request(req.method, req.url);
-        for (k, v) in &req.headers {
-            builder = builder.header(k, v);
-        }
-        if let Some(body) = req.body {
-            builder = builder.body(body);
-        }
-        let result = async {
-            let resp = builder.send().await.map_err(classify)?;
-            let status = resp.status().as_u16();
-            let headers = resp
-                .headers()
-                .iter()
-                .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.to_string(), v.to_string())))
-                .collect();
-            if resp.content_length().unwrap_or(0) as usize > MAX_BUFFERED_BODY {
-                return Err(OutboundError::TooLarge);
+        let total = self.inner.config.total_timeout;
+        let (result, retries) = self.execute(req, true).await;
+        let result = match result {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let headers = resp
+                    .headers()
+                    .iter()
+                    .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.to_string(), v.to_string())))
+                    .collect();
+                read_body(resp, total).await.map(|body| OutboundResponse {
+                    status,
+                    headers,
+                    body,
+                    retries,
+                })
             }
-            let mut body = Vec::new();
-            let mut resp = resp;
-            while let Some(chunk) = resp.chunk().await.map_err(classify)? {
-                if body.len() + chunk.len() > MAX_BUFFERED_BODY {
-                    return Err(OutboundError::TooLarge);
-                }
-                body.extend_from_slice(&chunk);
-            }
-            Ok(OutboundResponse {
-                status,
-                headers,
-                body,
-            })
-        }
-        .await;
-        let latency_ms = started.elapsed().as_millis() as u64;
+            Err(e) => Err(e),
+        };
+        let latency = started.elapsed();
+        let latency_ms = latency.as_millis() as u64;
         match &result {
             Ok(r) => {
-                tracing::info!(target: "berth::outbound", %method, %host, %path, status = r.status, latency_ms, "provider call")
+                self.count(&provider, r.status.to_string(), latency);
+                tracing::info!(target: "berth::outbound", %method, %host, %path, status = r.status, latency_ms, retries, "provider call");
             }
             Err(e) => {
-                tracing::warn!(target: "berth::outbound", %method, %host, %path, latency_ms, error = %e, "provider call failed")
+                self.count(&provider, status_label(e), latency);
+                tracing::warn!(target: "berth::outbound", %method, %host, %path, latency_ms, retries, error = %e, "provider call failed");
             }
+        }
+        if let Some(mut entry) = entry.take() {
+            entry.latency_ms = latency_ms;
+            entry.retries = retries;
+            match &result {
+                Ok(r) => {
+                    entry.status = Some(r.status);
+                    entry.response_bytes = Some(r.body.len() as u64);
+                }
+                Err(e) => {
+                    entry.layer = e.layer();
+                    entry.status = Some(error_status(e));
+                    entry.error = Some(e.to_string());
+                }
+            }
+            self.record(entry);
         }
         result
     }
+
+    /// Sends `req` and returns as soon as the response headers arrive; the
+    /// body streams through, counted for the request log when it ends.
+    pub async fn send_streaming(
+        &self,
+        req: OutboundRequest,
+    ) -> Result<StreamingResponse, OutboundError> {
+        let started = Instant::now();
+        let provider = req
+            .context
+            .as_ref()
+            .map(|c| c.provider.clone())
+            .unwrap_or_else(|| "unknown".into());
+        let request_bytes = match &req.body {
+            OutBody::Bytes(b) => Some(b.len() as u64),
+            OutBody::Empty => Some(0),
+            OutBody::Stream(_) => None,
+        };
+        let entry = req
+            .context
+            .as_ref()
+            .map(|c| self.entry_for(c, &req.method, &req.url, request_bytes));
+        let (result, retries) = self.execute(req, false).await;
+        let latency = started.elapsed();
+        match result {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                self.count(&provider, status.to_string(), latency);
+                let headers = resp.headers().clone();
+                let entry = entry.map(|mut e| {
+                    e.status = Some(status);
+                    e.latency_ms = latency.as_millis() as u64;
+                    e.retries = retries;
+                    e
+                });
+                Ok(StreamingResponse {
+                    status,
+                    headers,
+                    body: BodyStream {
+                        inner: Box::pin(resp.bytes_stream()),
+                        bytes: 0,
+                        entry,
+                        outbound: self.clone(),
+                    },
+                })
+            }
+            Err(e) => {
+                self.count(&provider, status_label(&e), latency);
+                if let Some(mut entry) = entry {
+                    entry.latency_ms = latency.as_millis() as u64;
+                    entry.retries = retries;
+                    entry.layer = e.layer();
+                    entry.status = Some(error_status(&e));
+                    entry.error = Some(e.to_string());
+                    self.record(entry);
+                }
+                Err(e)
+            }
+        }
+    }
 }
 
-fn classify(e: reqwest::Error) -> OutboundError {
-    if e.is_timeout() {
-        OutboundError::Timeout
-    } else if e.is_connect() {
-        OutboundError::Connect
+/// The status Berth answers for an error (the request log records it).
+pub fn error_status(e: &OutboundError) -> u16 {
+    match e {
+        OutboundError::Timeout { .. } => 504,
+        OutboundError::RateLimited { .. } => 429,
+        OutboundError::InvalidUrl(_) => 400,
+        _ => 502,
+    }
+}
+
+fn status_label(e: &OutboundError) -> String {
+    match e {
+        OutboundError::RateLimited { .. } => "rate_limited".into(),
+        _ => "error".into(),
+    }
+}
+
+fn classify(e: &reqwest::Error, cfg: &OutboundConfig) -> Failure {
+    if e.is_connect() {
+        // DNS, refused, TLS handshake: nothing reached the provider.
+        let cause = causes(e);
+        let err = if e.is_timeout() || cause.contains("timed out") {
+            OutboundError::Timeout {
+                stage: "connect",
+                secs: cfg.connect_timeout.as_secs(),
+            }
+        } else {
+            OutboundError::Connect(cause)
+        };
+        Failure::Error(err, Attempt::NotConnected)
+    } else if e.is_timeout() {
+        Failure::Error(
+            OutboundError::Timeout {
+                stage: "total",
+                secs: cfg.total_timeout.as_secs(),
+            },
+            Attempt::Failed,
+        )
     } else if e.is_builder() {
-        OutboundError::InvalidUrl(e.without_url().to_string())
+        Failure::Error(OutboundError::InvalidUrl(causes(e)), Attempt::Failed)
     } else {
-        // without_url: the URL may carry a credential in its query.
-        OutboundError::Other(e.without_url().to_string())
+        Failure::Error(OutboundError::Protocol(causes(e)), Attempt::Failed)
+    }
+}
+
+async fn read_body(resp: reqwest::Response, total: Duration) -> Result<Vec<u8>, OutboundError> {
+    if resp.content_length().unwrap_or(0) as usize > MAX_BUFFERED_BODY {
+        return Err(OutboundError::TooLarge);
+    }
+    let mut body = Vec::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            if e.is_timeout() {
+                OutboundError::Timeout {
+                    stage: "total",
+                    secs: total.as_secs(),
+                }
+            } else {
+                OutboundError::Protocol(causes(&e))
+            }
+        })?;
+        if body.len() + chunk.len() > MAX_BUFFERED_BODY {
+            return Err(OutboundError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
+
+/// A provider response body in flight. When it ends, fails or is dropped
+/// (the caller went away), the request-log entry is written with the bytes
+/// that passed.
+pub struct BodyStream {
+    inner: ByteStream,
+    bytes: u64,
+    entry: Option<LogEntry>,
+    outbound: Outbound,
+}
+
+impl BodyStream {
+    fn finish(&mut self, error: Option<String>) {
+        if let Some(mut e) = self.entry.take() {
+            e.response_bytes = Some(self.bytes);
+            if let Some(err) = error {
+                e.layer = "network";
+                e.error = Some(err);
+            }
+            self.outbound.record(e);
+        }
+    }
+}
+
+impl Stream for BodyStream {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match self.inner.as_mut().poll_next(cx) {
+            Poll::Ready(Some(Ok(b))) => {
+                self.bytes += b.len() as u64;
+                Poll::Ready(Some(Ok(b)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let msg = format!("the provider's body broke off: {}", causes(&e));
+                self.finish(Some(msg.clone()));
+                Poll::Ready(Some(Err(std::io::Error::other(msg))))
+            }
+            Poll::Ready(None) => {
+                self.finish(None);
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for BodyStream {
+    fn drop(&mut self) {
+        if self.entry.is_some() {
+            self.finish(Some("the caller stopped reading the body".into()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_paths_hide_query_values() {
+        let u = url::Url::parse("https://x.test/v1/get?access_token=s3cret&limit=5").unwrap();
+        assert_eq!(redacted_path(&u), "/v1/get?access_token=***&limit=***");
+        let u = url::Url::parse("https://x.test/a").unwrap();
+        assert_eq!(redacted_path(&u), "/a");
     }
 }

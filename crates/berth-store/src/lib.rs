@@ -696,6 +696,79 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Appends request-log rows in one statement.
+    pub async fn insert_request_logs(&self, rows: &[RequestLog]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        with_db!(self, p => {
+            let mut qb = sqlx::QueryBuilder::new(
+                "INSERT INTO request_logs (id, environment_id, connection_id, integration_id, \
+                 created_at, method, path, status, latency_ms, request_bytes, response_bytes, \
+                 retries, layer, error) ",
+            );
+            qb.push_values(rows, |mut b, r| {
+                b.push_bind(r.id.clone())
+                    .push_bind(r.environment_id.clone())
+                    .push_bind(r.connection_id.clone())
+                    .push_bind(r.integration_id.clone())
+                    .push_bind(r.created_at)
+                    .push_bind(r.method.clone())
+                    .push_bind(r.path.clone())
+                    .push_bind(r.status)
+                    .push_bind(r.latency_ms)
+                    .push_bind(r.request_bytes)
+                    .push_bind(r.response_bytes)
+                    .push_bind(r.retries)
+                    .push_bind(r.layer.clone())
+                    .push_bind(r.error.clone());
+            });
+            qb.build().execute(p).await?;
+        });
+        Ok(())
+    }
+
+    /// One page of an environment's request log, newest first.
+    pub async fn list_request_logs(
+        &self,
+        environment_id: &str,
+        f: &RequestLogFilter<'_>,
+    ) -> Result<Vec<RequestLog>> {
+        let (bt, bid) = f.before.unwrap_or((i64::MAX, ""));
+        Ok(with_db!(self, p => sqlx::query_as::<_, RequestLog>(
+            "SELECT id, environment_id, connection_id, integration_id, created_at, method, path, \
+             status, latency_ms, request_bytes, response_bytes, retries, layer, error \
+             FROM request_logs WHERE environment_id = $1 \
+             AND ($2 = '' OR connection_id = $2) \
+             AND status >= $3 AND status < $4 \
+             AND ($5 = '' OR layer = $5) \
+             AND created_at >= $6 AND created_at < $7 \
+             AND (created_at < $8 OR (created_at = $8 AND ($9 = '' OR id < $9))) \
+             ORDER BY created_at DESC, id DESC LIMIT $10"
+        )
+        .bind(environment_id)
+        .bind(f.connection_id.unwrap_or(""))
+        .bind(f.status.0)
+        .bind(f.status.1)
+        .bind(f.layer.unwrap_or(""))
+        .bind(f.time.0)
+        .bind(f.time.1)
+        .bind(bt)
+        .bind(bid)
+        .bind(f.limit)
+        .fetch_all(p).await)?)
+    }
+
+    /// Deletes request-log rows older than `before` (ms); returns how many.
+    pub async fn purge_request_logs(&self, before: i64) -> Result<u64> {
+        Ok(
+            with_db!(self, p => sqlx::query("DELETE FROM request_logs WHERE created_at < $1")
+            .bind(before).execute(p).await.map(|r| r.rows_affected()))?,
+        )
+    }
+}
+
 async fn insert_event<'c, DB, E>(exec: E, e: &NewEvent<'_>) -> Result<(), sqlx::Error>
 where
     DB: sqlx::Database,

@@ -188,3 +188,36 @@ pub struct Reauthorize<'a> {
     pub event: NewEvent<'a>,
     pub now: i64,
 }
+
+/// One row of the request log (see migration 0003).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RequestLog {
+    pub id: String,
+    pub environment_id: String,
+    pub connection_id: Option<String>,
+    pub integration_id: String,
+    pub created_at: i64,
+    pub method: String,
+    pub path: String,
+    pub status: i32,
+    pub latency_ms: i64,
+    pub request_bytes: Option<i64>,
+    pub response_bytes: Option<i64>,
+    pub retries: i32,
+    pub layer: String,
+    pub error: Option<String>,
+}
+
+/// Filters of a request-log page; empty strings and open bounds match all.
+#[derive(Debug, Clone)]
+pub struct RequestLogFilter<'a> {
+    pub connection_id: Option<&'a str>,
+    /// Half-open status range, e.g. 400..500.
+    pub status: (i32, i32),
+    pub layer: Option<&'a str>,
+    /// Half-open time range in ms.
+    pub time: (i64, i64),
+    /// Newest first: rows strictly before this `(created_at, id)`.
+    pub before: Option<(i64, &'a str)>,
+    pub limit: i64,
+}

@@ -51,6 +51,22 @@ pub struct ServeArgs {
     /// Refresh OAuth access tokens this many seconds before they expire.
     #[arg(long, env = "BERTH_REFRESH_MARGIN_SECS")]
     pub refresh_margin_secs: Option<u64>,
+    /// Longest a buffered provider call may take, body included (seconds).
+    #[arg(long, env = "BERTH_PROVIDER_TIMEOUT_SECS")]
+    pub provider_timeout_secs: Option<u64>,
+    /// Longest wait for a TCP/TLS connection to a provider (seconds).
+    #[arg(long, env = "BERTH_PROVIDER_CONNECT_TIMEOUT_SECS")]
+    pub provider_connect_timeout_secs: Option<u64>,
+    /// Retries of a failed provider call (0 disables retries).
+    #[arg(long, env = "BERTH_PROVIDER_MAX_RETRIES")]
+    pub provider_max_retries: Option<u32>,
+    /// How long a call may queue for a rate-limit budget before Berth
+    /// answers 429 (milliseconds).
+    #[arg(long, env = "BERTH_RATE_LIMIT_MAX_WAIT_MS")]
+    pub rate_limit_max_wait_ms: Option<u64>,
+    /// Request-log rows are kept this many hours.
+    #[arg(long, env = "BERTH_REQUEST_LOG_RETENTION_HOURS")]
+    pub request_log_retention_hours: Option<u64>,
 }
 
 /// A default OAuth app (`v_oauthapp_<integration>_default`) from the file.
@@ -77,6 +93,11 @@ struct FileConfig {
     session_ttl_secs: Option<u64>,
     dev_connection_limit: Option<i64>,
     refresh_margin_secs: Option<u64>,
+    provider_timeout_secs: Option<u64>,
+    provider_connect_timeout_secs: Option<u64>,
+    provider_max_retries: Option<u32>,
+    rate_limit_max_wait_ms: Option<u64>,
+    request_log_retention_hours: Option<u64>,
     #[serde(default)]
     oauth_apps: std::collections::BTreeMap<String, OAuthAppConfig>,
 }
@@ -93,6 +114,9 @@ pub struct Config {
     pub session_ttl: Duration,
     pub dev_connection_limit: i64,
     pub refresh_margin: Duration,
+    /// Timeouts, retries and budget waits of provider calls.
+    pub outbound: berth_outbound::OutboundConfig,
+    pub request_log_retention: Duration,
     /// Default OAuth apps by integration id, secrets resolved.
     pub oauth_apps:
         std::collections::BTreeMap<String, (String, zeroize::Zeroizing<String>, Vec<String>)>,
@@ -165,6 +189,47 @@ impl Config {
         if refresh_margin_secs > 3600 {
             bail!("the refresh margin must be at most 3600 seconds");
         }
+        let mut outbound = berth_outbound::OutboundConfig::default();
+        let total = serve
+            .provider_timeout_secs
+            .or(file.provider_timeout_secs)
+            .unwrap_or(120);
+        if !(1..=3600).contains(&total) {
+            bail!("the provider timeout must be between 1 and 3600 seconds");
+        }
+        outbound.total_timeout = Duration::from_secs(total);
+        outbound.first_byte_timeout = Duration::from_secs(total.min(60));
+        let connect = serve
+            .provider_connect_timeout_secs
+            .or(file.provider_connect_timeout_secs)
+            .unwrap_or(10);
+        if !(1..=300).contains(&connect) {
+            bail!("the provider connect timeout must be between 1 and 300 seconds");
+        }
+        outbound.connect_timeout = Duration::from_secs(connect);
+        let retries = serve
+            .provider_max_retries
+            .or(file.provider_max_retries)
+            .unwrap_or(3);
+        if retries > 10 {
+            bail!("provider retries must be at most 10");
+        }
+        outbound.retry.max_retries = retries;
+        let wait = serve
+            .rate_limit_max_wait_ms
+            .or(file.rate_limit_max_wait_ms)
+            .unwrap_or(5000);
+        if wait > 600_000 {
+            bail!("the rate-limit wait must be at most 600000 ms");
+        }
+        outbound.max_budget_wait = Duration::from_millis(wait);
+        let retention_hours = serve
+            .request_log_retention_hours
+            .or(file.request_log_retention_hours)
+            .unwrap_or(168);
+        if !(1..=24 * 366).contains(&retention_hours) {
+            bail!("the request-log retention must be between 1 and 8784 hours");
+        }
         let mut oauth_apps = std::collections::BTreeMap::new();
         for (id, app) in file.oauth_apps {
             let secret = match (&app.client_secret, &app.client_secret_env) {
@@ -186,6 +251,8 @@ impl Config {
         }
         Ok(Self {
             refresh_margin: Duration::from_secs(refresh_margin_secs),
+            outbound,
+            request_log_retention: Duration::from_secs(retention_hours * 3600),
             oauth_apps,
             listen,
             data_dir,

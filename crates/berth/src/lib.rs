@@ -13,7 +13,7 @@ use anyhow::Context;
 use berth_api::AppState;
 use berth_catalog::Catalog;
 use berth_connections::{Platform, PlatformConfig};
-use berth_outbound::{Outbound, OutboundConfig};
+use berth_outbound::Outbound;
 use berth_store::Store;
 use berth_vault::{Keyring, Vault};
 use tokio::net::TcpListener;
@@ -89,8 +89,7 @@ pub async fn platform(config: &Config, public_url: String) -> anyhow::Result<Pla
     }
     let store = open_store(config).await?;
     let vault = open_vault(config)?;
-    let outbound =
-        Outbound::new(&OutboundConfig::default()).context("cannot build the HTTP client")?;
+    let outbound = Outbound::new(&config.outbound).context("cannot build the HTTP client")?;
     Ok(Platform::new(
         store,
         vault,
@@ -102,6 +101,7 @@ pub async fn platform(config: &Config, public_url: String) -> anyhow::Result<Pla
             dev_connection_limit: config.dev_connection_limit,
             refresh_margin: config.refresh_margin,
             oauth_apps,
+            request_log_retention: config.request_log_retention,
         },
     ))
 }
@@ -158,6 +158,7 @@ impl App {
             .await;
         cancel.cancel();
         let _ = housekeeping.await;
+        self.platform.flush_request_logs().await;
         self.platform.store().close().await;
         result.context("the HTTP server failed")
     }
@@ -166,9 +167,17 @@ impl App {
 /// Periodic clean-up; stops when `cancel` fires.
 async fn housekeeping(platform: Platform, cancel: CancellationToken) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+    let mut logs_tick = tokio::time::interval(std::time::Duration::from_secs(300));
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
+            _ = logs_tick.tick() => {
+                match platform.purge_request_logs(berth_connections::now_ms()).await {
+                    Ok(n) if n > 0 => tracing::info!(deleted = n, "removed request-log rows past retention"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "request-log clean-up failed"),
+                }
+            }
             _ = tick.tick() => {
                 // Keep expired, never-exchanged sessions a day for debugging.
                 let before = berth_connections::now_ms() - 24 * 3600 * 1000;

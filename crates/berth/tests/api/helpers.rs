@@ -52,6 +52,8 @@ pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
         dev_connection_limit: 5,
         refresh_margin: std::time::Duration::from_secs(300),
         oauth_apps: Default::default(),
+        outbound: Default::default(),
+        request_log_retention: Duration::from_secs(7 * 24 * 3600),
     };
     tweak(&mut config);
     let app = berth::App::build(&config).await.unwrap();

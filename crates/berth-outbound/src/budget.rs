@@ -1,0 +1,340 @@
+//! Rate-limit budgets: Berth spends a customer's provider quota on purpose
+//! instead of discovering it is gone from a 429.
+//!
+//! A budget key is either one connection or one provider account (shared by
+//! every connection to it, e.g. all HubSpot connections of one portal).
+//! Each key may have:
+//! - a declared limit from the catalog, enforced with a `governor` token
+//!   bucket (burst = the whole window's allowance);
+//! - a learned block: the provider said, in `X-RateLimit-*`-style headers or
+//!   a 429's `Retry-After`, that nothing more is allowed until some instant.
+//!
+//! A call waits for its budget up to `max_wait`; past that it is refused with
+//! Berth's own 429, before a single byte reaches the provider.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use reqwest::header::HeaderMap;
+
+use crate::retry::parse_retry_after;
+
+/// A declared limit: `requests` per `per_seconds`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    pub requests: u32,
+    pub per_seconds: u32,
+}
+
+/// Which budget a call draws from.
+#[derive(Debug, Clone)]
+pub struct BudgetKey {
+    /// `provider:account` or `provider:connection-id`; shown in errors only
+    /// as its scope, never as its value.
+    pub key: String,
+    /// `"account"` or `"connection"`.
+    pub scope: &'static str,
+    pub limit: Option<Limit>,
+}
+
+#[derive(Default)]
+struct Entry {
+    limiter: Option<(Limit, DefaultDirectRateLimiter)>,
+    blocked_until: Option<Instant>,
+}
+
+#[derive(Default)]
+pub struct Budgets {
+    entries: Mutex<HashMap<String, Arc<Mutex<Entry>>>>,
+    clock: DefaultClock,
+}
+
+impl std::fmt::Debug for Budgets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Budgets")
+    }
+}
+
+/// The budget is spent for longer than the caller may wait.
+#[derive(Debug, Clone)]
+pub struct Exhausted {
+    pub retry_after: Duration,
+    pub scope: &'static str,
+    /// Whether the provider said so (learned) or the catalog's limit did.
+    pub learned: bool,
+}
+
+/// Most keys ever tracked before idle ones are forgotten.
+const MAX_KEYS: usize = 100_000;
+
+impl Budgets {
+    fn entry(&self, key: &BudgetKey) -> Arc<Mutex<Entry>> {
+        let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX_KEYS {
+            let now = Instant::now();
+            map.retain(|_, e| {
+                Arc::strong_count(e) > 1
+                    || e.lock()
+                        .map(|e| e.blocked_until.is_some_and(|b| b > now))
+                        .unwrap_or(false)
+            });
+        }
+        let entry = map.entry(key.key.clone()).or_default().clone();
+        drop(map);
+        {
+            let mut e = entry.lock().unwrap_or_else(|p| p.into_inner());
+            let current = e.limiter.as_ref().map(|(l, _)| *l);
+            if current != key.limit {
+                e.limiter = key.limit.and_then(limiter).map(|r| (key.limit.unwrap(), r));
+            }
+        }
+        entry
+    }
+
+    /// How long `key` must wait before a call may go, taking one unit of
+    /// the declared budget when it returns zero.
+    fn wait_for(&self, key: &BudgetKey) -> (Duration, bool) {
+        let entry = self.entry(key);
+        let e = entry.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if let Some(b) = e.blocked_until
+            && b > now
+        {
+            return (b - now, true);
+        }
+        if let Some((_, lim)) = &e.limiter
+            && let Err(not_until) = lim.check()
+        {
+            return (not_until.wait_time_from(self.clock.now()), false);
+        }
+        (Duration::ZERO, false)
+    }
+
+    /// Waits (up to `max_wait` in all) until every key allows a call.
+    /// Returns the time spent waiting.
+    pub async fn acquire(
+        &self,
+        keys: &[BudgetKey],
+        max_wait: Duration,
+    ) -> Result<Duration, Exhausted> {
+        let started = Instant::now();
+        'outer: loop {
+            for key in keys {
+                let (wait, learned) = self.wait_for(key);
+                if wait.is_zero() {
+                    continue;
+                }
+                let waited = started.elapsed();
+                if waited + wait > max_wait {
+                    return Err(Exhausted {
+                        retry_after: wait,
+                        scope: key.scope,
+                        learned,
+                    });
+                }
+                tokio::time::sleep(wait).await;
+                // Units already taken from earlier keys are spent; that
+                // errs on the side of sending less.
+                continue 'outer;
+            }
+            return Ok(started.elapsed());
+        }
+    }
+
+    /// Blocks `key` until `until` (keeps the later of two blocks).
+    pub fn block(&self, key: &BudgetKey, until: Instant) {
+        let entry = self.entry(key);
+        let mut e = entry.lock().unwrap_or_else(|p| p.into_inner());
+        if e.blocked_until.is_none_or(|b| b < until) {
+            e.blocked_until = Some(until);
+        }
+    }
+
+    /// Learns from a provider answer: a 429, or headers saying the quota is
+    /// used up, block the key until the quota returns.
+    pub fn learn(&self, key: &BudgetKey, status: u16, headers: &HeaderMap) {
+        if let Some(d) = exhausted_for(status, headers, SystemTime::now()) {
+            self.block(key, Instant::now() + d);
+        }
+    }
+}
+
+fn limiter(limit: Limit) -> Option<DefaultDirectRateLimiter> {
+    let burst = NonZeroU32::new(limit.requests)?;
+    let period = Duration::from_secs(limit.per_seconds.max(1) as u64) / limit.requests;
+    let quota = Quota::with_period(period.max(Duration::from_nanos(1)))?.allow_burst(burst);
+    Some(RateLimiter::direct(quota))
+}
+
+fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
+}
+
+fn number(h: &HeaderMap, name: &str) -> Option<f64> {
+    header(h, name).and_then(|v| v.parse::<f64>().ok())
+}
+
+/// A reset header: seconds from now, or a Unix time in seconds or ms.
+fn reset_in(value: f64, now: SystemTime) -> Duration {
+    let now_s = now
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    let secs = if value > 1e12 {
+        value / 1000.0 - now_s
+    } else if value > 1e9 {
+        value - now_s
+    } else {
+        value
+    };
+    Duration::from_secs_f64(secs.clamp(0.0, 86_400.0))
+}
+
+/// For how long the provider says its quota is gone, if it says so.
+pub fn exhausted_for(status: u16, h: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    if status == 429 {
+        let ra = header(h, "retry-after").and_then(|v| parse_retry_after(v, now));
+        let reset = ["x-ratelimit-reset", "ratelimit-reset", "x-rate-limit-reset"]
+            .iter()
+            .find_map(|n| number(h, n))
+            .map(|v| reset_in(v, now));
+        return Some(ra.or(reset).unwrap_or(Duration::from_secs(1)));
+    }
+    // Generic `X-RateLimit-*` (and the IETF draft / Twitter spellings).
+    for (remaining, reset) in [
+        ("x-ratelimit-remaining", "x-ratelimit-reset"),
+        ("ratelimit-remaining", "ratelimit-reset"),
+        ("x-rate-limit-remaining", "x-rate-limit-reset"),
+    ] {
+        if number(h, remaining).is_some_and(|r| r <= 0.0) {
+            let d = number(h, reset).map(|v| reset_in(v, now));
+            return Some(d.unwrap_or(Duration::from_secs(1)));
+        }
+    }
+    // HubSpot: per-interval and daily allowances.
+    if number(h, "x-hubspot-ratelimit-remaining").is_some_and(|r| r <= 0.0) {
+        let ms = number(h, "x-hubspot-ratelimit-interval-milliseconds").unwrap_or(10_000.0);
+        return Some(Duration::from_millis(ms.clamp(0.0, 86_400_000.0) as u64));
+    }
+    if number(h, "x-hubspot-ratelimit-daily-remaining").is_some_and(|r| r <= 0.0) {
+        return Some(Duration::from_secs(3600));
+    }
+    // Salesforce: `Sforce-Limit-Info: api-usage=15000/15000` (a rolling
+    // 24-hour allowance; check again in five minutes).
+    if let Some(v) = header(h, "sforce-limit-info")
+        && let Some(usage) = v
+            .split(',')
+            .find_map(|p| p.trim().strip_prefix("api-usage="))
+        && let Some((used, max)) = usage.split_once('/')
+        && let (Ok(used), Ok(max)) = (used.trim().parse::<u64>(), max.trim().parse::<u64>())
+        && max > 0
+        && used >= max
+    {
+        return Some(Duration::from_secs(300));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hm(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn learns_from_provider_headers() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let d = |s, p: &[(&'static str, &str)]| exhausted_for(s, &hm(p), now);
+        assert_eq!(d(200, &[("x-ratelimit-remaining", "5")]), None);
+        assert_eq!(
+            d(
+                200,
+                &[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "30")]
+            ),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            d(
+                200,
+                &[
+                    ("X-RateLimit-Remaining", "0"),
+                    ("X-RateLimit-Reset", "1700000045")
+                ]
+            ),
+            Some(Duration::from_secs(45))
+        );
+        assert_eq!(
+            d(
+                200,
+                &[
+                    ("x-hubspot-ratelimit-remaining", "0"),
+                    ("x-hubspot-ratelimit-interval-milliseconds", "10000")
+                ]
+            ),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            d(200, &[("sforce-limit-info", "api-usage=15000/15000")]),
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(d(200, &[("sforce-limit-info", "api-usage=10/15000")]), None);
+        assert_eq!(
+            d(429, &[("retry-after", "3")]),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(d(429, &[]), Some(Duration::from_secs(1)));
+    }
+
+    #[tokio::test]
+    async fn declared_limit_queues_then_refuses() {
+        let b = Budgets::default();
+        let key = BudgetKey {
+            key: "p:acct".into(),
+            scope: "account",
+            limit: Some(Limit {
+                requests: 2,
+                per_seconds: 1,
+            }),
+        };
+        let keys = [key];
+        assert!(b.acquire(&keys, Duration::ZERO).await.is_ok());
+        assert!(b.acquire(&keys, Duration::ZERO).await.is_ok());
+        let e = b.acquire(&keys, Duration::ZERO).await.unwrap_err();
+        assert_eq!(e.scope, "account");
+        assert!(e.retry_after > Duration::ZERO && e.retry_after <= Duration::from_millis(500));
+        // Waiting is allowed: the call goes once a unit returns.
+        let waited = b.acquire(&keys, Duration::from_secs(2)).await.unwrap();
+        assert!(waited > Duration::from_millis(100), "{waited:?}");
+    }
+
+    #[tokio::test]
+    async fn learned_block_applies_to_every_caller_of_the_key() {
+        let b = Budgets::default();
+        let key = BudgetKey {
+            key: "p:c1".into(),
+            scope: "connection",
+            limit: None,
+        };
+        b.learn(&key, 429, &hm(&[("retry-after", "60")]));
+        let e = b
+            .acquire(&[key.clone()], Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(e.learned && e.retry_after > Duration::from_secs(55));
+        let other = BudgetKey {
+            key: "p:c2".into(),
+            ..key
+        };
+        assert!(b.acquire(&[other], Duration::ZERO).await.is_ok());
+    }
+}
