@@ -144,6 +144,18 @@ impl Platform {
         self.check_credentials(&integration, method, &cred, &ctx)
             .await?;
         let answers_json = Value::Object(public_answers.clone()).to_string();
+        // The provider account (e.g. a Chatwoot account id from the
+        // answers) identifies shared rate-limit budgets and nativeOrgId.
+        let native = |t: &Option<String>| -> Option<String> {
+            t.as_deref()
+                .and_then(|t| berth_catalog::render(t, |k| ctx.lookup(k, &cred)).ok())
+                .filter(|s| !s.is_empty())
+        };
+        let natives = [
+            native(&method.native.org_id),
+            native(&method.native.user_id),
+            native(&method.native.org_url),
+        ];
         let connection_id = match session.reauth_connection_id.as_deref() {
             Some(existing) => {
                 self.reauthorize(session, existing, &cred, &answers_json, "{}")
@@ -158,7 +170,11 @@ impl Platform {
                     &cred,
                     &answers_json,
                     "{}",
-                    [None, None, None],
+                    [
+                        natives[0].as_deref(),
+                        natives[1].as_deref(),
+                        natives[2].as_deref(),
+                    ],
                 )
                 .await?
             }

@@ -63,7 +63,10 @@ pub enum PlatformError {
     ProviderTimeout(String),
     /// A rate-limit budget is spent; Berth did not send the call.
     #[error("{message}")]
-    RateLimited { retry_after_secs: u64, message: String },
+    RateLimited {
+        retry_after_secs: u64,
+        message: String,
+    },
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }

@@ -719,32 +719,90 @@ fn json_map(s: &str) -> Map<String, Value> {
     }
 }
 
+/// Percent-decodes `s` (one round); `None` if nothing changed.
+fn decode_once(s: &str) -> Option<String> {
+    if !s.contains('%') {
+        return None;
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(h), Some(l)) = (
+                (bytes[i + 1] as char).to_digit(16),
+                bytes.get(i + 2).and_then(|b| (*b as char).to_digit(16)),
+            )
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    let d = String::from_utf8_lossy(&out).into_owned();
+    (d != s).then_some(d)
+}
+
 /// Joins a caller's path to the provider base URL, refusing anything that
-/// would leave the base (absolute URLs, `..`, authority changes).
+/// could leave the base or smuggle a second request: absolute and
+/// scheme-relative URLs, userinfo, backslashes, dot segments (also when
+/// percent-encoded, up to three times, and Tomcat's `..;`), fragments, and
+/// CR, LF, NUL or other control characters, raw or encoded, anywhere.
 pub fn provider_url(base: &str, path: &str) -> Result<url::Url> {
     let bad = |why: &str| {
         PlatformError::bad_request("INVALID_PATH", format!("invalid provider path: {why}"))
     };
     if !path.starts_with('/') {
-        return Err(bad("it must start with `/`"));
+        return Err(bad(
+            "it must start with `/` and be relative to the provider's API",
+        ));
     }
-    if path.starts_with("//") || path.contains('\\') || path.chars().any(|c| c.is_control()) {
+    if path.starts_with("//") || path.contains('\\') {
         return Err(bad("it must be a path on the provider's API, not a URL"));
-    }
-    let (p, _) = path.split_once(['?', '#']).unwrap_or((path, ""));
-    let decoded = url::form_urlencoded::parse(format!("x={p}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default();
-    if p.split('/')
-        .chain(decoded.split('/'))
-        .any(|seg| seg == ".." || seg == ".")
-        || decoded.contains('\\')
-    {
-        return Err(bad("`.` and `..` segments are not allowed"));
     }
     if path.contains('#') {
         return Err(bad("fragments are not allowed"));
+    }
+    let (p, _) = path.split_once('?').unwrap_or((path, ""));
+    // Every decoding a provider or proxy might apply, raw included.
+    let mut forms = vec![path.to_string()];
+    let mut cur = path.to_string();
+    for _ in 0..3 {
+        match decode_once(&cur) {
+            Some(d) => {
+                forms.push(d.clone());
+                cur = d;
+            }
+            None => break,
+        }
+    }
+    if forms.iter().any(|f| f.chars().any(char::is_control)) {
+        return Err(bad("control characters (CR, LF, NUL...) are not allowed"));
+    }
+    let mut path_forms = vec![p.to_string()];
+    let mut cur = p.to_string();
+    for _ in 0..3 {
+        match decode_once(&cur) {
+            Some(d) => {
+                path_forms.push(d.clone());
+                cur = d;
+            }
+            None => break,
+        }
+    }
+    for f in &path_forms {
+        if f.contains('\\') || f.starts_with("//") {
+            return Err(bad("encoded backslashes or authorities are not allowed"));
+        }
+        if f.split('/').any(|seg| {
+            let seg = seg.split(';').next().unwrap_or(seg);
+            seg == ".." || seg == "."
+        }) {
+            return Err(bad("`.` and `..` segments are not allowed"));
+        }
     }
     let base_url = url::Url::parse(base).map_err(|_| {
         PlatformError::bad_request(
@@ -755,6 +813,8 @@ pub fn provider_url(base: &str, path: &str) -> Result<url::Url> {
     let joined = url::Url::parse(&format!("{}{}", base.trim_end_matches('/'), path))
         .map_err(|_| bad("not a valid URL path"))?;
     if joined.origin() != base_url.origin()
+        || !joined.username().is_empty()
+        || joined.password().is_some()
         || !joined
             .path()
             .starts_with(base_url.path().trim_end_matches('/'))

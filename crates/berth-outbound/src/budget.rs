@@ -115,13 +115,14 @@ impl Budgets {
     }
 
     /// Waits (up to `max_wait` in all) until every key allows a call.
-    /// Returns the time spent waiting.
+    /// Returns the time spent sleeping (zero when the call went at once).
     pub async fn acquire(
         &self,
         keys: &[BudgetKey],
         max_wait: Duration,
     ) -> Result<Duration, Exhausted> {
         let started = Instant::now();
+        let mut slept = Duration::ZERO;
         'outer: loop {
             for key in keys {
                 let (wait, learned) = self.wait_for(key);
@@ -137,11 +138,12 @@ impl Budgets {
                     });
                 }
                 tokio::time::sleep(wait).await;
+                slept += wait;
                 // Units already taken from earlier keys are spent; that
                 // errs on the side of sending less.
                 continue 'outer;
             }
-            return Ok(started.elapsed());
+            return Ok(slept);
         }
     }
 
@@ -327,7 +329,7 @@ mod tests {
         };
         b.learn(&key, 429, &hm(&[("retry-after", "60")]));
         let e = b
-            .acquire(&[key.clone()], Duration::from_secs(1))
+            .acquire(std::slice::from_ref(&key), Duration::from_secs(1))
             .await
             .unwrap_err();
         assert!(e.learned && e.retry_after > Duration::from_secs(55));

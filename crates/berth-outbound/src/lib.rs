@@ -52,7 +52,7 @@ pub enum OutboundError {
     TooLarge,
     #[error("the provider sent an invalid or broken response: {0}")]
     Protocol(String),
-    #[error("{}", rate_limited_message(*.scope, *.learned, *.retry_after))]
+    #[error("{}", rate_limited_message(.scope, *.learned, *.retry_after))]
     RateLimited {
         retry_after: Duration,
         scope: &'static str,
@@ -615,12 +615,14 @@ impl Outbound {
                     e.retries = retries;
                     e
                 });
+                let expected = resp.content_length();
                 Ok(StreamingResponse {
                     status,
                     headers,
                     body: BodyStream {
                         inner: Box::pin(resp.bytes_stream()),
                         bytes: 0,
+                        expected,
                         entry,
                         outbound: self.clone(),
                     },
@@ -720,6 +722,9 @@ type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
 pub struct BodyStream {
     inner: ByteStream,
     bytes: u64,
+    /// The declared length: a server stops polling once it has sent that
+    /// much, so reaching it is a complete body even without an end.
+    expected: Option<u64>,
     entry: Option<LogEntry>,
     outbound: Outbound,
 }
@@ -763,7 +768,11 @@ impl Stream for BodyStream {
 impl Drop for BodyStream {
     fn drop(&mut self) {
         if self.entry.is_some() {
-            self.finish(Some("the caller stopped reading the body".into()));
+            if self.expected.is_some_and(|n| n == self.bytes) {
+                self.finish(None);
+            } else {
+                self.finish(Some("the caller stopped reading the body".into()));
+            }
         }
     }
 }

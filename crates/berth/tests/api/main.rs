@@ -9,5 +9,6 @@ mod integrations;
 mod link_v1;
 mod oauth;
 mod openapi;
+mod proxy;
 mod tenancy;
 mod vault;
