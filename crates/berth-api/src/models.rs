@@ -615,6 +615,7 @@ pub struct ListLogsIn {
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LogOut {
+    /// Grows with time.
     pub id: String,
     pub connection_id: Option<String>,
     pub integration_id: String,
@@ -643,7 +644,7 @@ pub struct LogsOut {
 impl From<berth_store::RequestLog> for LogOut {
     fn from(r: berth_store::RequestLog) -> Self {
         LogOut {
-            id: r.id,
+            id: r.id.to_string(),
             connection_id: r.connection_id,
             integration_id: r.integration_id,
             time: iso(r.created_at),

@@ -9,6 +9,7 @@
 mod connect;
 pub mod credential;
 pub mod cursor;
+mod hot;
 pub mod oauth;
 pub mod request_log;
 pub mod secrets;
@@ -135,6 +136,7 @@ struct Inner {
     node_id: String,
     refresh_locks: tokens::LocalLocks,
     log_writer: tokio::sync::mpsc::Sender<request_log::Msg>,
+    hot: hot::HotCache,
 }
 
 /// What a successful token exchange hands to the customer's backend.
@@ -196,6 +198,7 @@ impl Platform {
                 node_id: secrets::new_id("node"),
                 refresh_locks: Default::default(),
                 log_writer,
+                hot: Default::default(),
             }),
         }
     }
@@ -264,13 +267,20 @@ impl Platform {
 
     /// The environment an API token belongs to.
     pub async fn authenticate_api_token(&self, token: &str) -> Result<Environment> {
-        self.inner
+        let hash = secrets::hash_token(token.trim());
+        if let Some(env) = self.inner.hot.env(&hash) {
+            return Ok((*env).clone());
+        }
+        let env = self
+            .inner
             .store
-            .environment_by_api_token_hash(&secrets::hash_token(token.trim()))
+            .environment_by_api_token_hash(&hash)
             .await?
             .ok_or_else(|| {
                 PlatformError::unauthorized("INVALID_API_TOKEN", "invalid or revoked API token")
-            })
+            })?;
+        self.inner.hot.put_env(hash, env.clone());
+        Ok(env)
     }
 
     // ---- sessions -----------------------------------------------------------
@@ -532,16 +542,23 @@ impl Platform {
         env: &Environment,
         token: &str,
     ) -> Result<Connection> {
-        self.inner
+        let hash = secrets::hash_token(token.trim());
+        if let Some(c) = self.inner.hot.conn(&env.id, &hash) {
+            return Ok((*c).clone());
+        }
+        let conn = self
+            .inner
             .store
-            .connection_by_access_token_hash(&env.id, &secrets::hash_token(token.trim()))
+            .connection_by_access_token_hash(&env.id, &hash)
             .await?
             .ok_or_else(|| {
                 PlatformError::unauthorized(
                     "INVALID_ACCESS_TOKEN",
                     "invalid access token (the connection may have been deleted)",
                 )
-            })
+            })?;
+        self.inner.hot.put_conn(&env.id, hash, conn.clone());
+        Ok(conn)
     }
 
     /// Deletes a connection: revokes its access token, erases its
@@ -572,6 +589,7 @@ impl Platform {
                 now,
             )
             .await?;
+        self.inner.hot.forget_connection(id);
         if deleted {
             Ok(())
         } else {

@@ -810,6 +810,7 @@ impl Platform {
         answers_json: &str,
         metadata_json: &str,
     ) -> Result<()> {
+        self.inner.hot.forget_connection(connection_id);
         let aad = credential_aad(&session.environment_id, connection_id);
         let sealed = self.inner.vault.seal(
             &serde_json::to_vec(cred).expect("credentials serialize"),

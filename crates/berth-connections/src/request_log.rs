@@ -15,7 +15,7 @@ use berth_outbound::LogEntry;
 use berth_store::{RequestLog, RequestLogFilter, Store};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{Platform, PlatformError, Result, secrets};
+use crate::{Platform, PlatformError, Result};
 
 const BATCH: usize = 1000;
 
@@ -87,7 +87,7 @@ async fn write(store: &Store, batch: &mut Vec<RequestLog>) {
 
 fn row(e: LogEntry) -> RequestLog {
     RequestLog {
-        id: secrets::new_id("log"),
+        id: 0,
         environment_id: e.environment_id,
         connection_id: e.connection_id,
         integration_id: e.provider,
@@ -157,7 +157,7 @@ impl Platform {
             ));
         }
         let scope = format!("{}/request-logs", env.id);
-        let before: Option<(i64, String)> = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
+        let before: Option<i64> = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
             Some(c) => Some(self.cursors().decode(&scope, c)?),
             None => None,
         };
@@ -175,15 +175,14 @@ impl Platform {
                         q.since_ms.unwrap_or(i64::MIN),
                         q.until_ms.unwrap_or(i64::MAX),
                     ),
-                    before: before.as_ref().map(|(t, i)| (*t, i.as_str())),
+                    before,
                     limit: limit + 1,
                 },
             )
             .await?;
         let next = if rows.len() as i64 > limit {
             rows.truncate(limit as usize);
-            rows.last()
-                .map(|r| self.cursors().encode(&scope, &(r.created_at, &r.id)))
+            rows.last().map(|r| self.cursors().encode(&scope, &r.id))
         } else {
             None
         };

@@ -29,9 +29,9 @@ use berth_store::{Connection, NewEvent};
 use serde_json::{Map, Value};
 use zeroize::Zeroizing;
 
-use crate::credential::{CredentialData, TemplateContext, provider_target};
+use crate::credential::{CredentialData, ProviderTarget, TemplateContext, provider_target};
 use crate::oauth::{ResolvedApp, TokenError, apply_token_response, render_url};
-use crate::{Platform, PlatformError, Result, credential_aad, now_ms, secrets};
+use crate::{Platform, PlatformError, Result, credential_aad, hot, now_ms, secrets};
 
 /// How long a refresh lease is held at most: a process that dies holding it
 /// delays other processes' refresh by this much, never more.
@@ -191,20 +191,23 @@ impl Platform {
         call: &ProviderCall,
     ) -> Result<OutboundResponse> {
         let integration = self.integration_of(conn)?;
-        let (cred, version) = self.ensure_fresh(conn, None).await?;
-        let req = self.provider_request(&integration, conn, &cred, call.clone().into())?;
+        let c = self.hot_credential(integration, conn, None).await?;
+        let req =
+            self.provider_request(integration, conn, &c.target, c.base(), call.clone().into())?;
         let resp = self.inner.outbound.send(req).await;
-        let resp = resp.map_err(|e| outbound_error(&integration, e))?;
-        if resp.status == 401 && refreshable(&cred) {
-            drop(cred);
-            let (cred, _) = self.ensure_fresh(conn, Some(version)).await?;
-            let req = self.provider_request(&integration, conn, &cred, call.clone().into())?;
+        let resp = resp.map_err(|e| outbound_error(integration, e))?;
+        if resp.status == 401 && refreshable(&c.cred) {
+            let c = self
+                .hot_credential(integration, conn, Some(c.version))
+                .await?;
+            let req =
+                self.provider_request(integration, conn, &c.target, c.base(), call.clone().into())?;
             return self
                 .inner
                 .outbound
                 .send(req)
                 .await
-                .map_err(|e| outbound_error(&integration, e));
+                .map_err(|e| outbound_error(integration, e));
         }
         Ok(resp)
     }
@@ -220,7 +223,7 @@ impl Platform {
         call: StreamCall,
     ) -> Result<StreamingResponse> {
         let integration = self.integration_of(conn)?;
-        let (cred, version) = self.ensure_fresh(conn, None).await?;
+        let c = self.hot_credential(integration, conn, None).await?;
         let replay = match &call.body {
             OutBody::Empty => Some(OutBody::Empty),
             OutBody::Bytes(b) => Some(OutBody::Bytes(b.clone())),
@@ -233,15 +236,17 @@ impl Platform {
             body,
             content_length,
         } = call;
+        let retry_headers = replay.as_ref().map(|_| headers.clone());
         let req = self.provider_request(
-            &integration,
+            integration,
             conn,
-            &cred,
+            &c.target,
+            c.base(),
             Prepared {
                 method: method.clone(),
                 path: path.clone(),
                 query: Vec::new(),
-                headers: headers.clone(),
+                headers,
                 body,
                 content_length,
             },
@@ -251,16 +256,18 @@ impl Platform {
             .outbound
             .send_streaming(req)
             .await
-            .map_err(|e| outbound_error(&integration, e))?;
-        if resp.status == 401 && refreshable(&cred) {
-            drop(cred);
-            let (cred, _) = self.ensure_fresh(conn, Some(version)).await?;
-            if let Some(body) = replay {
+            .map_err(|e| outbound_error(integration, e))?;
+        if resp.status == 401 && refreshable(&c.cred) {
+            let c = self
+                .hot_credential(integration, conn, Some(c.version))
+                .await?;
+            if let (Some(body), Some(headers)) = (replay, retry_headers) {
                 drop(resp);
                 let req = self.provider_request(
-                    &integration,
+                    integration,
                     conn,
-                    &cred,
+                    &c.target,
+                    c.base(),
                     Prepared {
                         method,
                         path,
@@ -275,10 +282,64 @@ impl Platform {
                     .outbound
                     .send_streaming(req)
                     .await
-                    .map_err(|e| outbound_error(&integration, e));
+                    .map_err(|e| outbound_error(integration, e));
             }
         }
         Ok(resp)
+    }
+
+    /// The credential and provider target for a call, from the hot cache
+    /// when it is there and not due for refresh. `stale`: the version a
+    /// provider just refused.
+    async fn hot_credential(
+        &self,
+        integration: &Integration,
+        conn: &Connection,
+        stale: Option<i64>,
+    ) -> Result<Arc<hot::Credential>> {
+        if conn.auth_state == "needs_reauth" {
+            return Err(needs_reauth(conn.auth_error.as_deref().unwrap_or("")));
+        }
+        if stale.is_none()
+            && let Some(c) = self.inner.hot.credential(&conn.id)
+            && !self.due(&c.cred, c.version, None)
+        {
+            return Ok(c);
+        }
+        let (cred, version) = self.ensure_fresh(conn, stale).await?;
+        let target = self.target_for(integration, conn, &cred)?;
+        let base = parse_base(&target.base_url).ok();
+        Ok(self.inner.hot.put_credential(
+            &conn.id,
+            hot::Credential {
+                cred,
+                version,
+                target,
+                base,
+            },
+        ))
+    }
+
+    fn target_for(
+        &self,
+        integration: &Integration,
+        conn: &Connection,
+        cred: &CredentialData,
+    ) -> Result<ProviderTarget> {
+        let kind = AuthType::parse(&conn.auth_type).unwrap_or(AuthType::ApiKey);
+        let answers = json_map(&conn.answers);
+        let metadata = json_map(&conn.provider_metadata);
+        let ctx = TemplateContext {
+            answers: &answers,
+            metadata: &metadata,
+            public_url: &self.config().public_url,
+        };
+        provider_target(integration, kind, cred, &ctx).map_err(|e| {
+            PlatformError::bad_request(
+                "CONNECTION_MISCONFIGURED",
+                format!("cannot build the provider URL for this connection: {e}"),
+            )
+        })
     }
 
     /// Records a call Berth refused before it reached the outbound layer
@@ -312,10 +373,9 @@ impl Platform {
         &self.inner.outbound
     }
 
-    fn integration_of(&self, conn: &Connection) -> Result<Integration> {
+    fn integration_of(&self, conn: &Connection) -> Result<&Integration> {
         self.catalog()
             .get(&conn.integration_id)
-            .cloned()
             .ok_or_else(|| crate::unknown_integration(&conn.integration_id))
     }
 
@@ -361,30 +421,15 @@ impl Platform {
         &self,
         integration: &Integration,
         conn: &Connection,
-        cred: &CredentialData,
+        target: &ProviderTarget,
+        base: Result<&url::Url>,
         call: Prepared,
     ) -> Result<OutboundRequest> {
-        let kind = AuthType::parse(&conn.auth_type).unwrap_or(AuthType::ApiKey);
-        let answers = json_map(&conn.answers);
-        let metadata = json_map(&conn.provider_metadata);
-        let ctx = TemplateContext {
-            answers: &answers,
-            metadata: &metadata,
-            public_url: &self.config().public_url,
-        };
-        let target = provider_target(integration, kind, cred, &ctx).map_err(|e| {
-            PlatformError::bad_request(
-                "CONNECTION_MISCONFIGURED",
-                format!("cannot build the provider URL for this connection: {e}"),
-            )
-        })?;
-        let mut url = match provider_url(&target.base_url, &call.path) {
-            Ok(u) => u,
-            Err(e) => {
-                self.log_refused(conn, call.method.as_str(), &call.path, 400, &e.to_string());
-                return Err(e);
-            }
-        };
+        if let Err(e) = validate_path(&call.path) {
+            self.log_refused(conn, call.method.as_str(), &call.path, 400, &e.to_string());
+            return Err(e);
+        }
+        let mut url = join_path(base?, &call.path)?;
         // The credential's query parameters win over a caller's of the
         // same name (Snov.io's `access_token`).
         let reserved = |k: &str| target.query.iter().any(|(t, _)| t == k);
@@ -649,6 +694,7 @@ impl Platform {
                 now,
             )
             .await?;
+        self.inner.hot.forget_connection(&conn.id);
         tracing::warn!(connection = %conn.id, "connection needs re-authentication");
         Ok(())
     }
@@ -752,6 +798,13 @@ fn decode_once(s: &str) -> Option<String> {
 /// percent-encoded, up to three times, and Tomcat's `..;`), fragments, and
 /// CR, LF, NUL or other control characters, raw or encoded, anywhere.
 pub fn provider_url(base: &str, path: &str) -> Result<url::Url> {
+    validate_path(path)?;
+    let base_url = parse_base(base)?;
+    join_path(&base_url, path)
+}
+
+/// The checks of [`provider_url`], without a base.
+pub fn validate_path(path: &str) -> Result<()> {
     let bad = |why: &str| {
         PlatformError::bad_request("INVALID_PATH", format!("invalid provider path: {why}"))
     };
@@ -804,24 +857,36 @@ pub fn provider_url(base: &str, path: &str) -> Result<url::Url> {
             return Err(bad("`.` and `..` segments are not allowed"));
         }
     }
-    let base_url = url::Url::parse(base).map_err(|_| {
+    Ok(())
+}
+
+pub(crate) fn parse_base(base: &str) -> Result<url::Url> {
+    url::Url::parse(base).map_err(|_| {
         PlatformError::bad_request(
             "CONNECTION_MISCONFIGURED",
             "the connection's provider base URL is invalid",
         )
-    })?;
-    let joined = url::Url::parse(&format!("{}{}", base.trim_end_matches('/'), path))
-        .map_err(|_| bad("not a valid URL path"))?;
-    if joined.origin() != base_url.origin()
-        || !joined.username().is_empty()
-        || joined.password().is_some()
-        || !joined
-            .path()
-            .starts_with(base_url.path().trim_end_matches('/'))
-    {
-        return Err(bad("it leaves the provider's API"));
+    })
+}
+
+/// Appends an already validated `path` (with its query) to the base. The
+/// host is the base's own: only path and query are set.
+pub(crate) fn join_path(base: &url::Url, path: &str) -> Result<url::Url> {
+    let (p, q) = match path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path, None),
+    };
+    let prefix = base.path().trim_end_matches('/');
+    let mut u = base.clone();
+    u.set_path(&format!("{prefix}{p}"));
+    u.set_query(q);
+    if !u.path().starts_with(prefix) || u.origin() != base.origin() {
+        return Err(PlatformError::bad_request(
+            "INVALID_PATH",
+            "invalid provider path: it leaves the provider's API",
+        ));
     }
-    Ok(joined)
+    Ok(u)
 }
 
 #[cfg(test)]

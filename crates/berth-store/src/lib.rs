@@ -704,13 +704,12 @@ impl Store {
         }
         with_db!(self, p => {
             let mut qb = sqlx::QueryBuilder::new(
-                "INSERT INTO request_logs (id, environment_id, connection_id, integration_id, \
+                "INSERT INTO request_logs (environment_id, connection_id, integration_id, \
                  created_at, method, path, status, latency_ms, request_bytes, response_bytes, \
                  retries, layer, error) ",
             );
             qb.push_values(rows, |mut b, r| {
-                b.push_bind(r.id.clone())
-                    .push_bind(r.environment_id.clone())
+                b.push_bind(r.environment_id.clone())
                     .push_bind(r.connection_id.clone())
                     .push_bind(r.integration_id.clone())
                     .push_bind(r.created_at)
@@ -735,7 +734,7 @@ impl Store {
         environment_id: &str,
         f: &RequestLogFilter<'_>,
     ) -> Result<Vec<RequestLog>> {
-        let (bt, bid) = f.before.unwrap_or((i64::MAX, ""));
+        let before = f.before.unwrap_or(i64::MAX);
         Ok(with_db!(self, p => sqlx::query_as::<_, RequestLog>(
             "SELECT id, environment_id, connection_id, integration_id, created_at, method, path, \
              status, latency_ms, request_bytes, response_bytes, retries, layer, error \
@@ -743,9 +742,8 @@ impl Store {
              AND ($2 = '' OR connection_id = $2) \
              AND status >= $3 AND status < $4 \
              AND ($5 = '' OR layer = $5) \
-             AND created_at >= $6 AND created_at < $7 \
-             AND (created_at < $8 OR (created_at = $8 AND ($9 = '' OR id < $9))) \
-             ORDER BY created_at DESC, id DESC LIMIT $10"
+             AND created_at >= $6 AND created_at < $7 AND id < $8 \
+             ORDER BY id DESC LIMIT $9"
         )
         .bind(environment_id)
         .bind(f.connection_id.unwrap_or(""))
@@ -754,18 +752,28 @@ impl Store {
         .bind(f.layer.unwrap_or(""))
         .bind(f.time.0)
         .bind(f.time.1)
-        .bind(bt)
-        .bind(bid)
+        .bind(before)
         .bind(f.limit)
         .fetch_all(p).await)?)
     }
 
     /// Deletes request-log rows older than `before` (ms); returns how many.
+    ///
+    /// Ids grow with time (up to the few seconds by which several writers
+    /// may disagree), so this finds the oldest row to keep by walking from
+    /// the lowest id and deletes every id below it: no time index needed.
     pub async fn purge_request_logs(&self, before: i64) -> Result<u64> {
-        Ok(
-            with_db!(self, p => sqlx::query("DELETE FROM request_logs WHERE created_at < $1")
-            .bind(before).execute(p).await.map(|r| r.rows_affected()))?,
+        // One statement, so rows written meanwhile (newer than any bound
+        // it computes) are never caught by it.
+        Ok(with_db!(self, p => sqlx::query(
+            "DELETE FROM request_logs WHERE id < COALESCE( \
+               (SELECT id FROM request_logs WHERE created_at >= $1 ORDER BY id LIMIT 1), \
+               (SELECT COALESCE(MAX(id), 0) + 1 FROM request_logs))",
         )
+        .bind(before)
+        .execute(p)
+        .await
+        .map(|r| r.rows_affected()))?)
     }
 }
 

@@ -192,7 +192,8 @@ pub struct Reauthorize<'a> {
 /// One row of the request log (see migration 0003).
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct RequestLog {
-    pub id: String,
+    /// Assigned by the store; grows with time.
+    pub id: i64,
     pub environment_id: String,
     pub connection_id: Option<String>,
     pub integration_id: String,
@@ -217,7 +218,7 @@ pub struct RequestLogFilter<'a> {
     pub layer: Option<&'a str>,
     /// Half-open time range in ms.
     pub time: (i64, i64),
-    /// Newest first: rows strictly before this `(created_at, id)`.
-    pub before: Option<(i64, &'a str)>,
+    /// Newest first: rows with a smaller id than this.
+    pub before: Option<i64>,
     pub limit: i64,
 }

@@ -4,6 +4,11 @@
 
 use std::process::ExitCode;
 
+// mimalloc: the proxy path allocates per request; glibc malloc was a
+// fifth of its CPU profile (see scripts/bench-proxy.sh).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::Context;
 use berth::config::{Config, ServeArgs, StoreArgs};
 use clap::{Parser, Subcommand};

@@ -1,8 +1,12 @@
 -- The request log: one row per provider call (or per call Berth refused
 -- before it reached the provider). Query values are redacted before they
 -- get here. Rows older than the configured retention are deleted.
+--
+-- Written at proxy speed, so it is kept lean: an integer key that grows
+-- with time (newest first = highest id; also what retention deletes by)
+-- and two indexes, one per way the log is read.
 CREATE TABLE request_logs (
-    id TEXT PRIMARY KEY,
+    id INTEGER PRIMARY KEY,
     environment_id TEXT NOT NULL,
     connection_id TEXT,
     integration_id TEXT NOT NULL,
@@ -19,6 +23,5 @@ CREATE TABLE request_logs (
     layer TEXT NOT NULL,
     error TEXT
 );
-CREATE INDEX request_logs_env_time ON request_logs (environment_id, created_at, id);
-CREATE INDEX request_logs_conn_time ON request_logs (connection_id, created_at, id);
-CREATE INDEX request_logs_time ON request_logs (created_at);
+CREATE INDEX request_logs_env ON request_logs (environment_id, id);
+CREATE INDEX request_logs_conn ON request_logs (connection_id, id);

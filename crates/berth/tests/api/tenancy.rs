@@ -166,7 +166,7 @@ async fn production_token_never_sees_development_data() {
 }
 
 #[tokio::test]
-async fn revoked_tokens_stop_working_immediately() {
+async fn revoked_tokens_stop_working_within_the_cache_ttl() {
     let app = spawn().await;
     let token = app.prod_token().await;
     let r = app
@@ -186,12 +186,26 @@ async fn revoked_tokens_stop_working_immediately() {
             .unwrap(),
         1
     );
-    let r = app
-        .post(
-            "/connections/list",
-            &[("x-vessel-api-token", &token)],
-            json!({}),
-        )
-        .await;
-    assert_eq!(v2_error(&r, 401), "INVALID_API_TOKEN");
+    // Revocation happens in the store (the CLI is another process); the
+    // server's hot cache notices within its TTL (1 s).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        let r = app
+            .post(
+                "/connections/list",
+                &[("x-vessel-api-token", &token)],
+                json!({}),
+            )
+            .await;
+        if r.status == 401 {
+            assert_eq!(v2_error(&r, 401), "INVALID_API_TOKEN");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still accepted: {r:?}"
+        );
+        // Polling interval, not synchronization: the deadline decides.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

@@ -1,0 +1,152 @@
+//! The hot-path cache: what every proxied call needs (the API token's
+//! environment, the access token's connection, the opened credential and
+//! the provider target built from it) kept in memory for a second, so a
+//! passthrough costs no store round trip and no decryption.
+//!
+//! Consistency, stated plainly:
+//! - in this process, deleting a connection, re-authenticating it, marking
+//!   it `needs_reauth` and refreshing its token update or drop the entries
+//!   at once;
+//! - changes made by another Berth process (or the `berth api-token` CLI)
+//!   are seen within [`TTL`];
+//! - a credential close to expiry is never served from here: the refresh
+//!   path reads the store.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use berth_store::{Connection, Environment};
+
+use crate::credential::{CredentialData, ProviderTarget};
+
+pub const TTL: Duration = Duration::from_secs(1);
+/// Entries per map before it is emptied (a crude bound; entries are cheap
+/// to rebuild).
+const MAX: usize = 100_000;
+
+pub(crate) struct Credential {
+    pub cred: CredentialData,
+    pub version: i64,
+    pub target: ProviderTarget,
+    /// `target.base_url`, parsed once.
+    pub base: Option<url::Url>,
+}
+
+impl Credential {
+    pub fn base(&self) -> crate::Result<&url::Url> {
+        self.base.as_ref().ok_or_else(|| {
+            crate::PlatformError::bad_request(
+                "CONNECTION_MISCONFIGURED",
+                "the connection's provider base URL is invalid",
+            )
+        })
+    }
+}
+
+struct Timed<T> {
+    value: T,
+    at: Instant,
+}
+
+struct Map<K, V>(RwLock<HashMap<K, Timed<V>>>);
+
+impl<K: std::hash::Hash + Eq, V: Clone> Map<K, V> {
+    fn new() -> Self {
+        Map(RwLock::new(HashMap::new()))
+    }
+
+    fn get<Q>(&self, k: &Q) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        let m = self.0.read().unwrap_or_else(|p| p.into_inner());
+        m.get(k)
+            .filter(|t| t.at.elapsed() < TTL)
+            .map(|t| t.value.clone())
+    }
+
+    fn put(&self, k: K, v: V) {
+        let mut m = self.0.write().unwrap_or_else(|p| p.into_inner());
+        if m.len() >= MAX {
+            m.clear();
+        }
+        m.insert(
+            k,
+            Timed {
+                value: v,
+                at: Instant::now(),
+            },
+        );
+    }
+
+    fn retain(&self, mut keep: impl FnMut(&K, &V) -> bool) {
+        let mut m = self.0.write().unwrap_or_else(|p| p.into_inner());
+        m.retain(|k, t| keep(k, &t.value));
+    }
+}
+
+pub(crate) struct HotCache {
+    /// API-token hash -> environment.
+    envs: Map<String, Arc<Environment>>,
+    /// (environment id, access-token hash) -> connection.
+    conns: Map<(String, String), Arc<Connection>>,
+    /// Connection id -> opened credential and target.
+    creds: Map<String, Arc<Credential>>,
+}
+
+impl std::fmt::Debug for HotCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HotCache")
+    }
+}
+
+impl Default for HotCache {
+    fn default() -> Self {
+        HotCache {
+            envs: Map::new(),
+            conns: Map::new(),
+            creds: Map::new(),
+        }
+    }
+}
+
+impl HotCache {
+    pub fn env(&self, token_hash: &str) -> Option<Arc<Environment>> {
+        self.envs.get(token_hash)
+    }
+
+    pub fn put_env(&self, token_hash: String, env: Environment) {
+        self.envs.put(token_hash, Arc::new(env));
+    }
+
+    pub fn conn(&self, env_id: &str, token_hash: &str) -> Option<Arc<Connection>> {
+        let m = self.conns.0.read().unwrap_or_else(|p| p.into_inner());
+        // A tuple key cannot be borrowed from two &str; scan the one bucket.
+        m.get(&(env_id.to_string(), token_hash.to_string()))
+            .filter(|t| t.at.elapsed() < TTL)
+            .map(|t| t.value.clone())
+    }
+
+    pub fn put_conn(&self, env_id: &str, token_hash: String, conn: Connection) {
+        self.conns
+            .put((env_id.to_string(), token_hash), Arc::new(conn));
+    }
+
+    pub fn credential(&self, connection_id: &str) -> Option<Arc<Credential>> {
+        self.creds.get(connection_id)
+    }
+
+    pub fn put_credential(&self, connection_id: &str, c: Credential) -> Arc<Credential> {
+        let c = Arc::new(c);
+        self.creds.put(connection_id.to_string(), c.clone());
+        c
+    }
+
+    /// Drops everything cached about one connection.
+    pub fn forget_connection(&self, connection_id: &str) {
+        self.conns.retain(|_, c| c.id != connection_id);
+        self.creds.retain(|k, _| k != connection_id);
+    }
+}

@@ -1,0 +1,188 @@
+#!/usr/bin/env bash
+# Berth's proxy overhead, side by side in one run on one machine:
+#   direct       wrk -> upstream
+#   nginx        wrk -> nginx (2 workers, adds the auth header) -> upstream
+#   berth-proxy  wrk -> Berth ANY /proxy/{path} (streaming) -> upstream
+#   berth-json   wrk -> Berth POST /passthrough (JSON)       -> upstream
+# The upstream is a minimal hyper server (crates/berth-bench). Load is wrk
+# at fixed connections and duration. Prints req/s, p50/p99 and Berth's
+# ratio to nginx, and writes the table to bench/results/proxy.md.
+#
+#   scripts/bench-proxy.sh                 # 8 and 64 connections, 10 s each
+#   BENCH_DURATION=30 BENCH_CONNECTIONS="64" scripts/bench-proxy.sh
+#
+# Berth runs with its defaults (SQLite store, request log on, every call
+# authenticated and logged to the store) except RUST_LOG=warn, the
+# counterpart of nginx's `access_log off`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DUR=${BENCH_DURATION:-10}
+CONNS=${BENCH_CONNECTIONS:-"8 64"}
+WRK_THREADS=${BENCH_WRK_THREADS:-2}
+OUT=${BENCH_OUT:-bench/results/proxy.md}
+
+need=()
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
+command -v wrk >/dev/null || need+=(wrk)
+command -v curl >/dev/null || need+=(curl)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing ${need[*]} (Debian)..." >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >&2 && apt-get install -y -qq "${need[@]}" >&2
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+cargo build --release --locked -p berth -p berth-bench >&2
+BIN=target/release
+
+WORK=$(mktemp -d /tmp/berth-bench.XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+wait_port() {
+  for _ in $(seq 1 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "nothing listens on $1" >&2; return 1
+}
+UP=$(free_port); NG=$(free_port); BP=$(free_port)
+
+"$BIN/bench-upstream" "127.0.0.1:$UP" 1 >"$WORK/upstream.log" 2>&1 &
+pids+=($!)
+wait_port "$UP"
+
+mkdir -p "$WORK/nginx/tmp"
+cat >"$WORK/nginx.conf" <<EOF
+worker_processes 2;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx/tmp/body;
+  proxy_temp_path $WORK/nginx/tmp/proxy;
+  fastcgi_temp_path $WORK/nginx/tmp/fcgi;
+  uwsgi_temp_path $WORK/nginx/tmp/uwsgi;
+  scgi_temp_path $WORK/nginx/tmp/scgi;
+  upstream backend { server 127.0.0.1:$UP; keepalive 128; }
+  server {
+    listen 127.0.0.1:$NG;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Authorization "Bearer bench-key";
+    }
+  }
+}
+EOF
+"$NGINX" -c "$WORK/nginx.conf" -p "$WORK/nginx" -e "$WORK/nginx-error.log"
+wait_port "$NG"
+
+cat >"$WORK/providers.toml" <<EOF
+[integrations.bench]
+name = "Bench upstream"
+category = "crm"
+base_url = "http://127.0.0.1:$UP"
+[integrations.bench.auth.apiKey]
+attach = { header = "Authorization", value = "Bearer {{credential.apiKey}}" }
+questions = [{ id = "api-key", label = "Key", type = "password" }]
+EOF
+RUST_LOG=warn "$BIN/berth" serve --listen "127.0.0.1:$BP" --data-dir "$WORK/data" \
+  --providers-file "$WORK/providers.toml" >"$WORK/berth.out" 2>"$WORK/berth.err" &
+BERTH_PID=$!
+pids+=($BERTH_PID)
+wait_port "$BP"
+for _ in $(seq 1 100); do grep -q berth_dev_ "$WORK/berth.out" && break; sleep 0.05; done
+API=$(grep -o 'berth_dev_[A-Za-z0-9_-]*' "$WORK/berth.out" | head -1)
+B="http://127.0.0.1:$BP"
+json() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
+ST=$(curl -sf -X POST "$B/auth/session-token" -H "x-vessel-api-token: $API" -d '{}' | json "['result']['sessionToken']")
+curl -sf -X POST "$B/auth/start" -H "x-vessel-session-token: $ST" \
+  -d '{"integrationId":"bench","authType":"apiKey","answers":{"api-key":"bench-key"}}' >/dev/null
+ACCESS=$(curl -sf -X POST "$B/auth/access-token" -H "x-vessel-api-token: $API" -H "x-vessel-session-token: $ST" -d '{}' | json "['result']['accessToken']")
+
+# Every target must reach the upstream with the credential attached.
+check() { grep -q '"auth":true' <<<"$1" || { echo "bad answer from $2: $1" >&2; exit 1; }; }
+check "$(curl -sf -H 'Authorization: Bearer bench-key' "http://127.0.0.1:$UP/x")" direct
+check "$(curl -sf "http://127.0.0.1:$NG/x")" nginx
+check "$(curl -sf -H "x-vessel-api-token: $API" -H "x-vessel-access-token: $ACCESS" "$B/proxy/x")" berth-proxy
+check "$(curl -sf -X POST -H "x-vessel-api-token: $API" -H "x-vessel-access-token: $ACCESS" -d '{"method":"GET","path":"/x"}' "$B/passthrough")" berth-json
+
+cat >"$WORK/post.lua" <<'EOF'
+wrk.method = "POST"
+wrk.body = '{"method":"GET","path":"/x"}'
+wrk.headers["Content-Type"] = "application/json"
+EOF
+
+# wrk latency line value -> milliseconds
+to_ms() { awk -v v="$1" 'BEGIN { n=v+0; if (v ~ /us$/) n/=1000; else if (v ~ /ms$/) n=n; else if (v ~ /s$/) n*=1000; printf "%.3f", n }'; }
+
+run() { # name conns -> "rps p50 p99"
+  local name=$1 c=$2 args=()
+  case $name in
+    direct) args=(-H "Authorization: Bearer bench-key" "http://127.0.0.1:$UP/x") ;;
+    nginx) args=("http://127.0.0.1:$NG/x") ;;
+    berth-proxy) args=(-H "x-vessel-api-token: $API" -H "x-vessel-access-token: $ACCESS" "$B/proxy/x") ;;
+    berth-json) args=(-s "$WORK/post.lua" -H "x-vessel-api-token: $API" -H "x-vessel-access-token: $ACCESS" "$B/passthrough") ;;
+  esac
+  wrk -t"$WRK_THREADS" -c"$c" -d1s "${args[@]}" >/dev/null 2>&1 || true # warm-up
+  if [ -n "${BENCH_PROFILE:-}" ] && [ "$name" = "$BENCH_PROFILE" ]; then
+    # BENCH_PROFILE=berth-proxy: a perf profile of Berth under this load.
+    perf record -F 999 -g -o "${BENCH_PROFILE_OUT:-/tmp/berth-bench.perf}" -p "$BERTH_PID" -- sleep "$DUR" >/dev/null 2>&1 &
+  fi
+  local t0; t0=$(awk '{print $14+$15}' "/proc/$BERTH_PID/stat")
+  local out; out=$(wrk -t"$WRK_THREADS" -c"$c" -d"${DUR}s" --latency "${args[@]}")
+  local t1; t1=$(awk '{print $14+$15}' "/proc/$BERTH_PID/stat")
+  echo "$name c=$c: Berth used $(( (t1 - t0) ))/$(getconf CLK_TCK) CPU-seconds in ${DUR}s" >&2
+  if grep -q "Non-2xx" <<<"$out"; then echo "$name: non-2xx answers:" >&2; echo "$out" >&2; exit 1; fi
+  local rps p50 p99
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  p50=$(to_ms "$(awk '$1=="50%" {print $2}' <<<"$out")")
+  p99=$(to_ms "$(awk '$1=="99%" {print $2}' <<<"$out")")
+  echo "$rps $p50 $p99"
+}
+
+mkdir -p "$(dirname "$OUT")"
+{
+  echo "| connections | target | req/s | p50 ms | p99 ms | req/s vs nginx | p50 − nginx ms | p99 − nginx ms |"
+  echo "|---|---|---:|---:|---:|---:|---:|---:|"
+} >"$WORK/table.md"
+for c in $CONNS; do
+  declare -A R=()
+  for t in direct nginx berth-proxy berth-json; do
+    R[$t]=$(run "$t" "$c")
+    echo "c=$c $t: ${R[$t]}" >&2
+  done
+  read -r nrps np50 np99 <<<"${R[nginx]}"
+  for t in direct nginx berth-proxy berth-json; do
+    read -r rps p50 p99 <<<"${R[$t]}"
+    awk -v c="$c" -v t="$t" -v rps="$rps" -v p50="$p50" -v p99="$p99" -v nr="$nrps" -v n50="$np50" -v n99="$np99" \
+      'BEGIN { printf "| %s | %s | %.0f | %.3f | %.3f | %.2fx | %+.3f | %+.3f |\n", c, t, rps, p50, p99, rps/nr, p50-n50, p99-n99 }' >>"$WORK/table.md"
+  done
+done
+RSS=$(awk '/VmHWM/ {print $2}' "/proc/$BERTH_PID/status")
+# Constant memory while streaming: 512 MiB through the proxy, then Berth's
+# peak RSS again (VmHWM only grows).
+BIG=$((512 * 1024 * 1024))
+GOT=$(curl -sf -o /dev/null -w '%{size_download}' -H "x-vessel-api-token: $API" -H "x-vessel-access-token: $ACCESS" "$B/proxy/bytes/$BIG")
+[ "$GOT" = "$BIG" ] || { echo "streamed $GOT of $BIG bytes" >&2; exit 1; }
+RSS_AFTER=$(awk '/VmHWM/ {print $2}' "/proc/$BERTH_PID/status")
+{
+  echo "# Proxy benchmark"
+  echo
+  echo "\`scripts/bench-proxy.sh\` on $(date -u +%Y-%m-%d), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), wrk -t$WRK_THREADS, ${DUR}s per cell, nginx $("$NGINX" -v 2>&1 | cut -d/ -f2) with 2 workers."
+  echo
+  cat "$WORK/table.md"
+  echo
+  echo "Berth peak RSS after the load runs: $((RSS / 1024)) MiB; after also streaming a 512 MiB download through \`/proxy\`: $((RSS_AFTER / 1024)) MiB."
+} >"$OUT"
+cat "$OUT"
