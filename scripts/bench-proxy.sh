@@ -12,7 +12,7 @@
 #   BENCH_DURATION=30 BENCH_CONNECTIONS="64" scripts/bench-proxy.sh
 #
 # Berth runs with its defaults (SQLite store, request log on, every call
-# authenticated and logged to the store) except RUST_LOG=warn, the
+# authenticated and logged to the store) except BERTH_LOG=warn, the
 # counterpart of nginx's `access_log off`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -96,7 +96,7 @@ base_url = "http://127.0.0.1:$UP"
 attach = { header = "Authorization", value = "Bearer {{credential.apiKey}}" }
 questions = [{ id = "api-key", label = "Key", type = "password" }]
 EOF
-RUST_LOG=warn "$BIN/berth" serve --listen "127.0.0.1:$BP" --data-dir "$WORK/data" \
+BERTH_LOG=warn "$BIN/berth" serve --listen "127.0.0.1:$BP" --data-dir "$WORK/data" \
   --providers-file "$WORK/providers.toml" >"$WORK/berth.out" 2>"$WORK/berth.err" &
 BERTH_PID=$!
 pids+=($BERTH_PID)

@@ -29,6 +29,10 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("POST", "/auth/check-permissions"),
     ("POST", "/passthrough"),
     ("POST", "/api/passthrough"),
+    ("POST", "/crm/passthrough"),
+    ("POST", "/logs/list"),
+    ("POST", "/proxy/me"),
+    ("PATCH", "/proxy/contacts/1"),
 ];
 
 const KEYS: &[&str] = &[
@@ -60,6 +64,11 @@ const KEYS: &[&str] = &[
     "json",
     "headers",
     "query",
+    "accessToken",
+    "statusClass",
+    "layer",
+    "since",
+    "until",
 ];
 
 fn json_value() -> impl Strategy<Value = Value> {
@@ -160,7 +169,8 @@ fn no_input_reaches_a_server_error() {
             (status, text)
         });
         prop_assert!(status.0 < 500, "{} {} -> {} {}", ep.0, ep.1, status.0, status.1);
-        if status.0 >= 400 {
+        // `/proxy` answers with the provider's own body, whatever it is.
+        if status.0 >= 400 && !ep.1.starts_with("/proxy/") {
             prop_assert!(serde_json::from_str::<Value>(&status.1).is_ok(), "error body is JSON: {}", status.1);
         }
     });
