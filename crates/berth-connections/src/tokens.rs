@@ -192,22 +192,16 @@ impl Platform {
     ) -> Result<OutboundResponse> {
         let integration = self.integration_of(conn)?;
         let c = self.hot_credential(integration, conn, None).await?;
-        let req =
-            self.provider_request(integration, conn, &c.target, c.base(), call.clone().into())?;
-        let resp = self.inner.outbound.send(req).await;
-        let resp = resp.map_err(|e| outbound_error(integration, e))?;
+        let resp = self
+            .send_once(integration, conn, &c, call.clone().into())
+            .await?;
         if resp.status == 401 && refreshable(&c.cred) {
             let c = self
                 .hot_credential(integration, conn, Some(c.version))
                 .await?;
-            let req =
-                self.provider_request(integration, conn, &c.target, c.base(), call.clone().into())?;
             return self
-                .inner
-                .outbound
-                .send(req)
-                .await
-                .map_err(|e| outbound_error(integration, e));
+                .send_once(integration, conn, &c, call.clone().into())
+                .await;
         }
         Ok(resp)
     }
@@ -236,56 +230,65 @@ impl Platform {
             body,
             content_length,
         } = call;
+        let prepared = |headers, body, content_length| Prepared {
+            method: method.clone(),
+            path: path.clone(),
+            query: Vec::new(),
+            headers,
+            body,
+            content_length,
+        };
         let retry_headers = replay.as_ref().map(|_| headers.clone());
-        let req = self.provider_request(
-            integration,
-            conn,
-            &c.target,
-            c.base(),
-            Prepared {
-                method: method.clone(),
-                path: path.clone(),
-                query: Vec::new(),
-                headers,
-                body,
-                content_length,
-            },
-        )?;
         let resp = self
-            .inner
-            .outbound
-            .send_streaming(req)
-            .await
-            .map_err(|e| outbound_error(integration, e))?;
+            .stream_once(
+                integration,
+                conn,
+                &c,
+                prepared(headers, body, content_length),
+            )
+            .await?;
         if resp.status == 401 && refreshable(&c.cred) {
             let c = self
                 .hot_credential(integration, conn, Some(c.version))
                 .await?;
             if let (Some(body), Some(headers)) = (replay, retry_headers) {
                 drop(resp);
-                let req = self.provider_request(
-                    integration,
-                    conn,
-                    &c.target,
-                    c.base(),
-                    Prepared {
-                        method,
-                        path,
-                        query: Vec::new(),
-                        headers,
-                        body,
-                        content_length: None,
-                    },
-                )?;
                 return self
-                    .inner
-                    .outbound
-                    .send_streaming(req)
-                    .await
-                    .map_err(|e| outbound_error(integration, e));
+                    .stream_once(integration, conn, &c, prepared(headers, body, None))
+                    .await;
             }
         }
         Ok(resp)
+    }
+
+    async fn send_once(
+        &self,
+        integration: &Integration,
+        conn: &Connection,
+        c: &hot::Credential,
+        call: Prepared,
+    ) -> Result<OutboundResponse> {
+        let req = self.provider_request(integration, conn, &c.target, c.base(), call)?;
+        self.inner
+            .outbound
+            .send(req)
+            .await
+            .map_err(|e| outbound_error(integration, e))
+    }
+
+    async fn stream_once(
+        &self,
+        integration: &Integration,
+        conn: &Connection,
+        c: &hot::Credential,
+        call: Prepared,
+    ) -> Result<StreamingResponse> {
+        let req = self.provider_request(integration, conn, &c.target, c.base(), call)?;
+        self.inner
+            .outbound
+            .send_streaming(req)
+            .await
+            .map_err(|e| outbound_error(integration, e))
     }
 
     /// The credential and provider target for a call, from the hot cache
