@@ -7,9 +7,15 @@
 #  4. the end-to-end connect suite (tests/e2e): a real OAuth2 server
 #     (oidc-provider), Debian's Chromium driven by playwright-core, and
 #     Vessel's own client packages, on SQLite and on PostgreSQL
-# It installs what it needs (postgresql, chromium, the e2e node packages).
+# It installs what it needs (postgresql, chromium, the e2e node packages,
+# and the Python standardwebhooks package the webhook tests verify with).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if ! python3 -c 'import standardwebhooks' 2>/dev/null; then
+  echo "installing the Python standardwebhooks package (PyPI)..." >&2
+  python3 -m pip install --quiet --disable-pip-version-check standardwebhooks >&2
+fi
 
 PG_URL=$(scripts/pg-throwaway.sh start)
 trap 'scripts/pg-throwaway.sh stop' EXIT

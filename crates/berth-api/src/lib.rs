@@ -12,6 +12,7 @@ mod link;
 pub mod models;
 mod passthrough;
 mod platform;
+mod webhooks;
 
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderValue, Request, StatusCode, header};
@@ -33,6 +34,7 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 #[derive(Clone)]
 pub struct AppState {
     pub platform: Platform,
+    pub webhooks: berth_webhooks::Webhooks,
 }
 
 /// The whole HTTP API. `extra` is merged in (the sandbox provider, later
@@ -52,13 +54,15 @@ pub fn router(state: AppState, extra: Router) -> Router {
         .merge(platform::browser_routes())
         .nest("/api", platform::browser_routes())
         .layer(cors);
+    let server_routes = || platform::routes().merge(webhooks::routes());
     let api = Router::new()
-        .merge(platform::routes())
-        .nest("/api", platform::routes())
+        .merge(server_routes())
+        .nest("/api", server_routes())
         .merge(browser)
         .merge(passthrough::routes())
         .merge(connect_ui::routes())
         .merge(link::routes())
+        .merge(webhooks::v1_routes())
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/icons/{file}", get(icon))
@@ -201,6 +205,20 @@ pub async fn openapi_json() -> Response {
         link::list_connections,
         link::crm_integrations,
         link::engagement_integrations,
+        webhooks::create_seed,
+        webhooks::create_v2,
+        webhooks::list,
+        webhooks::find,
+        webhooks::update,
+        webhooks::delete,
+        webhooks::rotate_secret,
+        webhooks::event_types,
+        webhooks::list_messages,
+        webhooks::list_attempts,
+        webhooks::replay,
+        webhooks::v1_get,
+        webhooks::v1_set,
+        webhooks::v1_delete,
         healthz,
         metrics,
         icon,
@@ -242,6 +260,7 @@ impl utoipa::Modify for ApiAliases {
                 p.starts_with("/integrations/")
                     || p.starts_with("/auth/")
                     || p.starts_with("/connections/")
+                    || p.starts_with("/webhooks")
             })
             .map(|(p, item)| (format!("/api{p}"), item.clone()))
             .collect();

@@ -207,6 +207,10 @@ impl Platform {
         &self.inner.store
     }
 
+    pub fn vault(&self) -> &Vault {
+        &self.inner.vault
+    }
+
     pub fn catalog(&self) -> &Catalog {
         &self.inner.catalog
     }

@@ -690,7 +690,7 @@ impl Platform {
                     id: &secrets::new_id("evt"),
                     environment_id: &conn.environment_id,
                     connection_id: Some(&conn.id),
-                    event_type: "connection.needs_reauth",
+                    event_type: "connection.auth_failed",
                     payload: &payload,
                     created_at: now,
                 },

@@ -85,10 +85,16 @@ macro_rules! oauth_app_cols {
     };
 }
 
+mod webhooks;
+pub use webhooks::*;
+
 /// The handle to the database. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
     db: Db,
+    /// Woken after a transaction that wrote events commits, so the webhook
+    /// dispatcher in this process does not wait for its next poll.
+    outbox: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// Why a connection could not be created for a session.
@@ -109,6 +115,22 @@ impl From<sqlx::Error> for CreateConnectionError {
 }
 
 impl Store {
+    fn new(db: Db) -> Self {
+        Self {
+            db,
+            outbox: Default::default(),
+        }
+    }
+
+    /// Notified whenever events were committed by this process.
+    pub fn outbox_signal(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.outbox.clone()
+    }
+
+    fn events_committed(&self) {
+        self.outbox.notify_one();
+    }
+
     /// Opens (creating if needed) the database at `url`.
     pub async fn connect(url: &str) -> Result<Self> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -117,9 +139,7 @@ impl Store {
                 .acquire_timeout(Duration::from_secs(10))
                 .connect(url)
                 .await?;
-            Ok(Self {
-                db: Db::Postgres(pool),
-            })
+            Ok(Self::new(Db::Postgres(pool)))
         } else if url.starts_with("sqlite:") {
             let opts = SqliteConnectOptions::from_str(url)?
                 .create_if_missing(true)
@@ -132,9 +152,7 @@ impl Store {
                 .acquire_timeout(Duration::from_secs(15))
                 .connect_with(opts)
                 .await?;
-            Ok(Self {
-                db: Db::Sqlite(pool),
-            })
+            Ok(Self::new(Db::Sqlite(pool)))
         } else {
             Err(StoreError::UnsupportedUrl)
         }
@@ -331,6 +349,7 @@ impl Store {
             }
             insert_event(&mut *tx, &req.event).await?;
             tx.commit().await?;
+            self.events_committed();
         });
         Ok(())
     }
@@ -429,6 +448,7 @@ impl Store {
                 .bind(id).bind(environment_id).execute(&mut *tx).await?;
             insert_event(&mut *tx, event).await?;
             tx.commit().await?;
+            self.events_committed();
             true
         }))
     }
@@ -544,6 +564,7 @@ impl Store {
             sqlx::query("UPDATE credentials SET lease_owner = NULL, lease_until = 0 WHERE connection_id = $1")
                 .bind(connection_id).execute(&mut *tx).await?;
             tx.commit().await?;
+            self.events_committed();
             r.rows_affected() == 1
         }))
     }
@@ -582,6 +603,7 @@ impl Store {
             .execute(&mut *tx).await?;
             insert_event(&mut *tx, &r.event).await?;
             tx.commit().await?;
+            self.events_committed();
         });
         Ok(())
     }

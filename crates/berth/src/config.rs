@@ -67,6 +67,26 @@ pub struct ServeArgs {
     /// Request-log rows are kept this many hours.
     #[arg(long, env = "BERTH_REQUEST_LOG_RETENTION_HOURS")]
     pub request_log_retention_hours: Option<u64>,
+    /// DANGEROUS: let webhooks use plain http and target loopback, private
+    /// and link-local addresses. For development and tests only.
+    #[arg(long, env = "BERTH_DANGEROUS_ALLOW_PRIVATE_WEBHOOK_TARGETS", value_parser = clap::builder::BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true")]
+    pub dangerous_allow_private_webhook_targets: Option<bool>,
+    /// A webhook attempt succeeds on a 2xx within this many seconds.
+    #[arg(long, env = "BERTH_WEBHOOK_TIMEOUT_SECS")]
+    pub webhook_timeout_secs: Option<u64>,
+    /// Delay before each webhook attempt, comma-separated, with units
+    /// (`0,5s,5m,30m,2h,5h,10h,10h`); its length is the number of attempts.
+    #[arg(long, env = "BERTH_WEBHOOK_RETRY_SCHEDULE")]
+    pub webhook_retry_schedule: Option<String>,
+    /// An endpoint failing without any success for this many hours is disabled.
+    #[arg(long, env = "BERTH_WEBHOOK_DISABLE_AFTER_HOURS")]
+    pub webhook_disable_after_hours: Option<u64>,
+    /// Webhook deliveries in flight per process.
+    #[arg(long, env = "BERTH_WEBHOOK_MAX_IN_FLIGHT")]
+    pub webhook_max_in_flight: Option<usize>,
+    /// Webhook deliveries in flight per endpoint per process.
+    #[arg(long, env = "BERTH_WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT")]
+    pub webhook_max_in_flight_per_endpoint: Option<usize>,
 }
 
 /// A default OAuth app (`v_oauthapp_<integration>_default`) from the file.
@@ -98,6 +118,12 @@ struct FileConfig {
     provider_max_retries: Option<u32>,
     rate_limit_max_wait_ms: Option<u64>,
     request_log_retention_hours: Option<u64>,
+    dangerous_allow_private_webhook_targets: Option<bool>,
+    webhook_timeout_secs: Option<u64>,
+    webhook_retry_schedule: Option<String>,
+    webhook_disable_after_hours: Option<u64>,
+    webhook_max_in_flight: Option<usize>,
+    webhook_max_in_flight_per_endpoint: Option<usize>,
     #[serde(default)]
     oauth_apps: std::collections::BTreeMap<String, OAuthAppConfig>,
 }
@@ -117,6 +143,8 @@ pub struct Config {
     /// Timeouts, retries and budget waits of provider calls.
     pub outbound: berth_outbound::OutboundConfig,
     pub request_log_retention: Duration,
+    /// Webhook delivery.
+    pub webhooks: berth_webhooks::WebhookConfig,
     /// Default OAuth apps by integration id, secrets resolved.
     pub oauth_apps:
         std::collections::BTreeMap<String, (String, zeroize::Zeroizing<String>, Vec<String>)>,
@@ -230,6 +258,49 @@ impl Config {
         if !(1..=24 * 366).contains(&retention_hours) {
             bail!("the request-log retention must be between 1 and 8784 hours");
         }
+        let mut webhooks = berth_webhooks::WebhookConfig {
+            dangerous_allow_private_targets: serve
+                .dangerous_allow_private_webhook_targets
+                .or(file.dangerous_allow_private_webhook_targets)
+                .unwrap_or(false),
+            ..Default::default()
+        };
+        let wt = serve
+            .webhook_timeout_secs
+            .or(file.webhook_timeout_secs)
+            .unwrap_or(15);
+        if !(1..=120).contains(&wt) {
+            bail!("the webhook timeout must be between 1 and 120 seconds");
+        }
+        webhooks.timeout = Duration::from_secs(wt);
+        if let Some(s) = serve
+            .webhook_retry_schedule
+            .clone()
+            .or(file.webhook_retry_schedule)
+        {
+            webhooks.retry_schedule = parse_schedule(&s)?;
+        }
+        let da = serve
+            .webhook_disable_after_hours
+            .or(file.webhook_disable_after_hours)
+            .unwrap_or(120);
+        if !(1..=24 * 90).contains(&da) {
+            bail!("webhook disable-after must be between 1 and 2160 hours");
+        }
+        webhooks.disable_after = Duration::from_secs(da * 3600);
+        let mif = serve
+            .webhook_max_in_flight
+            .or(file.webhook_max_in_flight)
+            .unwrap_or(512);
+        let mife = serve
+            .webhook_max_in_flight_per_endpoint
+            .or(file.webhook_max_in_flight_per_endpoint)
+            .unwrap_or(64);
+        if !(1..=10_000).contains(&mif) || !(1..=10_000).contains(&mife) {
+            bail!("webhook in-flight limits must be between 1 and 10000");
+        }
+        webhooks.max_in_flight = mif;
+        webhooks.max_in_flight_per_endpoint = mife.min(mif);
         let mut oauth_apps = std::collections::BTreeMap::new();
         for (id, app) in file.oauth_apps {
             let secret = match (&app.client_secret, &app.client_secret_env) {
@@ -253,6 +324,7 @@ impl Config {
             refresh_margin: Duration::from_secs(refresh_margin_secs),
             outbound,
             request_log_retention: Duration::from_secs(retention_hours * 3600),
+            webhooks,
             oauth_apps,
             listen,
             data_dir,
@@ -263,6 +335,40 @@ impl Config {
             dev_connection_limit,
         })
     }
+}
+
+/// `0,5s,5m,30m,2h` (a bare number is seconds; fractions allowed).
+fn parse_schedule(s: &str) -> anyhow::Result<Vec<Duration>> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim) {
+        let (num, unit) = match part.find(|c: char| c.is_ascii_alphabetic()) {
+            Some(i) => part.split_at(i),
+            None => (part, "s"),
+        };
+        let n: f64 = num
+            .parse()
+            .ok()
+            .filter(|n: &f64| n.is_finite() && *n >= 0.0)
+            .with_context(|| {
+                format!("webhook retry schedule: `{part}` is not a duration like 5s, 5m or 2h")
+            })?;
+        let secs = match unit {
+            "ms" => n / 1000.0,
+            "s" => n,
+            "m" => n * 60.0,
+            "h" => n * 3600.0,
+            "d" => n * 86400.0,
+            _ => bail!("webhook retry schedule: unknown unit in `{part}` (ms, s, m, h, d)"),
+        };
+        if secs > 7.0 * 86400.0 {
+            bail!("webhook retry schedule: `{part}` is longer than 7 days");
+        }
+        out.push(Duration::from_secs_f64(secs));
+    }
+    if out.is_empty() || out.len() > 50 {
+        bail!("webhook retry schedule: between 1 and 50 attempts");
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -111,6 +111,7 @@ pub struct App {
     listener: TcpListener,
     pub addr: SocketAddr,
     pub platform: Platform,
+    pub webhooks: berth_webhooks::Webhooks,
     /// The development token created on first start, if this start created the project.
     pub initial_token: Option<String>,
 }
@@ -132,10 +133,21 @@ impl App {
         });
         let platform = platform(config, public_url).await?;
         let initial_token = platform.bootstrap().await?;
+        let webhooks = berth_webhooks::Webhooks::new(
+            platform.store().clone(),
+            platform.vault().clone(),
+            config.webhooks.clone(),
+        );
+        if config.webhooks.dangerous_allow_private_targets {
+            tracing::warn!(
+                "dangerous_allow_private_webhook_targets is on: webhooks may use http and reach internal addresses"
+            );
+        }
         Ok(Self {
             listener,
             addr,
             platform,
+            webhooks,
             initial_token,
         })
     }
@@ -147,9 +159,11 @@ impl App {
     ) -> anyhow::Result<()> {
         let cancel = CancellationToken::new();
         let housekeeping = tokio::spawn(housekeeping(self.platform.clone(), cancel.clone()));
+        let dispatcher = berth_webhooks::Dispatcher::spawn(self.webhooks.clone(), cancel.clone());
         let router = berth_api::router(
             AppState {
                 platform: self.platform.clone(),
+                webhooks: self.webhooks.clone(),
             },
             axum::Router::new().nest("/sandbox/api/v1", berth_sandbox::router()),
         );
@@ -158,6 +172,7 @@ impl App {
             .await;
         cancel.cancel();
         let _ = housekeeping.await;
+        let _ = dispatcher.await;
         self.platform.flush_request_logs().await;
         self.platform.store().close().await;
         result.context("the HTTP server failed")

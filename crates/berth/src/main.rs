@@ -29,7 +29,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the HTTP API.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply database migrations and exit.
     Migrate,
     /// Manage API tokens.
@@ -202,8 +202,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let platform = berth::platform(&config, String::new()).await?;
             let n = platform.reseal_credentials().await?;
+            let hooks = berth_webhooks::Webhooks::new(
+                platform.store().clone(),
+                platform.vault().clone(),
+                config.webhooks.clone(),
+            );
+            let w = hooks.reseal_secrets().await?;
             eprintln!(
-                "re-encrypted {n} credential(s) under key {}",
+                "re-encrypted {n} credential(s) and {w} webhook endpoint(s) under key {}",
                 platform_key_id(&config)?
             );
             if prune && let Some(path) = &key_file {

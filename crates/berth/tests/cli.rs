@@ -31,11 +31,16 @@ struct Server {
 }
 
 fn serve(data_dir: &Path, db: &str) -> Server {
+    serve_with(data_dir, db, &[])
+}
+
+fn serve_with(data_dir: &Path, db: &str, extra: &[&str]) -> Server {
     let mut child = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .arg("--database-url")
         .arg(db)
+        .args(extra)
         .env("BERTH_LOG", "debug")
         .env_remove("BERTH_MASTER_KEY")
         .stdout(Stdio::piped())
@@ -273,6 +278,17 @@ async fn operator_flow_with_the_real_binary_leaks_no_secret_into_logs() {
     );
     assert!(!out.status.success());
 
+    // A webhook endpoint: its signing secret is vaulted and re-sealed on rotation.
+    let (status, hook) = post(
+        &base,
+        "/webhooks",
+        &[("x-vessel-api-token", &initial)],
+        json!({"url": "https://93.184.216.34/hooks", "event": "connection.*"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{hook}");
+    let hook_secret = hook["result"]["secret"].as_str().unwrap().to_string();
+
     let (ok, stdout_rest, logs) = server.stop();
     assert!(ok, "graceful exit on SIGTERM; logs:\n{logs}");
     assert!(logs.contains("shutting down"), "{logs}");
@@ -285,6 +301,7 @@ async fn operator_flow_with_the_real_binary_leaks_no_secret_into_logs() {
         &link,
         &public,
         api_key,
+        &hook_secret,
     ] {
         assert!(
             !logs.contains(secret),
@@ -301,7 +318,10 @@ async fn operator_flow_with_the_real_binary_leaks_no_secret_into_logs() {
     let out = berth(data, &db, &["vault", "rotate-key", "--prune"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
-    assert!(err.contains("re-encrypted 2 credential(s)"), "{err}");
+    assert!(
+        err.contains("re-encrypted 2 credential(s) and 1 webhook endpoint(s)"),
+        "{err}"
+    );
     let new_keys = std::fs::read_to_string(data.join("master.key")).unwrap();
     assert!(!new_keys.contains(key_line), "old key pruned");
     #[cfg(unix)]
@@ -360,4 +380,153 @@ fn bad_configuration_fails_fast_with_a_reason() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("BERTH_MASTER_KEY"));
+}
+
+/// kill -9 in the middle of delivering: after a restart every event is
+/// delivered (at least once), and every message ends delivered.
+#[tokio::test]
+async fn kill_9_mid_delivery_loses_no_webhook() {
+    use std::collections::HashSet;
+    use std::sync::{Arc, Mutex};
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let db = database_url(data).await;
+
+    // A receiver that takes 20 ms per delivery, so the kill lands mid-way.
+    let seen: Arc<Mutex<Vec<String>>> = Default::default();
+    let arrived = Arc::new(tokio::sync::Notify::new());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    {
+        let seen = seen.clone();
+        let arrived = arrived.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: axum::http::HeaderMap| {
+                let seen = seen.clone();
+                let arrived = arrived.clone();
+                async move {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    let id = headers["webhook-id"].to_str().unwrap().to_string();
+                    seen.lock().unwrap().push(id);
+                    arrived.notify_waiters();
+                    "ok"
+                }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    }
+    let wait_for = |n: usize, secs: u64| {
+        let seen = seen.clone();
+        let arrived = arrived.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+            loop {
+                let notified = arrived.notified();
+                let distinct = seen.lock().unwrap().iter().collect::<HashSet<_>>().len();
+                if distinct >= n {
+                    return distinct;
+                }
+                if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                    return seen.lock().unwrap().iter().collect::<HashSet<_>>().len();
+                }
+            }
+        }
+    };
+
+    let flags = [
+        "--dangerous-allow-private-webhook-targets",
+        "--webhook-timeout-secs",
+        "1",
+        "--webhook-max-in-flight-per-endpoint",
+        "8",
+    ];
+    let server = serve_with(data, &db, &flags);
+    let token = server
+        .banner
+        .split_whitespace()
+        .find(|w| w.starts_with("berth_dev_"))
+        .unwrap()
+        .to_string();
+    let (status, body) = post(
+        &server.base,
+        "/webhooks",
+        &[("x-vessel-api-token", &token)],
+        json!({"url": hook, "event": "*"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    // Events written by another process, as a sync worker would.
+    const N: usize = 1000;
+    let store = berth_store::Store::connect(&db).await.unwrap();
+    let env = store
+        .environment_by_name("development")
+        .await
+        .unwrap()
+        .unwrap();
+    let ids: Vec<String> = (0..N).map(|i| format!("evt_kill_{i:04}")).collect();
+    let now = berth_connections::now_ms();
+    let events: Vec<berth_store::NewEvent> = ids
+        .iter()
+        .map(|id| berth_store::NewEvent {
+            id,
+            environment_id: &env.id,
+            connection_id: None,
+            event_type: "sync.completed",
+            payload: "{}",
+            created_at: now,
+        })
+        .collect();
+    store.insert_events(&events).await.unwrap();
+
+    let before_kill = wait_for(200, 60).await;
+    assert!(
+        before_kill >= 200,
+        "only {before_kill} delivered before the kill"
+    );
+    let mut server = server;
+    assert!(
+        Command::new("kill")
+            .args(["-KILL", &server.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    server.child.wait().unwrap();
+    let at_kill = seen.lock().unwrap().iter().collect::<HashSet<_>>().len();
+    assert!(at_kill < N, "the kill came too late to prove anything");
+    let counts = store.webhook_message_counts(&env.id).await.unwrap();
+    eprintln!("at the kill: {at_kill} received; messages {counts:?}");
+
+    // Claimed-but-unfinished messages come back when their lease (2 x
+    // timeout + 5 s) runs out.
+    let server = serve_with(data, &db, &flags);
+    let delivered = wait_for(N, 90).await;
+    assert_eq!(delivered, N, "events lost across kill -9");
+    let got: HashSet<String> = seen.lock().unwrap().iter().cloned().collect();
+    assert_eq!(got, ids.iter().cloned().collect::<HashSet<_>>());
+    // Every message ends delivered in the store.
+    let mut settled = false;
+    for _ in 0..100 {
+        let counts = store.webhook_message_counts(&env.id).await.unwrap();
+        if counts == vec![("delivered".to_string(), N as i64)] {
+            settled = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        settled,
+        "{:?}",
+        store.webhook_message_counts(&env.id).await.unwrap()
+    );
+    eprintln!(
+        "after restart: {} deliveries of {N} events",
+        seen.lock().unwrap().len()
+    );
+    store.close().await;
+    let (ok, _, stderr) = server.stop();
+    assert!(ok, "{stderr}");
 }

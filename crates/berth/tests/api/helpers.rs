@@ -54,6 +54,7 @@ pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
         oauth_apps: Default::default(),
         outbound: Default::default(),
         request_log_retention: Duration::from_secs(7 * 24 * 3600),
+        webhooks: Default::default(),
     };
     tweak(&mut config);
     let app = berth::App::build(&config).await.unwrap();

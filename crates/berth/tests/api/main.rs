@@ -12,3 +12,4 @@ mod openapi;
 mod proxy;
 mod tenancy;
 mod vault;
+mod webhooks;
