@@ -516,6 +516,40 @@ pub struct MessagesOut {
     pub next_page_cursor: Option<String>,
 }
 
+/// The keyset position a signed cursor names, if one was given.
+fn decode_cursor(
+    state: &AppState,
+    scope: &str,
+    cursor: Option<&str>,
+) -> Result<Option<i64>, ApiError<V2>> {
+    match cursor.filter(|c| !c.is_empty()) {
+        Some(c) => Ok(Some(
+            state
+                .platform
+                .cursors()
+                .decode(scope, c)
+                .map_err(berth_connections::PlatformError::from)?,
+        )),
+        None => Ok(None),
+    }
+}
+
+/// Trims a page fetched with one extra row and signs the next position.
+fn next_cursor<T>(
+    state: &AppState,
+    scope: &str,
+    rows: &mut Vec<T>,
+    limit: i64,
+    key: impl Fn(&T) -> i64,
+) -> Option<String> {
+    if rows.len() as i64 <= limit {
+        return None;
+    }
+    rows.truncate(limit as usize);
+    rows.last()
+        .map(|r| state.platform.cursors().encode(scope, &key(r)))
+}
+
 const STATES: &[&str] = &["pending", "delivering", "retry", "delivered", "dead"];
 
 fn page_limit(l: Option<i64>) -> i64 {
@@ -540,16 +574,7 @@ pub async fn list_messages(
         ));
     }
     let scope = format!("{}/webhook-messages", env.id);
-    let before: Option<i64> = match input.cursor.as_deref().filter(|c| !c.is_empty()) {
-        Some(c) => Some(
-            state
-                .platform
-                .cursors()
-                .decode(&scope, c)
-                .map_err(berth_connections::PlatformError::from)?,
-        ),
-        None => None,
-    };
+    let before = decode_cursor(&state, &scope, input.cursor.as_deref())?;
     let limit = page_limit(input.limit);
     let mut rows = state
         .webhooks
@@ -564,13 +589,7 @@ pub async fn list_messages(
             },
         )
         .await?;
-    let next = if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last()
-            .map(|r| state.platform.cursors().encode(&scope, &r.seq))
-    } else {
-        None
-    };
+    let next = next_cursor(&state, &scope, &mut rows, limit, |r| r.seq);
     Ok(v2(MessagesOut {
         messages: rows.into_iter().map(MessageOut::from).collect(),
         next_page_cursor: next,
@@ -639,16 +658,7 @@ pub async fn list_attempts(
     Body(input, ..): Body<ListAttemptsIn, V2>,
 ) -> Res<AttemptsOut> {
     let scope = format!("{}/webhook-attempts", env.id);
-    let before: Option<i64> = match input.cursor.as_deref().filter(|c| !c.is_empty()) {
-        Some(c) => Some(
-            state
-                .platform
-                .cursors()
-                .decode(&scope, c)
-                .map_err(berth_connections::PlatformError::from)?,
-        ),
-        None => None,
-    };
+    let before = decode_cursor(&state, &scope, input.cursor.as_deref())?;
     let limit = page_limit(input.limit);
     let mut rows = state
         .webhooks
@@ -662,13 +672,7 @@ pub async fn list_attempts(
             },
         )
         .await?;
-    let next = if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last()
-            .map(|r| state.platform.cursors().encode(&scope, &r.id))
-    } else {
-        None
-    };
+    let next = next_cursor(&state, &scope, &mut rows, limit, |r| r.id);
     Ok(v2(AttemptsOut {
         attempts: rows.into_iter().map(AttemptOut::from).collect(),
         next_page_cursor: next,
