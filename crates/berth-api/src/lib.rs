@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod connect_ui;
+mod crm;
 pub mod error;
 pub mod extract;
 mod link;
@@ -35,6 +36,7 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 pub struct AppState {
     pub platform: Platform,
     pub webhooks: berth_webhooks::Webhooks,
+    pub sync: berth_sync::Engine,
 }
 
 /// The whole HTTP API. `extra` is merged in (the sandbox provider, later
@@ -60,6 +62,7 @@ pub fn router(state: AppState, extra: Router) -> Router {
         .nest("/api", server_routes())
         .merge(browser)
         .merge(passthrough::routes())
+        .merge(crm::routes())
         .merge(connect_ui::routes())
         .merge(link::routes())
         .merge(webhooks::v1_routes())

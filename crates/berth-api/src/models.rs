@@ -39,7 +39,7 @@ pub struct V1ErrorBody {
     pub error_code: String,
 }
 
-fn iso(ms: i64) -> String {
+pub(crate) fn iso(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .unwrap_or_default()
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
@@ -293,9 +293,18 @@ pub struct ConnectionOut {
     pub metadata: Option<Value>,
     pub created_at: String,
     pub created_time: String,
+    /// Sync progress per object, and the schedule.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub sync: Option<Value>,
 }
 
 impl ConnectionOut {
+    pub fn with_sync(mut self, sync: Value) -> Self {
+        self.sync = Some(sync);
+        self
+    }
+
     pub fn new(c: &Connection, project_id: &str) -> Self {
         Self {
             connection_id: c.id.clone(),
@@ -315,6 +324,7 @@ impl ConnectionOut {
             metadata: json_object(c.metadata.as_deref()),
             created_at: iso(c.created_at),
             created_time: iso(c.created_at),
+            sync: None,
         }
     }
 }

@@ -205,11 +205,14 @@ pub async fn list_connections(
         .platform
         .list_connections(&env, input.cursor.as_deref(), input.limit.unwrap_or(100))
         .await?;
+    let mut connections = Vec::with_capacity(rows.len());
+    for c in &rows {
+        connections.push(
+            ConnectionOut::new(c, &env.project_id).with_sync(sync_progress(&state, c).await?),
+        );
+    }
     Ok(v2(ConnectionsOut {
-        connections: rows
-            .iter()
-            .map(|c| ConnectionOut::new(c, &env.project_id))
-            .collect(),
+        connections,
         next_page_cursor: next,
     }))
 }
@@ -224,7 +227,8 @@ pub async fn get_connection(
     Body(input, ..): Body<FindIn, V2>,
 ) -> Res<ConnectionOut> {
     let c = state.platform.get_connection(&env, &input.id).await?;
-    Ok(v2(ConnectionOut::new(&c, &env.project_id)))
+    let sync = sync_progress(&state, &c).await?;
+    Ok(v2(ConnectionOut::new(&c, &env.project_id).with_sync(sync)))
 }
 
 /// Find a connection (Vessel v2 shape: `{connection}`).
@@ -238,7 +242,8 @@ pub async fn find_connection(
 ) -> Res<ConnectionFound> {
     let c = state.platform.get_connection(&env, &input.id).await?;
     Ok(v2(ConnectionFound {
-        connection: ConnectionOut::new(&c, &env.project_id),
+        connection: ConnectionOut::new(&c, &env.project_id)
+            .with_sync(sync_progress(&state, &c).await?),
     }))
 }
 
@@ -412,4 +417,47 @@ pub async fn delete_oauth_app(
 ) -> Res<IdOut> {
     state.platform.delete_oauth_app(&env, &input.id).await?;
     Ok(v2(IdOut { id: input.id }))
+}
+
+/// A connection's sync progress: per object, its phase, records and pages
+/// synced, the high-water mark, the last error and (when the provider
+/// gives totals) a percentage; plus its schedule.
+pub(crate) async fn sync_progress(
+    state: &AppState,
+    c: &berth_store::Connection,
+) -> Result<serde_json::Value, ApiError<V2>> {
+    let store = state.platform.store();
+    let states = store
+        .sync_states(&c.id)
+        .await
+        .map_err(berth_connections::PlatformError::from)?;
+    let (interval, next) = store
+        .sync_schedule(&c.id)
+        .await
+        .map_err(berth_connections::PlatformError::from)?;
+    let mut objects = serde_json::Map::new();
+    for s in states {
+        let percent = s
+            .total
+            .filter(|t| *t > 0)
+            .map(|t| (s.records_synced * 100 / t).min(100));
+        objects.insert(
+            s.object.clone(),
+            serde_json::json!({
+                "phase": s.phase,
+                "state": s.run_state,
+                "recordsSynced": s.records_synced,
+                "pages": s.pages,
+                "lastCursorTime": s.high_water.map(iso),
+                "lastError": s.last_error,
+                "percent": percent,
+                "lastSyncedAt": s.last_synced_at.map(iso),
+            }),
+        );
+    }
+    Ok(serde_json::json!({
+        "objects": objects,
+        "intervalSeconds": interval.unwrap_or(state.sync.config().default_interval.as_secs() as i64),
+        "nextSyncAt": next.map(iso),
+    }))
 }

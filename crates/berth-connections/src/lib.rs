@@ -203,6 +203,12 @@ impl Platform {
         }
     }
 
+    /// Drops a connection from the hot cache after an out-of-band change
+    /// (its status moved), so this process sees it at once.
+    pub fn forget_connection(&self, id: &str) {
+        self.inner.hot.forget_connection(id);
+    }
+
     pub fn store(&self) -> &Store {
         &self.inner.store
     }

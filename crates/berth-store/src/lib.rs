@@ -37,6 +37,10 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("unsupported database URL (use sqlite:// or postgres://)")]
     UnsupportedUrl,
+    /// A sync run's checkpoint moved on without it (another worker took
+    /// the run over); nothing was written.
+    #[error("the sync run was taken over by another worker")]
+    RunFenced,
 }
 
 impl StoreError {
@@ -85,7 +89,9 @@ macro_rules! oauth_app_cols {
     };
 }
 
+mod sync;
 mod webhooks;
+pub use sync::*;
 pub use webhooks::*;
 
 /// The handle to the database. Cheap to clone.
@@ -348,6 +354,11 @@ impl Store {
                 return Err(CreateConnectionError::SessionNotPending);
             }
             insert_event(&mut *tx, &req.event).await?;
+            // The initial sync is owed from the moment the connection
+            // exists (outbox: queued in the same transaction).
+            let job_id = format!("job_{}_initial", c.id);
+            let dedup = format!("sync:{}", c.id);
+            sync::insert_job_tx(&mut *tx, &job_id, c.environment_id, c.id, &dedup, req.now).await?;
             tx.commit().await?;
             self.events_committed();
         });
@@ -446,6 +457,11 @@ impl Store {
             }
             sqlx::query("DELETE FROM credentials WHERE connection_id = $1 AND environment_id = $2")
                 .bind(id).bind(environment_id).execute(&mut *tx).await?;
+            // Deletion erases the connection's synced data (DOMAIN: deletion
+            // erases credentials and records) and its queued work.
+            sqlx::query("DELETE FROM records WHERE connection_id = $1").bind(id).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM sync_states WHERE connection_id = $1").bind(id).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM jobs WHERE connection_id = $1 AND state = 'queued'").bind(id).execute(&mut *tx).await?;
             insert_event(&mut *tx, event).await?;
             tx.commit().await?;
             self.events_committed();

@@ -538,3 +538,268 @@ async fn request_logs_filter_page_and_purge() {
         assert_eq!(s.purge_request_logs(i64::MAX).await.unwrap(), 7);
     }
 }
+
+fn job<'a>(id: &'a str, dedup: Option<&'a str>, priority: i32, run_at: i64) -> NewJob<'a> {
+    NewJob {
+        id,
+        kind: "sync",
+        environment_id: None,
+        connection_id: None,
+        dedup_key: dedup,
+        payload: "{}",
+        priority,
+        max_attempts: 3,
+        run_at,
+    }
+}
+
+#[tokio::test]
+async fn job_queue_dedups_leases_retries_and_kills() {
+    for s in backends().await {
+        // Creating a connection owes its initial sync in the same transaction.
+        // (Covered by the connection tests; here the queue itself.)
+        assert!(
+            s.enqueue_job(&job("j1", Some("k"), 0, 100), 1)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !s.enqueue_job(&job("j2", Some("k"), 0, 100), 1)
+                .await
+                .unwrap(),
+            "one queued job per de-duplication key"
+        );
+        assert!(s.enqueue_job(&job("j3", None, 5, 100), 1).await.unwrap());
+        assert!(
+            s.claim_jobs(&["sync"], "a", 99, 1000, 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "not due yet"
+        );
+        let got = s.claim_jobs(&["sync"], "a", 100, 1000, 1).await.unwrap();
+        assert_eq!(got[0].id, "j3", "higher priority first");
+        assert_eq!(got[0].attempts, 1);
+        let got = s.claim_jobs(&["sync"], "b", 100, 1000, 10).await.unwrap();
+        assert_eq!(
+            got.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(),
+            ["j1"]
+        );
+        assert!(
+            s.claim_jobs(&["other"], "b", 100, 1000, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // While running, the key still de-duplicates.
+        assert!(
+            !s.enqueue_job(&job("j4", Some("k"), 0, 100), 1)
+                .await
+                .unwrap()
+        );
+        // A heartbeat extends the lease; a lost lease is re-claimed by another.
+        assert!(s.heartbeat_job("j1", "b", 5000).await.unwrap());
+        assert!(
+            s.claim_jobs(&["sync"], "c", 1050, 1000, 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "j3 leased till 1100, j1 till 5000"
+        );
+        // j3's lease (till 1100) expired: another worker takes it over.
+        let got = s.claim_jobs(&["sync"], "c", 1200, 1000, 10).await.unwrap();
+        assert_eq!(
+            got.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(),
+            ["j3"]
+        );
+        assert_eq!(got[0].attempts, 2);
+        assert!(
+            !s.complete_job("j3", "a", 1300).await.unwrap(),
+            "the old owner lost it"
+        );
+        assert!(s.complete_job("j3", "c", 1300).await.unwrap());
+        // Failure: back in the queue later, then dead with the last error.
+        assert!(
+            s.fail_job("j1", "b", "boom", Some(3000), 1300)
+                .await
+                .unwrap()
+        );
+        assert!(
+            s.claim_jobs(&["sync"], "b", 2999, 1000, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let got = s.claim_jobs(&["sync"], "b", 3000, 1000, 10).await.unwrap();
+        assert_eq!(got[0].last_error.as_deref(), Some("boom"));
+        assert!(
+            s.fail_job("j1", "b", "boom again", None, 3100)
+                .await
+                .unwrap()
+        );
+        let j = s.get_job("j1").await.unwrap().unwrap();
+        assert_eq!(
+            (j.state.as_str(), j.last_error.as_deref()),
+            ("dead", Some("boom again"))
+        );
+        // Once done or dead, the key is free again.
+        assert!(
+            s.enqueue_job(&job("j5", Some("k"), 0, 100), 1)
+                .await
+                .unwrap()
+        );
+    }
+}
+
+#[tokio::test]
+async fn pages_write_records_checkpoint_and_events_together() {
+    for (s, dev, _) in bootstrapped().await {
+        connect(&s, &dev.id, "s1", "c1", None).await.unwrap();
+        let queued = s.claim_jobs(&["sync"], "w", 20, 1000, 10).await.unwrap();
+        assert_eq!(
+            queued.len(),
+            1,
+            "the new connection's initial sync was queued with it"
+        );
+        s.ensure_sync_states(&dev.id, "c1", &["contacts"], 20)
+            .await
+            .unwrap();
+        s.start_sync_run("c1", "contacts", "run1", None, 20)
+            .await
+            .unwrap();
+        let rec = |n: &str, hash: &str, deleted: bool| RecordWrite {
+            native_id: n.into(),
+            uid: format!("uid{n}"),
+            hash: hash.into(),
+            data: "{}".into(),
+            native: "{}".into(),
+            created_time: Some(1),
+            modified_time: Some(50),
+            deleted,
+            event_id: format!("e-{n}-{hash}-{deleted}"),
+            event_payload: "{}".into(),
+        };
+        let page = |records: &'static [RecordWrite],
+                    run: &'static str,
+                    prefix: Option<&'static str>,
+                    next: Option<&'static str>| PageWrite {
+            environment_id: "",
+            connection_id: "c1",
+            object: "contacts",
+            run_id: Some(run),
+            records,
+            event_prefix: prefix,
+            next_cursor: next,
+            high_water: Some(50),
+            total: None,
+            now: 30,
+        };
+        let p1: &'static [RecordWrite] =
+            Box::leak(Box::new([rec("1", "a", false), rec("2", "a", false)]));
+        let mut w = page(p1, "run1", Some("object.crm.contacts"), Some("cur2"));
+        w.environment_id = Box::leak(dev.id.clone().into_boxed_str());
+        let out = s.apply_page(&w).await.unwrap();
+        assert_eq!((out.created, out.updated, out.unchanged), (2, 0, 0));
+        // Re-applying the same page (a crash before the next checkpoint) changes nothing.
+        let out = s.apply_page(&w).await.unwrap();
+        assert_eq!((out.created, out.updated, out.unchanged), (0, 0, 2));
+        let st = s.sync_states("c1").await.unwrap();
+        assert_eq!(st[0].cursor.as_deref(), Some("cur2"));
+        assert_eq!(st[0].high_water, Some(50));
+        // Changed hash → updated; tombstone → deleted.
+        let p2: &'static [RecordWrite] =
+            Box::leak(Box::new([rec("1", "b", false), rec("2", "a", true)]));
+        let mut w2 = page(p2, "run1", Some("object.crm.contacts"), None);
+        w2.environment_id = w.environment_id;
+        let out = s.apply_page(&w2).await.unwrap();
+        assert_eq!((out.updated, out.deleted), (1, 1));
+        let events: Vec<String> = s
+            .list_events(&dev.id, 0, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event_type)
+            .collect();
+        for t in [
+            "object.crm.contacts.created",
+            "object.crm.contacts.updated",
+            "object.crm.contacts.deleted",
+        ] {
+            assert!(events.iter().any(|e| e == t), "{t} in {events:?}");
+        }
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| *e == "object.crm.contacts.created")
+                .count(),
+            2
+        );
+        let live = s
+            .list_records(&RecordPage {
+                environment_id: &dev.id,
+                connection_id: "c1",
+                object: "contacts",
+                after_seq: 0,
+                limit: 10,
+                include_deleted: false,
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            live.iter()
+                .map(|r| r.native_id.as_str())
+                .collect::<Vec<_>>(),
+            ["1"]
+        );
+        // Another environment sees nothing.
+        let other = s
+            .list_records(&RecordPage {
+                environment_id: "v_env_production",
+                connection_id: "c1",
+                object: "contacts",
+                after_seq: 0,
+                limit: 10,
+                include_deleted: true,
+            })
+            .await
+            .unwrap();
+        assert!(other.is_empty());
+        // A run that was taken over writes nothing.
+        s.finish_sync_run("c1", "contacts", "incremental", 40)
+            .await
+            .unwrap();
+        s.start_sync_run("c1", "contacts", "run2", Some(50), 41)
+            .await
+            .unwrap();
+        assert!(matches!(s.apply_page(&w).await, Err(StoreError::RunFenced)));
+        // Deleting the connection erases its records and sync state.
+        s.delete_connection(
+            &dev.id,
+            "c1",
+            &NewEvent {
+                id: "del",
+                environment_id: &dev.id,
+                connection_id: Some("c1"),
+                event_type: "connection.deleted",
+                payload: "{}",
+                created_at: 50,
+            },
+            50,
+        )
+        .await
+        .unwrap();
+        assert!(s.sync_states("c1").await.unwrap().is_empty());
+        let left = s
+            .list_records(&RecordPage {
+                environment_id: &dev.id,
+                connection_id: "c1",
+                object: "contacts",
+                after_seq: 0,
+                limit: 10,
+                include_deleted: true,
+            })
+            .await
+            .unwrap();
+        assert!(left.is_empty());
+    }
+}

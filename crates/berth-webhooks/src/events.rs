@@ -236,7 +236,7 @@ fn v1_body(event: &Event, data: Value) -> Value {
         };
         let record = if *action == "deleted" {
             json!({
-                "id": data.get("id").cloned().unwrap_or(Value::Null),
+                "id": data.get("v1Id").or_else(|| data.get("id")).cloned().unwrap_or(Value::Null),
                 "nativeId": data.get("nativeId").or_else(|| data.get("id")).cloned().unwrap_or(Value::Null),
                 "connectionId": event.connection_id,
             })

@@ -87,6 +87,19 @@ pub struct ServeArgs {
     /// Webhook deliveries in flight per endpoint per process.
     #[arg(long, env = "BERTH_WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT")]
     pub webhook_max_in_flight_per_endpoint: Option<usize>,
+    /// Default time between a connection's syncs, in seconds (at least 60).
+    #[arg(long, env = "BERTH_SYNC_INTERVAL_SECS")]
+    pub sync_interval_secs: Option<u64>,
+    /// Sync jobs run at once by this process.
+    #[arg(long, env = "BERTH_SYNC_CONCURRENCY")]
+    pub sync_concurrency: Option<usize>,
+    /// A full sync refuses to mark more than this percentage of an object's
+    /// records deleted in one run.
+    #[arg(long, env = "BERTH_SYNC_MAX_DELETE_PERCENT")]
+    pub sync_max_delete_percent: Option<u8>,
+    /// Serve the API only; run sync workers elsewhere with `berth worker`.
+    #[arg(long, env = "BERTH_NO_WORKERS", value_parser = clap::builder::BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true")]
+    pub no_workers: Option<bool>,
 }
 
 /// A default OAuth app (`v_oauthapp_<integration>_default`) from the file.
@@ -124,6 +137,10 @@ struct FileConfig {
     webhook_disable_after_hours: Option<u64>,
     webhook_max_in_flight: Option<usize>,
     webhook_max_in_flight_per_endpoint: Option<usize>,
+    sync_interval_secs: Option<u64>,
+    sync_concurrency: Option<usize>,
+    sync_max_delete_percent: Option<u8>,
+    no_workers: Option<bool>,
     #[serde(default)]
     oauth_apps: std::collections::BTreeMap<String, OAuthAppConfig>,
 }
@@ -145,6 +162,10 @@ pub struct Config {
     pub request_log_retention: Duration,
     /// Webhook delivery.
     pub webhooks: berth_webhooks::WebhookConfig,
+    /// The sync engine.
+    pub sync: berth_sync::SyncConfig,
+    /// `serve` runs sync workers unless this is set.
+    pub no_workers: bool,
     /// Default OAuth apps by integration id, secrets resolved.
     pub oauth_apps:
         std::collections::BTreeMap<String, (String, zeroize::Zeroizing<String>, Vec<String>)>,
@@ -301,6 +322,32 @@ impl Config {
         }
         webhooks.max_in_flight = mif;
         webhooks.max_in_flight_per_endpoint = mife.min(mif);
+        let mut sync = berth_sync::SyncConfig::default();
+        let si = serve
+            .sync_interval_secs
+            .or(file.sync_interval_secs)
+            .unwrap_or(3600);
+        if !(berth_sync::MIN_INTERVAL_SECS as u64..=7 * 24 * 3600).contains(&si) {
+            bail!("the sync interval must be between 60 seconds and 7 days");
+        }
+        sync.default_interval = Duration::from_secs(si);
+        let sc = serve
+            .sync_concurrency
+            .or(file.sync_concurrency)
+            .unwrap_or(4);
+        if !(1..=256).contains(&sc) {
+            bail!("sync concurrency must be between 1 and 256");
+        }
+        sync.concurrency = sc;
+        let sd = serve
+            .sync_max_delete_percent
+            .or(file.sync_max_delete_percent)
+            .unwrap_or(20);
+        if sd > 100 {
+            bail!("sync max delete percent must be between 0 and 100");
+        }
+        sync.max_delete_share = f64::from(sd) / 100.0;
+        let no_workers = serve.no_workers.or(file.no_workers).unwrap_or(false);
         let mut oauth_apps = std::collections::BTreeMap::new();
         for (id, app) in file.oauth_apps {
             let secret = match (&app.client_secret, &app.client_secret_env) {
@@ -325,6 +372,8 @@ impl Config {
             outbound,
             request_log_retention: Duration::from_secs(retention_hours * 3600),
             webhooks,
+            sync,
+            no_workers,
             oauth_apps,
             listen,
             data_dir,

@@ -112,6 +112,9 @@ pub struct App {
     pub addr: SocketAddr,
     pub platform: Platform,
     pub webhooks: berth_webhooks::Webhooks,
+    pub sync: berth_sync::Engine,
+    /// Whether this process runs sync workers (`serve --no-workers` does not).
+    run_workers: bool,
     /// The development token created on first start, if this start created the project.
     pub initial_token: Option<String>,
 }
@@ -143,11 +146,14 @@ impl App {
                 "dangerous_allow_private_webhook_targets is on: webhooks may use http and reach internal addresses"
             );
         }
+        let sync = berth_sync::Engine::new(platform.clone(), config.sync.clone());
         Ok(Self {
             listener,
             addr,
             platform,
             webhooks,
+            sync,
+            run_workers: !config.no_workers,
             initial_token,
         })
     }
@@ -160,10 +166,12 @@ impl App {
         let cancel = CancellationToken::new();
         let housekeeping = tokio::spawn(housekeeping(self.platform.clone(), cancel.clone()));
         let dispatcher = berth_webhooks::Dispatcher::spawn(self.webhooks.clone(), cancel.clone());
+        let workers = self.run_workers.then(|| self.sync.spawn(cancel.clone()));
         let router = berth_api::router(
             AppState {
                 platform: self.platform.clone(),
                 webhooks: self.webhooks.clone(),
+                sync: self.sync.clone(),
             },
             axum::Router::new().nest("/sandbox/api/v1", berth_sandbox::router()),
         );
@@ -173,10 +181,36 @@ impl App {
         cancel.cancel();
         let _ = housekeeping.await;
         let _ = dispatcher.await;
+        if let Some(w) = workers {
+            let _ = w.await;
+        }
         self.platform.flush_request_logs().await;
         self.platform.store().close().await;
         result.context("the HTTP server failed")
     }
+}
+
+/// `berth worker`: sync workers and the scheduler without the HTTP API, so
+/// the two scale apart on PostgreSQL. Stops on `shutdown`, leaving running
+/// jobs to resume from their checkpoints.
+pub async fn run_worker(
+    config: &Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let public_url = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", config.listen));
+    let platform = platform(config, public_url).await?;
+    let engine = berth_sync::Engine::new(platform.clone(), config.sync.clone());
+    let cancel = CancellationToken::new();
+    let workers = engine.spawn(cancel.clone());
+    shutdown.await;
+    cancel.cancel();
+    let _ = workers.await;
+    platform.flush_request_logs().await;
+    platform.store().close().await;
+    Ok(())
 }
 
 /// Periodic clean-up; stops when `cancel` fires.

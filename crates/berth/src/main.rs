@@ -28,8 +28,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the HTTP API.
+    /// Run the HTTP API (and, unless --no-workers, the sync workers).
     Serve(Box<ServeArgs>),
+    /// Run sync workers and the scheduler only (no HTTP API). Set
+    /// --public-url to where the API is reachable.
+    Worker(Box<ServeArgs>),
     /// Apply database migrations and exit.
     Migrate,
     /// Manage API tokens.
@@ -126,6 +129,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::info!(addr = %app.addr, backend = app.platform.store().backend(), public_url = %app.platform.config().public_url, "berth is listening");
             println!("Listening on http://{}", app.addr);
             app.run_until_stopped(berth::shutdown_signal()).await
+        }
+        Command::Worker(serve) => {
+            let config = Config::resolve(&cli.store, &serve)?;
+            tracing::info!("berth worker is running");
+            berth::run_worker(&config, berth::shutdown_signal()).await
         }
         Command::Migrate => {
             let config = Config::resolve(&cli.store, &no_serve)?;

@@ -112,6 +112,8 @@ async fn main() -> anyhow::Result<()> {
         outbound: Default::default(),
         request_log_retention: Duration::from_secs(3600),
         webhooks: berth_webhooks_config(),
+        sync: Default::default(),
+        no_workers: true,
     };
     let app = berth::App::build(&config).await?;
     let base = format!("http://{}", app.addr);

@@ -55,6 +55,13 @@ pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
         outbound: Default::default(),
         request_log_retention: Duration::from_secs(7 * 24 * 3600),
         webhooks: Default::default(),
+        sync: berth_sync::SyncConfig {
+            poll: std::time::Duration::from_millis(50),
+            ..Default::default()
+        },
+        // Sync workers only where a test asks for them (tests/api/sync.rs),
+        // so other tests see connections exactly as the API left them.
+        no_workers: true,
     };
     tweak(&mut config);
     let app = berth::App::build(&config).await.unwrap();

@@ -10,6 +10,7 @@ mod link_v1;
 mod oauth;
 mod openapi;
 mod proxy;
+mod sync;
 mod tenancy;
 mod vault;
 mod webhooks;

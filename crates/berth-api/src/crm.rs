@@ -1,0 +1,638 @@
+//! The unified CRM API in both generations:
+//!
+//! - v1 (`/crm/*`, bare JSON, `accessToken` in the query or body): lists,
+//!   search, get (contacts also by email), batch, create, update, details;
+//! - v2 (`POST /unifications/crm/{object}/{op}`, bare and under `/api`):
+//!   list, find, create, update, delete, batch-read, details.
+//!
+//! Handlers parse and map; `berth_sync::Crm` does the work.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{Method, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use berth_store::Connection;
+use berth_sync::crm::{ListArgs, View};
+use berth_sync::{Crm, CrmError, Generation};
+use serde_json::{Map, Value, json};
+
+use crate::AppState;
+use crate::error::{ApiError, Family, V1, V2};
+use crate::extract::{AccessConnection, ApiEnv, parse_body};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/crm/{a}", get(v1_get_1).post(v1_write_1).patch(v1_write_1))
+        .route(
+            "/crm/{a}/{b}",
+            get(v1_get_2).post(v1_write_2).patch(v1_write_2),
+        )
+        .route("/crm/{a}/{b}/{c}", get(v1_get_3).post(v1_write_3))
+        .route("/unifications/crm/{object}/{op}", post(v2_op))
+        .route("/api/unifications/crm/{object}/{op}", post(v2_op))
+        .route("/connections/sync", post(sync_now))
+        .route("/api/connections/sync", post(sync_now))
+}
+
+impl<F> From<CrmError> for ApiError<F> {
+    fn from(e: CrmError) -> Self {
+        let message = e.to_string();
+        match e {
+            CrmError::Syncing => Self::new(StatusCode::CONFLICT, "DATA_STILL_SYNCING", message),
+            CrmError::NotSupported(_) => {
+                Self::new(StatusCode::NOT_IMPLEMENTED, "NOT_SUPPORTED", message)
+            }
+            CrmError::BadRequest { code, .. } => Self::bad_request(code, message),
+            CrmError::NotFound(_) => Self::new(StatusCode::NOT_FOUND, "OBJECT_NOT_FOUND", message),
+            CrmError::Provider { status, .. } => {
+                // A provider's 4xx stays a 4xx; anything else is its failure.
+                let s = StatusCode::from_u16(status)
+                    .ok()
+                    .filter(|s| s.is_client_error())
+                    .unwrap_or(StatusCode::BAD_GATEWAY);
+                Self::new(s, "PROVIDER_ERROR", message)
+            }
+            CrmError::RateLimited {
+                retry_after_secs, ..
+            } => {
+                let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED", message);
+                e.retry_after = Some(retry_after_secs);
+                e
+            }
+            CrmError::Unavailable(_) => {
+                Self::new(StatusCode::BAD_GATEWAY, "PROVIDER_UNAVAILABLE", message)
+            }
+            CrmError::Internal(source) => {
+                ApiError::from(berth_connections::PlatformError::Internal(source))
+            }
+        }
+    }
+}
+
+/// A CRM error in family `F`'s shape, with the provider's field errors
+/// under `metadata.originalErrors` when it refused a write.
+fn crm_error<F: Family>(e: CrmError) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if let CrmError::Provider { status, errors, .. } = &e {
+        let (status, errors) = (*status, errors.clone());
+        let api: ApiError<F> = e.into();
+        let mut body = F::body(api.status, api.code, &api.message);
+        let meta = json!({"originalStatusCode": status, "originalErrors": errors});
+        match body.get_mut("error").and_then(Value::as_object_mut) {
+            Some(err) => {
+                err.insert("metadata".into(), meta);
+            }
+            None => {
+                body["metadata"] = meta;
+            }
+        }
+        return (api.status, Json(body)).into_response();
+    }
+    ApiError::<F>::from(e).into_response()
+}
+
+type Resp = axum::response::Response;
+
+fn ok(v: Value) -> Resp {
+    use axum::response::IntoResponse;
+    Json(v).into_response()
+}
+
+fn err<F: Family>(e: ApiError<F>) -> Resp {
+    use axum::response::IntoResponse;
+    e.into_response()
+}
+
+// ---- v1 --------------------------------------------------------------------
+
+/// What a v1 path names: an object and an operation.
+enum V1Op {
+    List,
+    Search,
+    One,
+    Details,
+    Batch,
+}
+
+fn v1_route(parts: &[&str]) -> Option<(&'static berth_unified::crm::Object, V1Op)> {
+    use berth_unified::crm::{by_v1_plural, by_v1_singular};
+    let (path, op) = match parts {
+        [p] => (p.to_string(), None),
+        [a, b] if matches!(*b, "search" | "details" | "batch") => (a.to_string(), Some(*b)),
+        [a, b] => (format!("{a}/{b}"), None),
+        [a, b, c] => (format!("{a}/{b}"), Some(*c)),
+        _ => return None,
+    };
+    if let Some(o) = by_v1_plural(&path) {
+        return match op {
+            None => Some((o, V1Op::List)),
+            Some("search") => Some((o, V1Op::Search)),
+            _ => None,
+        };
+    }
+    let o = by_v1_singular(&path)?;
+    match op {
+        None => Some((o, V1Op::One)),
+        Some("details") => Some((o, V1Op::Details)),
+        Some("batch") => Some((o, V1Op::Batch)),
+        _ => None,
+    }
+}
+
+fn unknown_path<F>(parts: &[&str]) -> ApiError<F> {
+    ApiError::not_found(format!(
+        "no CRM endpoint `/crm/{}`; objects are users, contacts, deals, accounts, leads, notes, tasks, events, event/attendees, emails, calls, lists",
+        parts.join("/")
+    ))
+}
+
+async fn v1_connection(
+    state: &AppState,
+    env: &berth_connections::Env,
+    token: Option<&str>,
+) -> Result<Connection, ApiError<V1>> {
+    let token = token.map(str::trim).filter(|t| !t.is_empty()).ok_or_else(|| {
+        ApiError::unauthorized(
+            "MISSING_ACCESS_TOKEN",
+            "missing accessToken: send the connection's access token (query for GET, body otherwise)",
+        )
+    })?;
+    Ok(state
+        .platform
+        .connection_for_access_token(env, token)
+        .await?)
+}
+
+fn flag(q: &HashMap<String, String>, k: &str) -> bool {
+    matches!(q.get(k).map(String::as_str), Some("true" | "1"))
+}
+
+fn limit_of<F>(q: &HashMap<String, String>) -> Result<Option<i64>, ApiError<F>> {
+    match q.get("limit").filter(|s| !s.is_empty()) {
+        None => Ok(None),
+        Some(s) => s.parse::<i64>().map(Some).map_err(|_| {
+            ApiError::bad_request(
+                "INVALID_LIMIT",
+                format!("limit must be an integer, not `{}`", s.escape_debug()),
+            )
+        }),
+    }
+}
+
+async fn v1_get_1(
+    state: State<AppState>,
+    env: ApiEnv<V1>,
+    Path(a): Path<String>,
+    q: Query<HashMap<String, String>>,
+) -> Resp {
+    v1_get(state, env, vec![a], q).await
+}
+
+async fn v1_get_2(
+    state: State<AppState>,
+    env: ApiEnv<V1>,
+    Path((a, b)): Path<(String, String)>,
+    q: Query<HashMap<String, String>>,
+) -> Resp {
+    v1_get(state, env, vec![a, b], q).await
+}
+
+async fn v1_get_3(
+    state: State<AppState>,
+    env: ApiEnv<V1>,
+    Path((a, b, c)): Path<(String, String, String)>,
+    q: Query<HashMap<String, String>>,
+) -> Resp {
+    v1_get(state, env, vec![a, b, c], q).await
+}
+
+async fn v1_get(
+    State(state): State<AppState>,
+    ApiEnv(env, ..): ApiEnv<V1>,
+    parts: Vec<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Resp {
+    let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+    let Some((o, op)) = v1_route(&parts) else {
+        return err(unknown_path::<V1>(&parts));
+    };
+    let conn = match v1_connection(&state, &env, q.get("accessToken").map(String::as_str)).await {
+        Ok(c) => c,
+        Err(e) => return err(e),
+    };
+    let crm = Crm::new(state.platform.clone());
+    let view = View {
+        raw: flag(&q, "allFields"),
+        associations: None,
+    };
+    let result = match op {
+        V1Op::List => {
+            let limit = match limit_of::<V1>(&q) {
+                Ok(l) => l,
+                Err(e) => return err(e),
+            };
+            let args = ListArgs {
+                cursor: q.get("cursor").cloned(),
+                limit,
+                filters: list_filters(o, &q),
+                live: false,
+            };
+            crm.list(&conn, o, Generation::V1, &args, &view)
+                .await
+                .map(|(items, next)| json!({o.v1_list_key: items, "nextPageCursor": next}))
+        }
+        V1Op::One => {
+            let id = q.get("id").cloned().unwrap_or_default();
+            crm.find(&conn, o, Generation::V1, &id, &view, false)
+                .await
+                .map(|r| json!({o.v1_one_key: r}))
+        }
+        V1Op::Batch => {
+            let ids: Vec<String> = q
+                .get("ids")
+                .map(|s| {
+                    s.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(String::from)
+                        .collect()
+                })
+                .unwrap_or_default();
+            crm.batch(&conn, o, Generation::V1, &ids, &view)
+                .await
+                .map(|(found, invalid)| json!({o.v1_list_key: found, "invalidIds": invalid}))
+        }
+        V1Op::Details => details(&crm, &conn, o, Generation::V1).await,
+        V1Op::Search => {
+            return err(ApiError::<V1>::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "METHOD_NOT_ALLOWED",
+                "search is POST",
+            ));
+        }
+    };
+    match result {
+        Ok(v) => ok(v),
+        Err(e) => crm_error::<V1>(e),
+    }
+}
+
+/// v1 list filters given as query parameters: `archived` on users, and
+/// `objectType` on lists.
+fn list_filters(o: &berth_unified::crm::Object, q: &HashMap<String, String>) -> Value {
+    match (o.name, q.get("archived"), q.get("objectType")) {
+        ("users", Some(a), _) => json!({"archived": {"equals": a == "true"}}),
+        ("lists", _, Some(t)) => json!({"objectType": {"equals": t, "mode": "insensitive"}}),
+        _ => Value::Null,
+    }
+}
+
+async fn details(
+    crm: &Crm,
+    conn: &Connection,
+    o: &'static berth_unified::crm::Object,
+    g: Generation,
+) -> Result<Value, CrmError> {
+    // Field metadata is never cached (Vessel); it needs the connector only.
+    let _ = crm;
+    if berth_connectors::crm(&conn.integration_id).is_none() {
+        return Err(CrmError::NotSupported(format!(
+            "the unified CRM API is not available for integration `{}` yet",
+            conn.integration_id
+        )));
+    }
+    Ok(
+        json!({"fields": berth_unified::crm::details(o, g == Generation::V2), "nextPageCursor": null}),
+    )
+}
+
+async fn v1_write_1(
+    state: State<AppState>,
+    env: ApiEnv<V1>,
+    method: Method,
+    Path(a): Path<String>,
+    q: Query<HashMap<String, String>>,
+    body: axum::body::Bytes,
+) -> Resp {
+    v1_write(state, env, method, vec![a], q, body).await
+}
+
+async fn v1_write_2(
+    state: State<AppState>,
+    env: ApiEnv<V1>,
+    method: Method,
+    Path((a, b)): Path<(String, String)>,
+    q: Query<HashMap<String, String>>,
+    body: axum::body::Bytes,
+) -> Resp {
+    v1_write(state, env, method, vec![a, b], q, body).await
+}
+
+async fn v1_write_3(
+    state: State<AppState>,
+    env: ApiEnv<V1>,
+    method: Method,
+    Path((a, b, c)): Path<(String, String, String)>,
+    q: Query<HashMap<String, String>>,
+    body: axum::body::Bytes,
+) -> Resp {
+    v1_write(state, env, method, vec![a, b, c], q, body).await
+}
+
+async fn v1_write(
+    State(state): State<AppState>,
+    ApiEnv(env, ..): ApiEnv<V1>,
+    method: Method,
+    parts: Vec<String>,
+    Query(q): Query<HashMap<String, String>>,
+    body: axum::body::Bytes,
+) -> Resp {
+    let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+    let Some((o, op)) = v1_route(&parts) else {
+        return err(unknown_path::<V1>(&parts));
+    };
+    let input: Map<String, Value> = if body.iter().all(u8::is_ascii_whitespace) {
+        Map::new()
+    } else {
+        match parse_body::<Map<String, Value>, V1>(&body) {
+            Ok(m) => m,
+            Err(e) => return err(e),
+        }
+    };
+    let token = input
+        .get("accessToken")
+        .and_then(Value::as_str)
+        .or(q.get("accessToken").map(String::as_str));
+    let conn = match v1_connection(&state, &env, token).await {
+        Ok(c) => c,
+        Err(e) => return err(e),
+    };
+    let crm = Crm::new(state.platform.clone());
+    let view = View {
+        raw: flag(&q, "allFields"),
+        associations: None,
+    };
+    let result = match (op, method == Method::PATCH) {
+        (V1Op::Search, false) => {
+            let limit = match limit_of::<V1>(&q) {
+                Ok(l) => l,
+                Err(e) => return err(e),
+            };
+            let args = ListArgs {
+                cursor: q.get("cursor").cloned().or_else(|| {
+                    input
+                        .get("cursor")
+                        .and_then(Value::as_str)
+                        .map(String::from)
+                }),
+                limit,
+                filters: input.get("filters").cloned().unwrap_or(Value::Null),
+                live: false,
+            };
+            crm.list(&conn, o, Generation::V1, &args, &view)
+                .await
+                .map(|(items, next)| json!({o.v1_list_key: items, "nextPageCursor": next}))
+        }
+        (V1Op::Batch, false) => {
+            let ids: Vec<String> = match input.get("ids") {
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(String::from)
+                    .collect(),
+                Some(Value::String(s)) => s
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect(),
+                _ => Vec::new(),
+            };
+            crm.batch(&conn, o, Generation::V1, &ids, &view)
+                .await
+                .map(|(found, invalid)| json!({o.v1_list_key: found, "invalidIds": invalid}))
+        }
+        (V1Op::One, patch) => {
+            let record = match input.get(o.v1_one_key) {
+                Some(Value::Object(m)) => m.clone(),
+                _ => {
+                    return err(ApiError::<V1>::bad_request(
+                        "INVALID_BODY",
+                        format!(
+                            "the body needs `{}`: an object of the fields to write",
+                            o.v1_one_key
+                        ),
+                    ));
+                }
+            };
+            if patch {
+                let id = input.get("id").and_then(Value::as_str).unwrap_or("");
+                crm.update(&conn, o, Generation::V1, id, &record)
+                    .await
+                    .map(|id| json!({"id": id}))
+            } else {
+                crm.create(&conn, o, Generation::V1, &record)
+                    .await
+                    .map(|id| json!({"id": id}))
+            }
+        }
+        _ => return err(unknown_path::<V1>(&parts)),
+    };
+    match result {
+        Ok(v) => ok(v),
+        Err(e) => crm_error::<V1>(e),
+    }
+}
+
+// ---- v2 --------------------------------------------------------------------
+
+async fn v2_op(
+    State(state): State<AppState>,
+    access: AccessConnection<V2>,
+    Path((object, op)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Resp {
+    let input: Map<String, Value> = if body.iter().all(u8::is_ascii_whitespace) {
+        Map::new()
+    } else {
+        match parse_body::<Map<String, Value>, V2>(&body) {
+            Ok(m) => m,
+            Err(e) => return err(e),
+        }
+    };
+    let o = match Crm::object(&object, Generation::V2) {
+        Ok(o) => o,
+        Err(e) => return crm_error::<V2>(e),
+    };
+    let conn = &access.connection;
+    let crm = Crm::new(state.platform.clone());
+    let raw = input
+        .get("include")
+        .and_then(|i| i.get("$native"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let associations = match input.get("associations") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(a)) => {
+            let mut keys = Vec::new();
+            for v in a {
+                match v.as_str().and_then(berth_unified::crm::v2_association_keys) {
+                    Some(k) => keys.extend_from_slice(k),
+                    None => {
+                        return err(ApiError::<V2>::bad_request(
+                            "INVALID_ASSOCIATION",
+                            format!(
+                                "unknown association {v}; one of users, deals, accounts, leads, contacts, attendees"
+                            ),
+                        ));
+                    }
+                }
+            }
+            Some(keys)
+        }
+        Some(_) => {
+            return err(ApiError::<V2>::bad_request(
+                "INVALID_ASSOCIATION",
+                "associations must be an array of names",
+            ));
+        }
+    };
+    let view = View { raw, associations };
+    let live = match input.get("synced") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => !b,
+        Some(_) => {
+            return err(ApiError::<V2>::bad_request(
+                "INVALID_BODY",
+                "synced must be a boolean",
+            ));
+        }
+    };
+    let str_of = |k: &str| input.get(k).and_then(Value::as_str).map(String::from);
+    let one = |input: &Map<String, Value>| -> Result<Map<String, Value>, ApiError<V2>> {
+        match input.get(o.v2_one_key) {
+            Some(Value::Object(m)) => Ok(m.clone()),
+            _ => Err(ApiError::bad_request(
+                "INVALID_BODY",
+                format!(
+                    "the body needs `{}`: an object of the fields to write",
+                    o.v2_one_key
+                ),
+            )),
+        }
+    };
+    let result = match op.as_str() {
+        "list" => {
+            if input.contains_key("limit") && !input["limit"].is_i64() {
+                return err(ApiError::<V2>::bad_request(
+                    "INVALID_LIMIT",
+                    "limit must be an integer",
+                ));
+            }
+            let args = ListArgs {
+                cursor: str_of("cursor"),
+                limit: input.get("limit").and_then(Value::as_i64),
+                filters: input.get("filters").cloned().unwrap_or(Value::Null),
+                live,
+            };
+            crm.list(conn, o, Generation::V2, &args, &view)
+                .await
+                .map(|(items, next)| json!({o.name: items, "nextPageCursor": next}))
+        }
+        "find" => {
+            let id = str_of("id").unwrap_or_default();
+            crm.find(conn, o, Generation::V2, &id, &view, live)
+                .await
+                .map(|r| json!({o.v2_one_key: r}))
+        }
+        "batch-read" => {
+            let ids: Vec<String> = match input.get("ids") {
+                Some(Value::Array(a)) if a.iter().all(Value::is_string) => a
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(String::from)
+                    .collect(),
+                _ => {
+                    return err(ApiError::<V2>::bad_request(
+                        "INVALID_BODY",
+                        "ids must be an array of strings",
+                    ));
+                }
+            };
+            crm.batch(conn, o, Generation::V2, &ids, &view)
+                .await
+                .map(|(found, _)| json!({o.name: found}))
+        }
+        "create" => match one(&input) {
+            Ok(m) => crm
+                .create(conn, o, Generation::V2, &m)
+                .await
+                .map(|id| json!({"id": id})),
+            Err(e) => return err(e),
+        },
+        "update" => match one(&input) {
+            Ok(m) => {
+                let id = str_of("id").unwrap_or_default();
+                crm.update(conn, o, Generation::V2, &id, &m)
+                    .await
+                    .map(|id| json!({"id": id}))
+            }
+            Err(e) => return err(e),
+        },
+        "delete" => {
+            let id = str_of("id").unwrap_or_default();
+            crm.delete(conn, o, Generation::V2, &id)
+                .await
+                .map(|_| json!({}))
+        }
+        "details" => details(&crm, conn, o, Generation::V2).await,
+        other => {
+            return err(ApiError::<V2>::not_found(format!(
+                "no operation `{}` on {}; one of list, find, create, update, delete, batch-read, details",
+                other.escape_debug(),
+                o.name
+            )));
+        }
+    };
+    match result {
+        Ok(v) => ok(json!({"result": v})),
+        Err(e) => crm_error::<V2>(e),
+    }
+}
+
+// ---- on-demand sync ------------------------------------------------------------
+
+async fn sync_now(
+    State(state): State<AppState>,
+    ApiEnv(env, ..): ApiEnv<V2>,
+    body: axum::body::Bytes,
+) -> Resp {
+    let input: Map<String, Value> = match parse_body::<Map<String, Value>, V2>(&body) {
+        Ok(m) => m,
+        Err(e) => return err(e),
+    };
+    let Some(id) = input
+        .get("id")
+        .or(input.get("connectionId"))
+        .and_then(Value::as_str)
+    else {
+        return err(ApiError::<V2>::bad_request(
+            "MISSING_ID",
+            "`id` (the connection id) is required",
+        ));
+    };
+    let conn = match state.platform.get_connection(&env, id).await {
+        Ok(c) => c,
+        Err(e) => return err(ApiError::<V2>::from(e)),
+    };
+    match state.sync.request_sync(&env.id, &conn.id).await {
+        Ok(queued) => {
+            ok(json!({"result": {"id": conn.id, "queued": queued, "alreadyQueued": !queued}}))
+        }
+        Err(e) => err(ApiError::<V2>::from(
+            berth_connections::PlatformError::from(e),
+        )),
+    }
+}

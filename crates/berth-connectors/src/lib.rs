@@ -1,0 +1,211 @@
+//! Connectors: the code for one provider each, behind one trait per
+//! vertical.
+//!
+//! A connector knows a provider's paths, pagination, incremental filters,
+//! tombstones and field mapping, and nothing else: it never touches the
+//! store or the server, and it reaches the provider only through the
+//! [`Provider`] it is handed, which the sync engine backs with the outbound
+//! layer (credentials, refresh, budgets, retries, request log). Adding a
+//! provider is a module here plus one line in [`crm`].
+#![forbid(unsafe_code)]
+
+use serde_json::{Map, Value};
+
+pub mod sandbox;
+
+/// A call to the provider, relative to the connection's base URL.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: &'static str,
+    pub path: String,
+    pub query: Vec<(String, String)>,
+    pub body: Option<Value>,
+}
+
+impl Request {
+    pub fn get(path: impl Into<String>) -> Self {
+        Self {
+            method: "GET",
+            path: path.into(),
+            query: Vec::new(),
+            body: None,
+        }
+    }
+
+    pub fn with_body(method: &'static str, path: impl Into<String>, body: Value) -> Self {
+        Self {
+            method,
+            path: path.into(),
+            query: Vec::new(),
+            body: Some(body),
+        }
+    }
+
+    pub fn query(mut self, k: &str, v: impl Into<String>) -> Self {
+        self.query.push((k.into(), v.into()));
+        self
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn json(&self) -> Result<Value, ConnectorError> {
+        serde_json::from_slice(&self.body).map_err(|e| {
+            ConnectorError::Decode(format!(
+                "the provider answered {} with invalid JSON: {e}",
+                self.status
+            ))
+        })
+    }
+}
+
+/// Why a call did not get a provider answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    #[error("rate limited; retry in {retry_after_secs}s: {message}")]
+    RateLimited {
+        retry_after_secs: u64,
+        message: String,
+    },
+    /// The connection's credentials were refused and cannot be refreshed.
+    #[error("{0}")]
+    Auth(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ConnectorError {
+    #[error(transparent)]
+    Call(#[from] CallError),
+    /// The provider refused the request (4xx); `errors` are its field
+    /// errors as `{message, errorCode, fields}`.
+    #[error("the provider refused the request ({status}): {message}")]
+    Provider {
+        status: u16,
+        message: String,
+        errors: Vec<Value>,
+    },
+    #[error("not found at the provider")]
+    NotFound,
+    #[error("{0}")]
+    Unsupported(String),
+    /// The provider's answer could not be understood.
+    #[error("{0}")]
+    Decode(String),
+}
+
+/// What the connector is handed to reach its provider.
+#[async_trait::async_trait]
+pub trait Provider: Send + Sync {
+    async fn send(&self, req: Request) -> Result<Response, CallError>;
+}
+
+/// One provider record in canonical unified form.
+#[derive(Debug, Clone)]
+pub struct NativeRecord {
+    pub native_id: String,
+    pub created_time: Option<i64>,
+    pub modified_time: Option<i64>,
+    /// A tombstone: the provider says the record was deleted.
+    pub deleted: bool,
+    /// Canonical unified fields (see `berth_unified::crm`), with
+    /// `associations` holding native ids.
+    pub data: Map<String, Value>,
+    /// The provider's record as it came.
+    pub native: Value,
+}
+
+/// Which page of which records to list.
+#[derive(Debug, Clone, Default)]
+pub struct ListRequest {
+    /// Only records modified at or after this time (ms).
+    pub since: Option<i64>,
+    /// The provider cursor from the previous page.
+    pub cursor: Option<String>,
+    /// Also return tombstones of deleted records.
+    pub include_deleted: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    pub records: Vec<NativeRecord>,
+    /// `None` when this was the last page.
+    pub next_cursor: Option<String>,
+    /// The number of records the listing has, when the provider says.
+    pub total: Option<i64>,
+}
+
+/// A CRM connector.
+#[async_trait::async_trait]
+pub trait CrmConnector: Send + Sync {
+    fn integration_id(&self) -> &'static str;
+
+    /// The unified objects (store names) this provider has, in sync order.
+    fn objects(&self) -> &'static [&'static str];
+
+    /// Whether listings of `object` can return tombstones (otherwise deletes
+    /// are found by mark and sweep on full runs).
+    fn tombstones(&self, object: &str) -> bool;
+
+    async fn list(
+        &self,
+        p: &dyn Provider,
+        object: &str,
+        req: &ListRequest,
+    ) -> Result<Page, ConnectorError>;
+
+    async fn find(
+        &self,
+        p: &dyn Provider,
+        object: &str,
+        native_id: &str,
+    ) -> Result<Option<NativeRecord>, ConnectorError>;
+
+    /// Creates from canonical fields (scalar association ids such as
+    /// `accountId` and `$native` raw fields allowed); returns the record as
+    /// the provider stored it.
+    async fn create(
+        &self,
+        p: &dyn Provider,
+        object: &str,
+        input: &Map<String, Value>,
+    ) -> Result<NativeRecord, ConnectorError>;
+
+    async fn update(
+        &self,
+        p: &dyn Provider,
+        object: &str,
+        native_id: &str,
+        input: &Map<String, Value>,
+    ) -> Result<NativeRecord, ConnectorError>;
+
+    async fn delete(
+        &self,
+        p: &dyn Provider,
+        object: &str,
+        native_id: &str,
+    ) -> Result<(), ConnectorError>;
+}
+
+/// The CRM connector of an integration, if Berth has one.
+pub fn crm(integration_id: &str) -> Option<&'static dyn CrmConnector> {
+    match integration_id {
+        "sandbox" => Some(&sandbox::Sandbox),
+        _ => None,
+    }
+}
+
+/// Parses an RFC 3339 time into milliseconds.
+pub fn ms(v: Option<&Value>) -> Option<i64> {
+    v.and_then(Value::as_str)
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.timestamp_millis())
+}

@@ -1,0 +1,776 @@
+//! The sync engine's tables: the job queue, per-object sync checkpoints and
+//! the synced records.
+//!
+//! A page of records and the checkpoint that covers it are written in one
+//! transaction (`apply_page`), together with the events their changes
+//! cause, so a crash anywhere re-runs at most one page and a re-run changes
+//! nothing (records are keyed by native id; unchanged content hashes emit
+//! no events).
+
+use super::*;
+
+macro_rules! job_cols {
+    () => {
+        "id, kind, environment_id, connection_id, dedup_key, payload, priority, state, attempts, \
+         max_attempts, run_at, lease_owner, lease_until, last_error, created_at, updated_at"
+    };
+}
+
+macro_rules! record_cols {
+    () => {
+        "seq, environment_id, connection_id, object, native_id, uid, hash, data, native, \
+         created_time, modified_time, deleted_at, synced_at"
+    };
+}
+
+macro_rules! state_cols {
+    () => {
+        "connection_id, object, environment_id, phase, run_state, run_id, run_since, cursor, \
+         high_water, records_synced, pages, total, last_error, last_synced_at, updated_at"
+    };
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Job {
+    pub id: String,
+    pub kind: String,
+    pub environment_id: Option<String>,
+    pub connection_id: Option<String>,
+    pub dedup_key: Option<String>,
+    pub payload: String,
+    pub priority: i32,
+    /// `queued`, `running`, `done` or `dead`.
+    pub state: String,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub run_at: i64,
+    pub lease_owner: Option<String>,
+    pub lease_until: Option<i64>,
+    pub last_error: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewJob<'a> {
+    pub id: &'a str,
+    pub kind: &'a str,
+    pub environment_id: Option<&'a str>,
+    pub connection_id: Option<&'a str>,
+    /// At most one queued or running job per key.
+    pub dedup_key: Option<&'a str>,
+    pub payload: &'a str,
+    pub priority: i32,
+    pub max_attempts: i32,
+    pub run_at: i64,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SyncState {
+    pub connection_id: String,
+    pub object: String,
+    pub environment_id: String,
+    /// `initial`, `backfill` or `incremental`.
+    pub phase: String,
+    /// `idle`, `running` or `done`.
+    pub run_state: String,
+    pub run_id: Option<String>,
+    pub run_since: Option<i64>,
+    pub cursor: Option<String>,
+    pub high_water: Option<i64>,
+    pub records_synced: i64,
+    pub pages: i64,
+    pub total: Option<i64>,
+    pub last_error: Option<String>,
+    pub last_synced_at: Option<i64>,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StoredRecord {
+    pub seq: i64,
+    pub environment_id: String,
+    pub connection_id: String,
+    pub object: String,
+    pub native_id: String,
+    pub uid: String,
+    pub hash: String,
+    /// JSON: the unified fields.
+    pub data: String,
+    /// JSON: the provider's record as it came.
+    pub native: String,
+    pub created_time: Option<i64>,
+    pub modified_time: Option<i64>,
+    pub deleted_at: Option<i64>,
+    pub synced_at: i64,
+}
+
+/// One record of a page, with what to emit if its content changed.
+#[derive(Debug, Clone)]
+pub struct RecordWrite {
+    pub native_id: String,
+    pub uid: String,
+    pub hash: String,
+    pub data: String,
+    pub native: String,
+    pub created_time: Option<i64>,
+    pub modified_time: Option<i64>,
+    /// The provider says it is deleted (a tombstone).
+    pub deleted: bool,
+    /// Used when the write causes an event.
+    pub event_id: String,
+    /// The event payload (`{id, nativeId, v1Id, record}`).
+    pub event_payload: String,
+}
+
+/// A page of one sync run and the checkpoint after it.
+#[derive(Debug)]
+pub struct PageWrite<'a> {
+    pub environment_id: &'a str,
+    pub connection_id: &'a str,
+    pub object: &'a str,
+    /// The run whose checkpoint moves; `None` for a write made through the
+    /// API (records and events only).
+    pub run_id: Option<&'a str>,
+    pub records: &'a [RecordWrite],
+    /// `object.<vertical>.<plural>`: events are `<prefix>.created` etc.;
+    /// `None` writes no events (initial sync and backfill).
+    pub event_prefix: Option<&'a str>,
+    /// The provider cursor for the next page; `None` when the run is over.
+    pub next_cursor: Option<&'a str>,
+    pub high_water: Option<i64>,
+    pub total: Option<i64>,
+    pub now: i64,
+}
+
+/// What a page changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PageOutcome {
+    pub created: u64,
+    pub updated: u64,
+    pub deleted: u64,
+    pub unchanged: u64,
+}
+
+/// Filters of a store read.
+#[derive(Debug, Clone, Default)]
+pub struct RecordPage<'a> {
+    pub environment_id: &'a str,
+    pub connection_id: &'a str,
+    pub object: &'a str,
+    pub after_seq: i64,
+    pub limit: i64,
+    pub include_deleted: bool,
+}
+
+impl Store {
+    // ---- jobs --------------------------------------------------------------
+
+    /// Queues a job; `false` when a job with the same de-duplication key is
+    /// already queued or running.
+    pub async fn enqueue_job(&self, j: &NewJob<'_>, now: i64) -> Result<bool> {
+        Ok(with_db!(self, p => insert_job(p, j, now).await)?)
+    }
+
+    /// Leases up to `limit` due jobs of the given kinds (queued and due, or
+    /// running with an expired lease) to `owner`.
+    pub async fn claim_jobs(
+        &self,
+        kinds: &[&str],
+        owner: &str,
+        now: i64,
+        lease_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<Job>> {
+        fn build<DB: sqlx::Database>(
+            kinds: &[&str],
+            owner: &str,
+            now: i64,
+            lease_ms: i64,
+            limit: i64,
+            lock: &str,
+        ) -> sqlx::QueryBuilder<DB>
+        where
+            i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+            String: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        {
+            let mut qb = sqlx::QueryBuilder::new(
+                "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_owner = ",
+            );
+            qb.push_bind(owner.to_string())
+                .push(", lease_until = ")
+                .push_bind(now + lease_ms)
+                .push(", updated_at = ")
+                .push_bind(now)
+                .push(" WHERE id IN (SELECT id FROM jobs WHERE ((state = 'queued' AND run_at <= ")
+                .push_bind(now)
+                .push(") OR (state = 'running' AND lease_until < ")
+                .push_bind(now)
+                .push(")) AND kind IN (");
+            let mut sep = qb.separated(", ");
+            for k in kinds {
+                sep.push_bind(k.to_string());
+            }
+            qb.push(") ORDER BY priority DESC, run_at LIMIT ")
+                .push_bind(limit)
+                .push(lock)
+                .push(concat!(") RETURNING ", job_cols!()));
+            qb
+        }
+        Ok(match &self.db {
+            Db::Sqlite(p) => {
+                build::<sqlx::Sqlite>(kinds, owner, now, lease_ms, limit, "")
+                    .build_query_as::<Job>()
+                    .fetch_all(p)
+                    .await?
+            }
+            Db::Postgres(p) => {
+                build::<sqlx::Postgres>(
+                    kinds,
+                    owner,
+                    now,
+                    lease_ms,
+                    limit,
+                    " FOR UPDATE SKIP LOCKED",
+                )
+                .build_query_as::<Job>()
+                .fetch_all(p)
+                .await?
+            }
+        })
+    }
+
+    /// Extends a held lease; `false` when the lease was lost (the job was
+    /// claimed by someone else after it expired).
+    pub async fn heartbeat_job(&self, id: &str, owner: &str, until: i64) -> Result<bool> {
+        let r = with_db!(self, p => sqlx::query(
+            "UPDATE jobs SET lease_until = $3 WHERE id = $1 AND lease_owner = $2 AND state = 'running'"
+        ).bind(id).bind(owner).bind(until).execute(p).await?.rows_affected());
+        Ok(r == 1)
+    }
+
+    pub async fn complete_job(&self, id: &str, owner: &str, now: i64) -> Result<bool> {
+        let r = with_db!(self, p => sqlx::query(
+            "UPDATE jobs SET state = 'done', lease_owner = NULL, lease_until = NULL, updated_at = $3 \
+             WHERE id = $1 AND lease_owner = $2 AND state = 'running'"
+        ).bind(id).bind(owner).bind(now).execute(p).await?.rows_affected());
+        Ok(r == 1)
+    }
+
+    /// Puts a failed job back in the queue at `run_at`, or marks it dead
+    /// when `run_at` is `None`.
+    pub async fn fail_job(
+        &self,
+        id: &str,
+        owner: &str,
+        error: &str,
+        run_at: Option<i64>,
+        now: i64,
+    ) -> Result<bool> {
+        let (state, at) = match run_at {
+            Some(t) => ("queued", t),
+            None => ("dead", now),
+        };
+        let r = with_db!(self, p => sqlx::query(
+            "UPDATE jobs SET state = $3, run_at = $4, last_error = $5, lease_owner = NULL, \
+             lease_until = NULL, updated_at = $6 WHERE id = $1 AND lease_owner = $2 AND state = 'running'"
+        ).bind(id).bind(owner).bind(state).bind(at).bind(error).bind(now)
+        .execute(p).await?.rows_affected());
+        Ok(r == 1)
+    }
+
+    pub async fn get_job(&self, id: &str) -> Result<Option<Job>> {
+        Ok(with_db!(self, p => sqlx::query_as::<_, Job>(
+            concat!("SELECT ", job_cols!(), " FROM jobs WHERE id = $1")
+        ).bind(id).fetch_optional(p).await)?)
+    }
+
+    /// A connection's most recent jobs, newest first.
+    pub async fn jobs_of_connection(&self, connection_id: &str, limit: i64) -> Result<Vec<Job>> {
+        Ok(with_db!(self, p => sqlx::query_as::<_, Job>(
+            concat!("SELECT ", job_cols!(), " FROM jobs WHERE connection_id = $1 \
+                     ORDER BY created_at DESC, id DESC LIMIT $2")
+        ).bind(connection_id).bind(limit).fetch_all(p).await)?)
+    }
+
+    /// Deletes finished jobs last updated before `before`.
+    pub async fn purge_jobs(&self, before: i64) -> Result<u64> {
+        Ok(with_db!(self, p => sqlx::query(
+            "DELETE FROM jobs WHERE state IN ('done', 'dead') AND updated_at < $1"
+        ).bind(before).execute(p).await?.rows_affected()))
+    }
+
+    // ---- scheduling --------------------------------------------------------
+
+    /// Queues a sync for every live connection whose next sync is due and
+    /// moves its next sync time forward, in one transaction per batch.
+    /// `job` builds the job of a connection. Returns how many were queued.
+    pub async fn schedule_due_syncs(
+        &self,
+        now: i64,
+        default_interval_secs: i64,
+        limit: i64,
+        job: impl Fn(&Connection) -> (String, String),
+    ) -> Result<u64> {
+        let mut queued = 0;
+        with_db!(self, p => {
+            let mut tx = p.begin().await?;
+            // Write first (invariant 4): claim the due rows by moving them.
+            let due: Vec<Connection> = sqlx::query_as::<_, Connection>(concat!(
+                "UPDATE connections SET next_sync_at = $1 + 1000 * COALESCE(sync_interval_secs, $2) \
+                 WHERE id IN (SELECT id FROM connections WHERE deleted_at IS NULL \
+                 AND next_sync_at IS NOT NULL AND next_sync_at <= $1 ORDER BY next_sync_at LIMIT $3) \
+                 RETURNING ", connection_cols!()
+            )).bind(now).bind(default_interval_secs).bind(limit).fetch_all(&mut *tx).await?;
+            for c in &due {
+                let (id, dedup) = job(c);
+                let j = NewJob {
+                    id: &id,
+                    kind: "sync",
+                    environment_id: Some(&c.environment_id),
+                    connection_id: Some(&c.id),
+                    dedup_key: Some(&dedup),
+                    payload: "{}",
+                    priority: 0,
+                    max_attempts: 10,
+                    run_at: now,
+                };
+                if insert_job(&mut *tx, &j, now).await? {
+                    queued += 1;
+                }
+            }
+            tx.commit().await?;
+        });
+        Ok(queued)
+    }
+
+    /// Sets a connection's sync interval (`None`: the default) and when it
+    /// syncs next.
+    pub async fn set_sync_schedule(
+        &self,
+        environment_id: &str,
+        connection_id: &str,
+        interval_secs: Option<i64>,
+        next_sync_at: i64,
+    ) -> Result<bool> {
+        let r = with_db!(self, p => sqlx::query(
+            "UPDATE connections SET sync_interval_secs = $3, next_sync_at = $4 \
+             WHERE environment_id = $1 AND id = $2 AND deleted_at IS NULL"
+        ).bind(environment_id).bind(connection_id).bind(interval_secs).bind(next_sync_at)
+        .execute(p).await?.rows_affected());
+        Ok(r == 1)
+    }
+
+    /// Puts a connection on the schedule if it is not on it yet.
+    pub async fn init_next_sync(&self, connection_id: &str, at: i64) -> Result<()> {
+        with_db!(self, p => sqlx::query(
+            "UPDATE connections SET next_sync_at = $2 WHERE id = $1 AND next_sync_at IS NULL"
+        ).bind(connection_id).bind(at).execute(p).await.map(|_| ()))?;
+        Ok(())
+    }
+
+    /// `(sync_interval_secs, next_sync_at)` of a connection.
+    pub async fn sync_schedule(&self, connection_id: &str) -> Result<(Option<i64>, Option<i64>)> {
+        Ok(
+            with_db!(self, p => sqlx::query_as::<_, (Option<i64>, Option<i64>)>(
+            "SELECT sync_interval_secs, next_sync_at FROM connections WHERE id = $1"
+        ).bind(connection_id).fetch_optional(p).await)?
+            .unwrap_or((None, None)),
+        )
+    }
+
+    // ---- connection status --------------------------------------------------
+
+    /// Moves a live connection from `from` to `to` and writes `events`, in
+    /// one transaction; `false` when it was not in `from`.
+    pub async fn set_connection_status(
+        &self,
+        connection_id: &str,
+        from: &str,
+        to: &str,
+        events: &[NewEvent<'_>],
+        now: i64,
+    ) -> Result<bool> {
+        let changed = with_db!(self, p => {
+            let mut tx = p.begin().await?;
+            let r = sqlx::query(
+                "UPDATE connections SET status = $3, updated_at = $4 \
+                 WHERE id = $1 AND status = $2 AND deleted_at IS NULL"
+            ).bind(connection_id).bind(from).bind(to).bind(now).execute(&mut *tx).await?;
+            if r.rows_affected() != 1 {
+                return Ok(false);
+            }
+            for e in events {
+                insert_event(&mut *tx, e).await?;
+            }
+            tx.commit().await?;
+            true
+        });
+        if changed {
+            self.events_committed();
+        }
+        Ok(changed)
+    }
+
+    // ---- sync states ---------------------------------------------------------
+
+    pub async fn sync_states(&self, connection_id: &str) -> Result<Vec<SyncState>> {
+        Ok(with_db!(self, p => sqlx::query_as::<_, SyncState>(
+            concat!("SELECT ", state_cols!(), " FROM sync_states WHERE connection_id = $1 ORDER BY object")
+        ).bind(connection_id).fetch_all(p).await)?)
+    }
+
+    /// Creates the state of each object in phase `initial` if missing.
+    pub async fn ensure_sync_states(
+        &self,
+        environment_id: &str,
+        connection_id: &str,
+        objects: &[&str],
+        now: i64,
+    ) -> Result<()> {
+        with_db!(self, p => {
+            for o in objects {
+                sqlx::query(
+                    "INSERT INTO sync_states (connection_id, object, environment_id, phase, updated_at) \
+                     VALUES ($1, $2, $3, 'initial', $4) ON CONFLICT (connection_id, object) DO NOTHING"
+                ).bind(connection_id).bind(*o).bind(environment_id).bind(now).execute(p).await?;
+            }
+        });
+        Ok(())
+    }
+
+    /// Starts a run of an idle or finished object: a new run id, the
+    /// provider's `since`, and no cursor. A running state is left as is, so
+    /// a resumed job continues from its checkpoint.
+    pub async fn start_sync_run(
+        &self,
+        connection_id: &str,
+        object: &str,
+        run_id: &str,
+        since: Option<i64>,
+        now: i64,
+    ) -> Result<()> {
+        with_db!(self, p => sqlx::query(
+            "UPDATE sync_states SET run_state = 'running', run_id = $3, run_since = $4, cursor = NULL, \
+             last_error = NULL, updated_at = $5 \
+             WHERE connection_id = $1 AND object = $2 AND run_state <> 'running'"
+        ).bind(connection_id).bind(object).bind(run_id).bind(since).bind(now).execute(p).await.map(|_| ()))?;
+        Ok(())
+    }
+
+    /// Ends the run of an object and moves it to `next_phase`.
+    pub async fn finish_sync_run(
+        &self,
+        connection_id: &str,
+        object: &str,
+        next_phase: &str,
+        now: i64,
+    ) -> Result<()> {
+        with_db!(self, p => sqlx::query(
+            "UPDATE sync_states SET run_state = 'done', phase = $3, cursor = NULL, last_synced_at = $4, \
+             updated_at = $4 WHERE connection_id = $1 AND object = $2"
+        ).bind(connection_id).bind(object).bind(next_phase).bind(now).execute(p).await.map(|_| ()))?;
+        Ok(())
+    }
+
+    pub async fn set_sync_error(
+        &self,
+        connection_id: &str,
+        object: &str,
+        error: &str,
+        now: i64,
+    ) -> Result<()> {
+        with_db!(self, p => sqlx::query(
+            "UPDATE sync_states SET last_error = $3, updated_at = $4 WHERE connection_id = $1 AND object = $2"
+        ).bind(connection_id).bind(object).bind(error).bind(now).execute(p).await.map(|_| ()))?;
+        Ok(())
+    }
+
+    /// Writes one page: its records (insert, update when the hash changed,
+    /// or mark seen), the events of what changed, and the checkpoint, in
+    /// one transaction.
+    pub async fn apply_page(&self, w: &PageWrite<'_>) -> Result<PageOutcome> {
+        let mut out = PageOutcome::default();
+        let mut wrote_events = false;
+        with_db!(self, p => {
+            let mut tx = p.begin().await?;
+            // Write first (invariant 4); also fences a stale run: a job
+            // that lost its lease to a newer run writes nothing.
+            if let Some(run_id) = w.run_id {
+                let r = sqlx::query(
+                    "UPDATE sync_states SET cursor = $4, high_water = CASE WHEN $5 > COALESCE(high_water, 0) \
+                     THEN $5 ELSE high_water END, records_synced = records_synced + $6, pages = pages + 1, \
+                     total = COALESCE($7, total), last_error = NULL, updated_at = $8 \
+                     WHERE connection_id = $1 AND object = $2 AND run_id = $3 AND run_state = 'running'"
+                ).bind(w.connection_id).bind(w.object).bind(run_id).bind(w.next_cursor)
+                .bind(w.high_water.unwrap_or(0)).bind(w.records.len() as i64).bind(w.total).bind(w.now)
+                .execute(&mut *tx).await?;
+                if r.rows_affected() != 1 {
+                    return Err(StoreError::RunFenced);
+                }
+            } else {
+                // Still write first: the lock serialises this with a sync
+                // run's page of the same object.
+                sqlx::query("UPDATE connections SET updated_at = updated_at WHERE id = $1")
+                    .bind(w.connection_id).execute(&mut *tx).await?;
+            }
+            let mut existing: std::collections::HashMap<String, (String, Option<i64>)> =
+                Default::default();
+            for chunk in w.records.chunks(500) {
+                let mut qb = sqlx::QueryBuilder::new(
+                    "SELECT native_id, hash, deleted_at FROM records WHERE connection_id = ",
+                );
+                qb.push_bind(w.connection_id).push(" AND object = ").push_bind(w.object)
+                    .push(" AND native_id IN (");
+                let mut sep = qb.separated(", ");
+                for r in chunk {
+                    sep.push_bind(r.native_id.clone());
+                }
+                qb.push(")");
+                let rows: Vec<(String, String, Option<i64>)> =
+                    qb.build_query_as().fetch_all(&mut *tx).await?;
+                for (n, h, d) in rows {
+                    existing.insert(n, (h, d));
+                }
+            }
+            let mut changed: Vec<(&RecordWrite, &'static str)> = Vec::new();
+            let mut seen: Vec<&str> = Vec::new();
+            for r in w.records {
+                let action = match existing.get(&r.native_id) {
+                    None if r.deleted => { out.unchanged += 1; continue; }
+                    None => "created",
+                    Some((_, Some(_))) if r.deleted => { out.unchanged += 1; seen.push(&r.native_id); continue; }
+                    Some(_) if r.deleted => "deleted",
+                    Some((_, Some(_))) => "created",
+                    Some((h, None)) if *h == r.hash => { out.unchanged += 1; seen.push(&r.native_id); continue; }
+                    Some(_) => "updated",
+                };
+                match action {
+                    "created" => out.created += 1,
+                    "updated" => out.updated += 1,
+                    _ => out.deleted += 1,
+                }
+                changed.push((r, action));
+            }
+            for chunk in changed.chunks(200) {
+                let mut qb = sqlx::QueryBuilder::new(
+                    "INSERT INTO records (environment_id, connection_id, object, native_id, uid, hash, \
+                     data, native, created_time, modified_time, deleted_at, seen_run, synced_at) ",
+                );
+                qb.push_values(chunk, |mut b, (r, _)| {
+                    b.push_bind(w.environment_id).push_bind(w.connection_id).push_bind(w.object)
+                        .push_bind(r.native_id.clone()).push_bind(r.uid.clone())
+                        .push_bind(r.hash.clone()).push_bind(r.data.clone())
+                        .push_bind(r.native.clone()).push_bind(r.created_time)
+                        .push_bind(r.modified_time)
+                        .push_bind(if r.deleted { Some(w.now) } else { None })
+                        .push_bind(w.run_id).push_bind(w.now);
+                });
+                qb.push(
+                    " ON CONFLICT (connection_id, object, native_id) DO UPDATE SET hash = excluded.hash, \
+                     data = excluded.data, native = excluded.native, created_time = excluded.created_time, \
+                     modified_time = excluded.modified_time, deleted_at = excluded.deleted_at, \
+                     seen_run = excluded.seen_run, synced_at = excluded.synced_at",
+                );
+                qb.build().execute(&mut *tx).await?;
+            }
+            for chunk in seen.chunks(500).filter(|_| w.run_id.is_some()) {
+                let mut qb = sqlx::QueryBuilder::new("UPDATE records SET seen_run = ");
+                qb.push_bind(w.run_id.unwrap_or("")).push(" WHERE connection_id = ").push_bind(w.connection_id)
+                    .push(" AND object = ").push_bind(w.object).push(" AND native_id IN (");
+                let mut sep = qb.separated(", ");
+                for n in chunk {
+                    sep.push_bind(n.to_string());
+                }
+                qb.push(")");
+                qb.build().execute(&mut *tx).await?;
+            }
+            if let Some(prefix) = w.event_prefix {
+                for (r, action) in &changed {
+                    let event_type = format!("{prefix}.{action}");
+                    insert_event(&mut *tx, &NewEvent {
+                        id: &r.event_id,
+                        environment_id: w.environment_id,
+                        connection_id: Some(w.connection_id),
+                        event_type: &event_type,
+                        payload: &r.event_payload,
+                        created_at: w.now,
+                    }).await?;
+                    wrote_events = true;
+                }
+            }
+            tx.commit().await?;
+        });
+        if wrote_events {
+            self.events_committed();
+        }
+        Ok(out)
+    }
+
+    /// Mark and sweep after a full run: live records of the object that the
+    /// run `run_id` did not see. Returns them without deleting (the engine
+    /// applies the mass-delete guard first).
+    pub async fn unseen_records(
+        &self,
+        connection_id: &str,
+        object: &str,
+        run_id: &str,
+        limit: i64,
+    ) -> Result<Vec<StoredRecord>> {
+        Ok(
+            with_db!(self, p => sqlx::query_as::<_, StoredRecord>(concat!(
+            "SELECT ", record_cols!(), " FROM records WHERE connection_id = $1 AND object = $2 \
+             AND deleted_at IS NULL AND (seen_run IS NULL OR seen_run <> $3) ORDER BY seq LIMIT $4"
+        )).bind(connection_id).bind(object).bind(run_id).bind(limit).fetch_all(p).await)?,
+        )
+    }
+
+    /// Live records of an object.
+    pub async fn count_records(&self, connection_id: &str, object: &str) -> Result<i64> {
+        Ok(with_db!(self, p => sqlx::query_as::<_, (i64,)>(
+            "SELECT COUNT(*) FROM records WHERE connection_id = $1 AND object = $2 AND deleted_at IS NULL"
+        ).bind(connection_id).bind(object).fetch_one(p).await)?.0)
+    }
+
+    /// Marks records deleted and writes their events, in one transaction.
+    pub async fn mark_records_deleted(
+        &self,
+        connection_id: &str,
+        object: &str,
+        native_ids: &[String],
+        events: &[NewEvent<'_>],
+        now: i64,
+    ) -> Result<()> {
+        with_db!(self, p => {
+            let mut tx = p.begin().await?;
+            for chunk in native_ids.chunks(500) {
+                let mut qb = sqlx::QueryBuilder::new("UPDATE records SET deleted_at = ");
+                qb.push_bind(now).push(", synced_at = ").push_bind(now)
+                    .push(" WHERE deleted_at IS NULL AND connection_id = ").push_bind(connection_id)
+                    .push(" AND object = ").push_bind(object).push(" AND native_id IN (");
+                let mut sep = qb.separated(", ");
+                for n in chunk {
+                    sep.push_bind(n.clone());
+                }
+                qb.push(")");
+                qb.build().execute(&mut *tx).await?;
+            }
+            for e in events {
+                insert_event(&mut *tx, e).await?;
+            }
+            tx.commit().await?;
+        });
+        if !events.is_empty() {
+            self.events_committed();
+        }
+        Ok(())
+    }
+
+    // ---- record reads ----------------------------------------------------------
+
+    /// Records of one object in `seq` order after `after_seq`.
+    pub async fn list_records(&self, q: &RecordPage<'_>) -> Result<Vec<StoredRecord>> {
+        Ok(
+            with_db!(self, p => sqlx::query_as::<_, StoredRecord>(concat!(
+            "SELECT ", record_cols!(), " FROM records WHERE connection_id = $1 AND object = $2 \
+             AND environment_id = $3 AND seq > $4 AND ($5 = 1 OR deleted_at IS NULL) \
+             ORDER BY seq LIMIT $6"
+        )).bind(q.connection_id).bind(q.object).bind(q.environment_id).bind(q.after_seq)
+        .bind(i64::from(q.include_deleted)).bind(q.limit).fetch_all(p).await)?,
+        )
+    }
+
+    /// Live records by uid or native id (whichever `by_native` says).
+    pub async fn records_by_ids(
+        &self,
+        environment_id: &str,
+        connection_id: &str,
+        object: &str,
+        ids: &[String],
+        by_native: bool,
+    ) -> Result<Vec<StoredRecord>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(with_db!(self, p => {
+            let mut qb = sqlx::QueryBuilder::new(concat!("SELECT ", record_cols!(), " FROM records WHERE environment_id = "));
+            qb.push_bind(environment_id).push(" AND connection_id = ").push_bind(connection_id)
+                .push(" AND object = ").push_bind(object).push(" AND deleted_at IS NULL AND ")
+                .push(if by_native { "native_id" } else { "uid" }).push(" IN (");
+            let mut sep = qb.separated(", ");
+            for id in ids {
+                sep.push_bind(id.clone());
+            }
+            qb.push(")");
+            qb.build_query_as::<StoredRecord>().fetch_all(p).await?
+        }))
+    }
+}
+
+async fn insert_job<'c, DB, E>(exec: E, j: &NewJob<'_>, now: i64) -> Result<bool, sqlx::Error>
+where
+    DB: sqlx::Database,
+    E: sqlx::Executor<'c, Database = DB>,
+    for<'q> <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i32: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    (String,): for<'r> sqlx::FromRow<'r, DB::Row>,
+{
+    let r: Option<(String,)> = sqlx::query_as::<DB, (String,)>(
+        "INSERT INTO jobs (id, kind, environment_id, connection_id, dedup_key, payload, priority, \
+         state, attempts, max_attempts, run_at, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', 0, $8, $9, $10, $10) ON CONFLICT DO NOTHING RETURNING id",
+    )
+    .bind(j.id)
+    .bind(j.kind)
+    .bind(j.environment_id)
+    .bind(j.connection_id)
+    .bind(j.dedup_key)
+    .bind(j.payload)
+    .bind(j.priority)
+    .bind(j.max_attempts)
+    .bind(j.run_at)
+    .bind(now)
+    .fetch_optional(exec)
+    .await?;
+    Ok(r.is_some())
+}
+
+/// The initial sync job of a new connection, inside its creation transaction.
+pub(crate) async fn insert_job_tx<'c, DB, E>(
+    exec: E,
+    id: &str,
+    environment_id: &str,
+    connection_id: &str,
+    dedup: &str,
+    now: i64,
+) -> Result<bool, sqlx::Error>
+where
+    DB: sqlx::Database,
+    E: sqlx::Executor<'c, Database = DB>,
+    for<'q> <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i32: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    (String,): for<'r> sqlx::FromRow<'r, DB::Row>,
+{
+    insert_job(
+        exec,
+        &NewJob {
+            id,
+            kind: "sync",
+            environment_id: Some(environment_id),
+            connection_id: Some(connection_id),
+            dedup_key: Some(dedup),
+            payload: "{}",
+            priority: 10,
+            max_attempts: 10,
+            run_at: now,
+        },
+        now,
+    )
+    .await
+}

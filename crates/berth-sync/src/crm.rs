@@ -1,0 +1,643 @@
+//! The unified CRM service behind v1 `/crm/*` and v2 `/unifications/crm/*`:
+//! reads from the store (or live from the provider with v2 `synced:false`),
+//! writes through the connector and re-reads the written record into the
+//! store before answering.
+
+use berth_connections::{Platform, now_ms, status};
+use berth_connectors::{CallError, ConnectorError, CrmConnector, ListRequest, NativeRecord};
+use berth_store::{Connection, PageWrite, RecordPage, StoredRecord};
+use berth_unified::crm::{self, Object, RecordView};
+use berth_unified::{Filter, FilterError};
+use serde_json::{Map, Value};
+
+use crate::{ConnProvider, record_write};
+
+/// Which API generation is asking (ids, field names, shapes differ).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Generation {
+    V1,
+    V2,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CrmError {
+    /// The connection has not finished its initial sync (v1 409).
+    #[error("Data still syncing: the connection's initial sync has not finished yet")]
+    Syncing,
+    #[error("{0}")]
+    NotSupported(String),
+    #[error("{message}")]
+    BadRequest { code: &'static str, message: String },
+    #[error("{0}")]
+    NotFound(String),
+    /// The provider refused a write; its field errors ride along.
+    #[error("{message}")]
+    Provider {
+        status: u16,
+        message: String,
+        errors: Vec<Value>,
+    },
+    #[error("{message}")]
+    RateLimited {
+        retry_after_secs: u64,
+        message: String,
+    },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl From<berth_store::StoreError> for CrmError {
+    fn from(e: berth_store::StoreError) -> Self {
+        CrmError::Internal(Box::new(e))
+    }
+}
+
+impl From<FilterError> for CrmError {
+    fn from(e: FilterError) -> Self {
+        CrmError::BadRequest {
+            code: "INVALID_FILTER",
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<ConnectorError> for CrmError {
+    fn from(e: ConnectorError) -> Self {
+        match e {
+            ConnectorError::Provider {
+                status,
+                message,
+                errors,
+            } => CrmError::Provider {
+                status,
+                message,
+                errors,
+            },
+            ConnectorError::NotFound => CrmError::NotFound("not found at the provider".into()),
+            ConnectorError::Unsupported(m) => CrmError::NotSupported(m),
+            ConnectorError::Call(CallError::RateLimited {
+                retry_after_secs,
+                message,
+            }) => CrmError::RateLimited {
+                retry_after_secs,
+                message,
+            },
+            ConnectorError::Call(CallError::Auth(m)) => CrmError::Provider {
+                status: 401,
+                message: m,
+                errors: Vec::new(),
+            },
+            ConnectorError::Call(c) => CrmError::Unavailable(c.to_string()),
+            ConnectorError::Decode(m) => CrmError::Unavailable(m),
+        }
+    }
+}
+
+pub type Result<T, E = CrmError> = std::result::Result<T, E>;
+
+/// How to show records.
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    /// v1 `allFields` / v2 `include.$native`.
+    pub raw: bool,
+    /// v2 `associations`: canonical keys to fill (`None`: all).
+    pub associations: Option<Vec<&'static str>>,
+}
+
+/// A list request.
+#[derive(Debug, Clone, Default)]
+pub struct ListArgs {
+    pub cursor: Option<String>,
+    pub limit: Option<i64>,
+    pub filters: Value,
+    /// v2 `synced: false`: read live from the provider.
+    pub live: bool,
+}
+
+pub const DEFAULT_LIMIT: i64 = 100;
+pub const MAX_LIMIT: i64 = 1000;
+/// A filtered list examines at most this many stored rows per call and
+/// then answers with what it found and a cursor to go on.
+const SCAN_BUDGET: usize = 50_000;
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct LiveCursor {
+    c: String,
+}
+
+/// The service. Cheap to clone.
+#[derive(Clone)]
+pub struct Crm {
+    platform: Platform,
+}
+
+impl Crm {
+    pub fn new(platform: Platform) -> Self {
+        Self { platform }
+    }
+
+    /// The unified object named by a path, or a clear 404.
+    pub fn object(name: &str, generation: Generation) -> Result<&'static Object> {
+        let o = match generation {
+            Generation::V1 => crm::by_v1_plural(name).or_else(|| crm::by_v1_singular(name)),
+            Generation::V2 => crm::object(name),
+        };
+        o.ok_or_else(|| CrmError::NotFound(format!("unknown CRM object `{name}`")))
+    }
+
+    /// The connector, once the connection may be served.
+    async fn ready(&self, conn: &Connection) -> Result<&'static dyn CrmConnector> {
+        let connector = berth_connectors::crm(&conn.integration_id).ok_or_else(|| {
+            CrmError::NotSupported(format!(
+                "the unified CRM API is not available for integration `{}` yet",
+                conn.integration_id
+            ))
+        })?;
+        if conn.status == status::NEW_CONNECTION {
+            // The hot cache may hold a status a second old; ask the store.
+            let fresh = self
+                .platform
+                .store()
+                .get_connection(&conn.environment_id, &conn.id)
+                .await?;
+            if fresh.is_none_or(|c| c.status == status::NEW_CONNECTION) {
+                return Err(CrmError::Syncing);
+            }
+        }
+        Ok(connector)
+    }
+
+    fn render(
+        &self,
+        o: &Object,
+        conn: &Connection,
+        r: &StoredRecord,
+        generation: Generation,
+        view: &View,
+    ) -> Value {
+        let data: Map<String, Value> = serde_json::from_str(&r.data).unwrap_or_default();
+        let native: Value = serde_json::from_str(&r.native).unwrap_or(Value::Null);
+        let rv = RecordView {
+            connection_id: &conn.id,
+            native_id: &r.native_id,
+            uid: &r.uid,
+            data: &data,
+            native: &native,
+            created_time: r.created_time,
+            modified_time: r.modified_time,
+        };
+        show(o, &rv, generation, view)
+    }
+
+    fn render_native(
+        &self,
+        o: &Object,
+        conn: &Connection,
+        r: &NativeRecord,
+        generation: Generation,
+        view: &View,
+    ) -> Value {
+        let uid = crm::uid(&conn.id, o.name, &r.native_id);
+        let rv = RecordView {
+            connection_id: &conn.id,
+            native_id: &r.native_id,
+            uid: &uid,
+            data: &r.data,
+            native: &r.native,
+            created_time: r.created_time,
+            modified_time: r.modified_time,
+        };
+        show(o, &rv, generation, view)
+    }
+
+    fn scope(
+        conn: &Connection,
+        o: &Object,
+        generation: Generation,
+        filters: &Value,
+        live: bool,
+    ) -> String {
+        let fh = crm::content_hash(filters, &Value::Null);
+        format!(
+            "crm:{}:{}:{:?}:{}:{}",
+            conn.id,
+            o.name,
+            generation,
+            if live { "live" } else { "store" },
+            &fh[..12]
+        )
+    }
+
+    /// One page of records, in store order (a stable, unique order by
+    /// first-insertion sequence), filtered.
+    pub async fn list(
+        &self,
+        conn: &Connection,
+        o: &'static Object,
+        generation: Generation,
+        args: &ListArgs,
+        view: &View,
+    ) -> Result<(Vec<Value>, Option<String>)> {
+        let connector = self.ready(conn).await?;
+        let filter = Filter::parse(o, &args.filters, generation == Generation::V2)?;
+        let limit = match args.limit {
+            None => DEFAULT_LIMIT,
+            Some(n) if (1..=MAX_LIMIT).contains(&n) => n,
+            Some(_) => {
+                return Err(CrmError::BadRequest {
+                    code: "INVALID_LIMIT",
+                    message: format!("limit must be between 1 and {MAX_LIMIT}"),
+                });
+            }
+        };
+        let scope = Self::scope(conn, o, generation, &args.filters, args.live);
+        let cursors = self.platform.cursors();
+        if args.live {
+            return self
+                .list_live(conn, connector, o, generation, args, view, &filter, &scope)
+                .await;
+        }
+        let mut after: i64 = match args.cursor.as_deref().filter(|c| !c.is_empty()) {
+            None => 0,
+            Some(c) => cursors
+                .decode(&scope, c)
+                .map_err(|e| CrmError::BadRequest {
+                    code: "INVALID_CURSOR",
+                    message: e.to_string(),
+                })?,
+        };
+        let mut out = Vec::new();
+        let mut scanned = 0usize;
+        let chunk = if filter.is_empty() { limit + 1 } else { 500 };
+        loop {
+            let rows = self
+                .platform
+                .store()
+                .list_records(&RecordPage {
+                    environment_id: &conn.environment_id,
+                    connection_id: &conn.id,
+                    object: o.name,
+                    after_seq: after,
+                    limit: chunk,
+                    include_deleted: false,
+                })
+                .await?;
+            let exhausted = (rows.len() as i64) < chunk;
+            for r in &rows {
+                scanned += 1;
+                let v = self.render(o, conn, r, generation, view);
+                let pass = filter.is_empty() || v.as_object().is_some_and(|m| filter.matches(m));
+                if pass {
+                    if out.len() as i64 == limit {
+                        // One more match exists: the page ends at the last one kept.
+                        return Ok((out, Some(cursors.encode(&scope, &after))));
+                    }
+                    out.push(v);
+                }
+                after = r.seq;
+            }
+            if exhausted {
+                return Ok((out, None));
+            }
+            if scanned >= SCAN_BUDGET {
+                return Ok((out, Some(cursors.encode(&scope, &after))));
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn list_live(
+        &self,
+        conn: &Connection,
+        connector: &dyn CrmConnector,
+        o: &'static Object,
+        generation: Generation,
+        args: &ListArgs,
+        view: &View,
+        filter: &Filter,
+        scope: &str,
+    ) -> Result<(Vec<Value>, Option<String>)> {
+        let cursor = match args.cursor.as_deref().filter(|c| !c.is_empty()) {
+            None => None,
+            Some(c) => Some(
+                self.platform
+                    .cursors()
+                    .decode::<LiveCursor>(scope, c)
+                    .map_err(|e| CrmError::BadRequest {
+                        code: "INVALID_CURSOR",
+                        message: e.to_string(),
+                    })?
+                    .c,
+            ),
+        };
+        let provider = ConnProvider::new(&self.platform, conn);
+        let page = connector
+            .list(
+                &provider,
+                o.name,
+                &ListRequest {
+                    since: None,
+                    cursor,
+                    include_deleted: false,
+                },
+            )
+            .await?;
+        let items = page
+            .records
+            .iter()
+            .map(|r| self.render_native(o, conn, r, generation, view))
+            .filter(|v| filter.is_empty() || v.as_object().is_some_and(|m| filter.matches(m)))
+            .collect();
+        let next = page
+            .next_cursor
+            .map(|c| self.platform.cursors().encode(scope, &LiveCursor { c }));
+        Ok((items, next))
+    }
+
+    /// Resolves a caller's id to stored records: v1 ids (`v.<type>.<hex>`),
+    /// native ids, and for v1 contacts an email address.
+    async fn lookup(
+        &self,
+        conn: &Connection,
+        o: &'static Object,
+        generation: Generation,
+        ids: &[String],
+    ) -> Result<Vec<(String, Option<StoredRecord>)>> {
+        let store = self.platform.store();
+        let mut uids = Vec::new();
+        let mut natives = Vec::new();
+        for id in ids {
+            match crm::parse_v1_id(o.v1_type, id) {
+                Some(u) if generation == Generation::V1 => uids.push(u.to_string()),
+                _ => natives.push(id.clone()),
+            }
+        }
+        let mut found = store
+            .records_by_ids(&conn.environment_id, &conn.id, o.name, &uids, false)
+            .await?;
+        found.extend(
+            store
+                .records_by_ids(&conn.environment_id, &conn.id, o.name, &natives, true)
+                .await?,
+        );
+        Ok(ids
+            .iter()
+            .map(|id| {
+                let r = found.iter().find(|r| {
+                    r.native_id == *id || crm::parse_v1_id(o.v1_type, id) == Some(r.uid.as_str())
+                });
+                (id.clone(), r.cloned())
+            })
+            .collect())
+    }
+
+    /// One record by id (v1 contacts: also by email).
+    pub async fn find(
+        &self,
+        conn: &Connection,
+        o: &'static Object,
+        generation: Generation,
+        id: &str,
+        view: &View,
+        live: bool,
+    ) -> Result<Value> {
+        let connector = self.ready(conn).await?;
+        if id.trim().is_empty() {
+            return Err(CrmError::BadRequest {
+                code: "MISSING_ID",
+                message: "`id` is required".into(),
+            });
+        }
+        if live {
+            let provider = ConnProvider::new(&self.platform, conn);
+            let r = connector.find(&provider, o.name, id).await?;
+            return r
+                .map(|r| self.render_native(o, conn, &r, generation, view))
+                .ok_or_else(|| not_found(o, id));
+        }
+        let found = self.lookup(conn, o, generation, &[id.to_string()]).await?;
+        if let Some((_, Some(r))) = found.first() {
+            return Ok(self.render(o, conn, r, generation, view));
+        }
+        if o.name == "contacts" && id.contains('@') {
+            let filters = serde_json::json!({"email": {"equals": id, "mode": "insensitive"}});
+            let (items, _) = self
+                .list(
+                    conn,
+                    o,
+                    generation,
+                    &ListArgs {
+                        filters,
+                        limit: Some(1),
+                        ..Default::default()
+                    },
+                    view,
+                )
+                .await?;
+            if let Some(v) = items.into_iter().next() {
+                return Ok(v);
+            }
+        }
+        Err(not_found(o, id))
+    }
+
+    /// Several records; the ids not found are returned apart.
+    pub async fn batch(
+        &self,
+        conn: &Connection,
+        o: &'static Object,
+        generation: Generation,
+        ids: &[String],
+        view: &View,
+    ) -> Result<(Vec<Value>, Vec<String>)> {
+        self.ready(conn).await?;
+        if ids.len() > MAX_LIMIT as usize {
+            return Err(CrmError::BadRequest {
+                code: "TOO_MANY_IDS",
+                message: format!("at most {MAX_LIMIT} ids per batch"),
+            });
+        }
+        let mut found = Vec::new();
+        let mut invalid = Vec::new();
+        for (id, r) in self.lookup(conn, o, generation, ids).await? {
+            match r {
+                Some(r) => found.push(self.render(o, conn, &r, generation, view)),
+                None => invalid.push(id),
+            }
+        }
+        Ok((found, invalid))
+    }
+
+    /// Creates at the provider, stores what it answered, returns the id in
+    /// the caller's generation.
+    pub async fn create(
+        &self,
+        conn: &Connection,
+        o: &'static Object,
+        generation: Generation,
+        input: &Map<String, Value>,
+    ) -> Result<String> {
+        let connector = self.ready(conn).await?;
+        writable(o)?;
+        let canonical = crm::input_to_canonical(o, input, generation == Generation::V2, true)
+            .map_err(invalid_input)?;
+        let provider = ConnProvider::new(&self.platform, conn);
+        let r = connector.create(&provider, o.name, &canonical).await?;
+        self.store_written(conn, o, &r).await?;
+        Ok(shown_id(o, conn, &r.native_id, generation))
+    }
+
+    pub async fn update(
+        &self,
+        conn: &Connection,
+        o: &'static Object,
+        generation: Generation,
+        id: &str,
+        input: &Map<String, Value>,
+    ) -> Result<String> {
+        let connector = self.ready(conn).await?;
+        writable(o)?;
+        let native_id = self.native_id_of(conn, o, generation, id).await?;
+        let canonical = crm::input_to_canonical(o, input, generation == Generation::V2, false)
+            .map_err(invalid_input)?;
+        let provider = ConnProvider::new(&self.platform, conn);
+        let r = connector
+            .update(&provider, o.name, &native_id, &canonical)
+            .await?;
+        self.store_written(conn, o, &r).await?;
+        Ok(shown_id(o, conn, &r.native_id, generation))
+    }
+
+    pub async fn delete(
+        &self,
+        conn: &Connection,
+        o: &'static Object,
+        generation: Generation,
+        id: &str,
+    ) -> Result<()> {
+        let connector = self.ready(conn).await?;
+        writable(o)?;
+        let native_id = self.native_id_of(conn, o, generation, id).await?;
+        let provider = ConnProvider::new(&self.platform, conn);
+        match connector.delete(&provider, o.name, &native_id).await {
+            Ok(()) | Err(ConnectorError::NotFound) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let uid = crm::uid(&conn.id, o.name, &native_id);
+        let payload = serde_json::json!({"id": native_id, "nativeId": native_id, "v1Id": crm::v1_id(o.v1_type, &uid)}).to_string();
+        let event_type = format!("{}.deleted", o.event_prefix());
+        let event_id = berth_connections::secrets::new_id("evt");
+        self.platform
+            .store()
+            .mark_records_deleted(
+                &conn.id,
+                o.name,
+                std::slice::from_ref(&native_id),
+                &[berth_store::NewEvent {
+                    id: &event_id,
+                    environment_id: &conn.environment_id,
+                    connection_id: Some(&conn.id),
+                    event_type: &event_type,
+                    payload: &payload,
+                    created_at: now_ms(),
+                }],
+                now_ms(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The provider id behind a caller's id: a stored record's, or (v2,
+    /// or an id that is not a v1 id) the id itself.
+    async fn native_id_of(
+        &self,
+        conn: &Connection,
+        o: &'static Object,
+        generation: Generation,
+        id: &str,
+    ) -> Result<String> {
+        if id.trim().is_empty() {
+            return Err(CrmError::BadRequest {
+                code: "MISSING_ID",
+                message: "`id` is required".into(),
+            });
+        }
+        if generation == Generation::V1 && crm::parse_v1_id(o.v1_type, id).is_some() {
+            let found = self.lookup(conn, o, generation, &[id.to_string()]).await?;
+            return match found.into_iter().next() {
+                Some((_, Some(r))) => Ok(r.native_id),
+                _ => Err(not_found(o, id)),
+            };
+        }
+        if id.starts_with("v.") {
+            return Err(not_found(o, id));
+        }
+        Ok(id.to_string())
+    }
+
+    /// Writes a record the provider returned into the store (with its
+    /// change event) so a read right after the write sees it.
+    async fn store_written(&self, conn: &Connection, o: &Object, r: &NativeRecord) -> Result<()> {
+        let w = record_write(conn, o.name, r);
+        let prefix = o.event_prefix();
+        self.platform
+            .store()
+            .apply_page(&PageWrite {
+                environment_id: &conn.environment_id,
+                connection_id: &conn.id,
+                object: o.name,
+                run_id: None,
+                records: std::slice::from_ref(&w),
+                event_prefix: Some(&prefix),
+                next_cursor: None,
+                high_water: None,
+                total: None,
+                now: now_ms(),
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+fn show(o: &Object, rv: &RecordView<'_>, generation: Generation, view: &View) -> Value {
+    match generation {
+        Generation::V1 => crm::render_v1(o, rv, view.raw),
+        Generation::V2 => crm::render_v2(o, rv, view.raw, view.associations.as_deref()),
+    }
+}
+
+fn writable(o: &Object) -> Result<()> {
+    if o.writable {
+        Ok(())
+    } else {
+        Err(CrmError::BadRequest {
+            code: "READ_ONLY_OBJECT",
+            message: format!("{} are read-only", o.name),
+        })
+    }
+}
+
+fn invalid_input(errors: Vec<(String, String)>) -> CrmError {
+    let message = errors
+        .iter()
+        .map(|(f, m)| format!("{f} {m}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    CrmError::BadRequest {
+        code: "INVALID_FIELD_VALUE",
+        message,
+    }
+}
+
+fn not_found(o: &Object, id: &str) -> CrmError {
+    CrmError::NotFound(format!("no {} with id `{id}`", o.v2_one_key))
+}
+
+fn shown_id(o: &Object, conn: &Connection, native_id: &str, generation: Generation) -> String {
+    match generation {
+        Generation::V1 => crm::v1_id(o.v1_type, &crm::uid(&conn.id, o.name, native_id)),
+        Generation::V2 => native_id.to_string(),
+    }
+}

@@ -1,0 +1,651 @@
+//! The sync engine: durable jobs, the scheduler, and sync runs that pull
+//! each connection's provider into the store through its connector.
+//!
+//! A connection's life (seed 001): `NEW_CONNECTION` → an initial run of the
+//! last 30 days of every object → `INITIAL_SYNCED` → a full backfill →
+//! `READY` → incremental runs from each object's high-water mark, on the
+//! connection's interval or on demand.
+//!
+//! Crash safety: every page of records is written with the checkpoint that
+//! follows it, in one transaction (`Store::apply_page`). A killed job's
+//! lease expires, another worker claims it, and the run goes on from the
+//! last committed checkpoint; records are keyed by native id, so the page
+//! that was in flight is written again without duplicates or events.
+#![forbid(unsafe_code)]
+
+pub mod crm;
+mod provider;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_connections::{Platform, now_ms, secrets, status};
+use berth_connectors::{CallError, ConnectorError, CrmConnector, ListRequest};
+use berth_store::{Connection, Job, NewEvent, PageWrite, RecordWrite, SyncState};
+use serde_json::{Value, json};
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+pub use crm::{Crm, CrmError, Generation};
+pub use provider::ConnProvider;
+
+/// Settings of the engine.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    /// How often a connection syncs unless it or its integration says otherwise.
+    pub default_interval: Duration,
+    /// The initial run covers records modified this long ago or later.
+    pub initial_window: Duration,
+    /// A full run refuses to mark more than this share of an object's
+    /// records deleted, and flags the sync instead.
+    pub max_delete_share: f64,
+    /// Jobs run at once by this process.
+    pub concurrency: usize,
+    /// How long a claimed job is leased; renewed after every page.
+    pub lease: Duration,
+    /// How often the queue and the schedule are polled when nothing wakes them.
+    pub poll: Duration,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        Self {
+            default_interval: Duration::from_secs(3600),
+            initial_window: Duration::from_secs(30 * 24 * 3600),
+            max_delete_share: 0.2,
+            concurrency: 4,
+            lease: Duration::from_secs(120),
+            poll: Duration::from_millis(500),
+        }
+    }
+}
+
+/// The smallest sync interval a connection may ask for.
+pub const MIN_INTERVAL_SECS: i64 = 60;
+
+/// The engine. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    platform: Platform,
+    config: SyncConfig,
+    node: String,
+    wake: Notify,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RunError {
+    #[error("{0}")]
+    Connector(#[from] ConnectorError),
+    #[error("store: {0}")]
+    Store(#[from] berth_store::StoreError),
+    #[error("the job's lease was lost to another worker")]
+    LeaseLost,
+}
+
+impl Engine {
+    pub fn new(platform: Platform, config: SyncConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                platform,
+                config,
+                node: secrets::new_id("worker"),
+                wake: Notify::new(),
+            }),
+        }
+    }
+
+    pub fn platform(&self) -> &Platform {
+        &self.inner.platform
+    }
+
+    pub fn config(&self) -> &SyncConfig {
+        &self.inner.config
+    }
+
+    /// Queues a sync of a connection now (`POST /connections/sync`).
+    /// Returns `false` when one is already queued or running.
+    pub async fn request_sync(
+        &self,
+        environment_id: &str,
+        connection_id: &str,
+    ) -> Result<bool, berth_store::StoreError> {
+        let id = secrets::new_id("job");
+        let dedup = format!("sync:{connection_id}");
+        let queued = self
+            .inner
+            .platform
+            .store()
+            .enqueue_job(
+                &berth_store::NewJob {
+                    id: &id,
+                    kind: "sync",
+                    environment_id: Some(environment_id),
+                    connection_id: Some(connection_id),
+                    dedup_key: Some(&dedup),
+                    payload: "{}",
+                    priority: 5,
+                    max_attempts: 10,
+                    run_at: now_ms(),
+                },
+                now_ms(),
+            )
+            .await?;
+        self.inner.wake.notify_one();
+        Ok(queued)
+    }
+
+    /// Runs the workers and the scheduler until `cancel` fires.
+    pub fn spawn(&self, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let sched = tokio::spawn(me.clone().scheduler(cancel.clone()));
+            me.workers(cancel).await;
+            let _ = sched.await;
+        })
+    }
+
+    async fn scheduler(self, cancel: CancellationToken) {
+        let store = self.inner.platform.store().clone();
+        let interval = self.inner.config.default_interval.as_secs() as i64;
+        loop {
+            match store
+                .schedule_due_syncs(now_ms(), interval, 200, |c| {
+                    (secrets::new_id("job"), format!("sync:{}", c.id))
+                })
+                .await
+            {
+                Ok(n) if n > 0 => {
+                    tracing::debug!(queued = n, "scheduled syncs");
+                    self.inner.wake.notify_one();
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "scheduling syncs failed"),
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(self.inner.config.poll.max(Duration::from_secs(1))) => {}
+            }
+        }
+    }
+
+    async fn workers(&self, cancel: CancellationToken) {
+        let slots = Arc::new(Semaphore::new(self.inner.config.concurrency.max(1)));
+        let mut running = tokio::task::JoinSet::new();
+        loop {
+            let free = slots.available_permits() as i64;
+            if free > 0 {
+                let lease = self.inner.config.lease.as_millis() as i64;
+                match self
+                    .inner
+                    .platform
+                    .store()
+                    .claim_jobs(&["sync"], &self.inner.node, now_ms(), lease, free)
+                    .await
+                {
+                    Ok(jobs) => {
+                        for job in jobs {
+                            let Ok(permit) = slots.clone().acquire_owned().await else {
+                                return;
+                            };
+                            let me = self.clone();
+                            let cancel = cancel.clone();
+                            running.spawn(async move {
+                                me.run_job(job, cancel).await;
+                                drop(permit);
+                            });
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "claiming jobs failed"),
+                }
+            }
+            while running.try_join_next().is_some() {}
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = self.inner.wake.notified() => {}
+                _ = tokio::time::sleep(self.inner.config.poll) => {}
+                Some(_) = running.join_next(), if !running.is_empty() => {}
+            }
+        }
+        // Jobs stop at their next page boundary; their leases then expire
+        // and another worker resumes them from the checkpoint.
+        while running.join_next().await.is_some() {}
+    }
+
+    async fn run_job(&self, job: Job, cancel: CancellationToken) {
+        let store = self.inner.platform.store();
+        let result = self.sync_connection(&job, &cancel).await;
+        let now = now_ms();
+        match result {
+            Ok(()) => {
+                if let Err(e) = store.complete_job(&job.id, &self.inner.node, now).await {
+                    tracing::warn!(error = %e, job = %job.id, "could not complete a job");
+                }
+            }
+            Err(RunError::LeaseLost) => {}
+            Err(_) if cancel.is_cancelled() => {}
+            Err(e) => {
+                let retry_at = if job.attempts >= job.max_attempts {
+                    None
+                } else {
+                    Some(now + retry_delay_ms(job.attempts, &e))
+                };
+                tracing::warn!(job = %job.id, connection = ?job.connection_id, attempt = job.attempts,
+                    dead = retry_at.is_none(), error = %e, "sync failed");
+                let _ = store
+                    .fail_job(&job.id, &self.inner.node, &e.to_string(), retry_at, now)
+                    .await;
+                if retry_at.is_none()
+                    && let Some(c) = &job.connection_id
+                {
+                    // A dead job still leaves the connection on its schedule.
+                    let at = now + self.inner.config.default_interval.as_millis() as i64;
+                    let _ = store.init_next_sync(c, at).await;
+                }
+            }
+        }
+    }
+
+    async fn sync_connection(&self, job: &Job, cancel: &CancellationToken) -> Result<(), RunError> {
+        let store = self.inner.platform.store();
+        let (Some(env), Some(conn_id)) = (&job.environment_id, &job.connection_id) else {
+            return Ok(());
+        };
+        let Some(conn) = store.get_connection(env, conn_id).await? else {
+            return Ok(()); // deleted meanwhile
+        };
+        let interval_ms = self.inner.config.default_interval.as_millis() as i64;
+        let Some(connector) = berth_connectors::crm(&conn.integration_id) else {
+            // Nothing to sync: everything there is, is synced.
+            self.advance_status(&conn, status::READY).await?;
+            return Ok(());
+        };
+        if conn.auth_state != "ok" {
+            self.emit(&conn, "sync.failed", json!({"error": "the connection needs re-authentication", "code": "CONNECTION_NEEDS_REAUTH"})).await?;
+            store
+                .init_next_sync(&conn.id, now_ms() + interval_ms)
+                .await?;
+            return Ok(());
+        }
+        let objects = connector.objects();
+        store
+            .ensure_sync_states(&conn.environment_id, &conn.id, objects, now_ms())
+            .await?;
+        let mut totals = serde_json::Map::new();
+        // Up to three passes: initial, then backfill, then (for connections
+        // past both) one incremental pass.
+        for _ in 0..3 {
+            let states = store.sync_states(&conn.id).await?;
+            let phase = pass_phase(&states, objects);
+            for object in objects {
+                let Some(st) = states.iter().find(|s| s.object == *object) else {
+                    continue;
+                };
+                if st.phase != phase {
+                    continue;
+                }
+                if cancel.is_cancelled() {
+                    return Err(RunError::LeaseLost);
+                }
+                match self.run_object(job, &conn, connector, st).await {
+                    Ok(counts) => {
+                        let e = totals
+                            .entry(object.to_string())
+                            .or_insert(json!({"created": 0, "updated": 0, "deleted": 0}));
+                        for (k, n) in [
+                            ("created", counts.0),
+                            ("updated", counts.1),
+                            ("deleted", counts.2),
+                        ] {
+                            e[k] = json!(e[k].as_u64().unwrap_or(0) + n);
+                        }
+                    }
+                    Err(RunError::Connector(e)) => {
+                        let msg = e.to_string();
+                        store
+                            .set_sync_error(&conn.id, object, &msg, now_ms())
+                            .await?;
+                        self.emit(
+                            &conn,
+                            "sync.failed",
+                            json!({"object": object, "error": msg}),
+                        )
+                        .await?;
+                        return Err(RunError::Connector(e));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            match phase {
+                "initial" => self.advance_status(&conn, status::INITIAL_SYNCED).await?,
+                "backfill" => self.advance_status(&conn, status::READY).await?,
+                _ => break,
+            }
+        }
+        self.emit(&conn, "sync.completed", json!({"objects": totals}))
+            .await?;
+        store
+            .init_next_sync(&conn.id, now_ms() + interval_ms)
+            .await?;
+        Ok(())
+    }
+
+    /// One run of one object, from its checkpoint to the end of the
+    /// listing. Returns (created, updated, deleted).
+    async fn run_object(
+        &self,
+        job: &Job,
+        conn: &Connection,
+        connector: &dyn CrmConnector,
+        st: &SyncState,
+    ) -> Result<(u64, u64, u64), RunError> {
+        let store = self.inner.platform.store();
+        let object = st.object.as_str();
+        let now = now_ms();
+        let since = match st.phase.as_str() {
+            "initial" => Some(now - self.inner.config.initial_window.as_millis() as i64),
+            "backfill" => None,
+            // A little overlap: records modified in the same millisecond
+            // as the mark are read again (and found unchanged).
+            _ => st.high_water.map(|h| h - 1000),
+        };
+        let run_id = secrets::new_id("run");
+        store
+            .start_sync_run(&conn.id, object, &run_id, since, now)
+            .await?;
+        let st = store
+            .sync_states(&conn.id)
+            .await?
+            .into_iter()
+            .find(|s| s.object == object)
+            .ok_or(RunError::LeaseLost)?;
+        let run_id = st.run_id.clone().unwrap_or(run_id);
+        let provider = ConnProvider::new(&self.inner.platform, conn);
+        let unified = berth_unified::crm::object(object);
+        let incremental = st.phase == "incremental";
+        let prefix = unified.map(|o| o.event_prefix()).filter(|_| incremental);
+        let mut cursor = st.cursor.clone();
+        let mut counts = (0, 0, 0);
+        loop {
+            let page = connector
+                .list(
+                    &provider,
+                    object,
+                    &ListRequest {
+                        since: st.run_since,
+                        cursor: cursor.clone(),
+                        include_deleted: incremental && connector.tombstones(object),
+                    },
+                )
+                .await?;
+            let writes: Vec<RecordWrite> = page
+                .records
+                .iter()
+                .map(|r| record_write(conn, object, r))
+                .collect();
+            let high = page.records.iter().filter_map(|r| r.modified_time).max();
+            let out = store
+                .apply_page(&PageWrite {
+                    environment_id: &conn.environment_id,
+                    connection_id: &conn.id,
+                    object,
+                    run_id: Some(&run_id),
+                    records: &writes,
+                    event_prefix: prefix.as_deref(),
+                    next_cursor: page.next_cursor.as_deref(),
+                    high_water: high,
+                    total: page.total,
+                    now: now_ms(),
+                })
+                .await
+                .map_err(|e| match e {
+                    berth_store::StoreError::RunFenced => RunError::LeaseLost,
+                    e => RunError::Store(e),
+                })?;
+            counts.0 += out.created;
+            counts.1 += out.updated;
+            counts.2 += out.deleted;
+            let until = now_ms() + self.inner.config.lease.as_millis() as i64;
+            if !store
+                .heartbeat_job(&job.id, &self.inner.node, until)
+                .await?
+            {
+                return Err(RunError::LeaseLost);
+            }
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        if st.phase == "backfill" {
+            counts.2 += self.sweep(conn, object, &run_id, incremental).await?;
+        }
+        let next = match st.phase.as_str() {
+            "initial" => "backfill",
+            _ => "incremental",
+        };
+        store
+            .finish_sync_run(&conn.id, object, next, now_ms())
+            .await?;
+        Ok(counts)
+    }
+
+    /// Mark and sweep after a full listing: live records the run did not
+    /// see are gone at the provider, unless that is implausibly many.
+    async fn sweep(
+        &self,
+        conn: &Connection,
+        object: &str,
+        run_id: &str,
+        emit: bool,
+    ) -> Result<u64, RunError> {
+        let store = self.inner.platform.store();
+        let live = store.count_records(&conn.id, object).await?;
+        let unseen = store
+            .unseen_records(&conn.id, object, run_id, 100_000)
+            .await?;
+        if unseen.is_empty() {
+            return Ok(0);
+        }
+        let share = unseen.len() as f64 / live.max(1) as f64;
+        if live >= 10 && share > self.inner.config.max_delete_share {
+            let msg = format!(
+                "refused to mark {} of {live} {object} deleted in one run (more than {:.0}%); check the connection's permissions, then sync again",
+                unseen.len(),
+                self.inner.config.max_delete_share * 100.0
+            );
+            tracing::warn!(connection = %conn.id, object, "{msg}");
+            store
+                .set_sync_error(&conn.id, object, &msg, now_ms())
+                .await?;
+            self.emit(
+                conn,
+                "sync.failed",
+                json!({"object": object, "error": msg, "code": "DELETE_GUARD"}),
+            )
+            .await?;
+            return Ok(0);
+        }
+        let ids: Vec<String> = unseen.iter().map(|r| r.native_id.clone()).collect();
+        let mut event_ids = Vec::new();
+        let mut payloads = Vec::new();
+        let et = format!("object.crm.{object}.deleted");
+        if emit {
+            let v1_type = berth_unified::crm::object(object).map_or(object, |o| o.v1_type);
+            for r in &unseen {
+                event_ids.push(secrets::new_id("evt"));
+                payloads.push(json!({"id": r.native_id, "nativeId": r.native_id, "v1Id": berth_unified::crm::v1_id(v1_type, &r.uid)}).to_string());
+            }
+        }
+        let now = now_ms();
+        let events: Vec<NewEvent<'_>> = event_ids
+            .iter()
+            .zip(&payloads)
+            .map(|(id, p)| NewEvent {
+                id,
+                environment_id: &conn.environment_id,
+                connection_id: Some(&conn.id),
+                event_type: &et,
+                payload: p,
+                created_at: now,
+            })
+            .collect();
+        store
+            .mark_records_deleted(&conn.id, object, &ids, &events, now)
+            .await?;
+        Ok(ids.len() as u64)
+    }
+
+    /// Moves the connection forward to `to` (never back), announcing it.
+    async fn advance_status(&self, conn: &Connection, to: &str) -> Result<(), RunError> {
+        let store = self.inner.platform.store();
+        let order = [
+            status::NEW_CONNECTION,
+            status::INITIAL_SYNCED,
+            status::READY,
+        ];
+        let current = store
+            .get_connection(&conn.environment_id, &conn.id)
+            .await?
+            .map(|c| c.status)
+            .unwrap_or_default();
+        let (Some(from), Some(target)) = (
+            order.iter().position(|s| *s == current),
+            order.iter().position(|s| *s == to),
+        ) else {
+            return Ok(());
+        };
+        // Step through each status so every change is announced.
+        for step in from + 1..=target {
+            let now = now_ms();
+            let payload = json!({"status": order[step]}).to_string();
+            let id1 = secrets::new_id("evt");
+            let id2 = secrets::new_id("evt");
+            let mut events = vec![NewEvent {
+                id: &id1,
+                environment_id: &conn.environment_id,
+                connection_id: Some(&conn.id),
+                event_type: "connection.status_changed",
+                payload: &payload,
+                created_at: now,
+            }];
+            if order[step] == status::INITIAL_SYNCED {
+                events.push(NewEvent {
+                    id: &id2,
+                    environment_id: &conn.environment_id,
+                    connection_id: Some(&conn.id),
+                    event_type: "system.sync.initial.complete",
+                    payload: "{}",
+                    created_at: now,
+                });
+            }
+            store
+                .set_connection_status(&conn.id, order[step - 1], order[step], &events, now)
+                .await?;
+        }
+        self.inner.platform.forget_connection(&conn.id);
+        Ok(())
+    }
+
+    async fn emit(
+        &self,
+        conn: &Connection,
+        event_type: &str,
+        payload: Value,
+    ) -> Result<(), RunError> {
+        let id = secrets::new_id("evt");
+        let payload = payload.to_string();
+        self.inner
+            .platform
+            .store()
+            .insert_event(&NewEvent {
+                id: &id,
+                environment_id: &conn.environment_id,
+                connection_id: Some(&conn.id),
+                event_type,
+                payload: &payload,
+                created_at: now_ms(),
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+/// The phase this pass works on: the earliest any object is still in.
+fn pass_phase(states: &[SyncState], objects: &[&str]) -> &'static str {
+    let of = |p: &str| {
+        states
+            .iter()
+            .any(|s| objects.contains(&s.object.as_str()) && s.phase == p)
+    };
+    if of("initial") {
+        "initial"
+    } else if of("backfill") {
+        "backfill"
+    } else {
+        "incremental"
+    }
+}
+
+/// Exponential backoff with ±20% jitter (10 s, 20 s, … capped at an hour),
+/// or the provider's own wait when it rate-limited us.
+fn retry_delay_ms(attempts: i32, e: &RunError) -> i64 {
+    if let RunError::Connector(ConnectorError::Call(CallError::RateLimited {
+        retry_after_secs,
+        ..
+    })) = e
+    {
+        return (*retry_after_secs as i64).max(1) * 1000;
+    }
+    let base = 10_000i64
+        .saturating_mul(1 << attempts.clamp(0, 9))
+        .min(3_600_000);
+    let jitter = rand::random_range(0.8..1.2);
+    (base as f64 * jitter) as i64
+}
+
+/// A provider record → the row written, with its event payload.
+pub fn record_write(
+    conn: &Connection,
+    object: &str,
+    r: &berth_connectors::NativeRecord,
+) -> RecordWrite {
+    let uid = berth_unified::crm::uid(&conn.id, object, &r.native_id);
+    let data = Value::Object(r.data.clone());
+    let hash = berth_unified::crm::content_hash(&data, &r.native);
+    let (v1_id, record) = match berth_unified::crm::object(object) {
+        Some(o) => {
+            let view = berth_unified::crm::RecordView {
+                connection_id: &conn.id,
+                native_id: &r.native_id,
+                uid: &uid,
+                data: &r.data,
+                native: &r.native,
+                created_time: r.created_time,
+                modified_time: r.modified_time,
+            };
+            (
+                berth_unified::crm::v1_id(o.v1_type, &uid),
+                berth_unified::crm::render_v1(o, &view, false),
+            )
+        }
+        None => (uid.clone(), Value::Null),
+    };
+    RecordWrite {
+        native_id: r.native_id.clone(),
+        hash,
+        data: data.to_string(),
+        native: r.native.to_string(),
+        created_time: r.created_time,
+        modified_time: r.modified_time,
+        deleted: r.deleted,
+        event_id: secrets::new_id("evt"),
+        event_payload:
+            json!({"id": r.native_id, "nativeId": r.native_id, "v1Id": v1_id, "record": record})
+                .to_string(),
+        uid,
+    }
+}
