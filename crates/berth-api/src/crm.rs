@@ -264,7 +264,7 @@ async fn v1_get(
                 .await
                 .map(|(found, invalid)| json!({o.v1_list_key: found, "invalidIds": invalid}))
         }
-        V1Op::Details => details(&crm, &conn, o, Generation::V1).await,
+        V1Op::Details => details(&conn, o, Generation::V1).await,
         V1Op::Search => {
             return err(ApiError::<V1>::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -290,13 +290,11 @@ fn list_filters(o: &berth_unified::crm::Object, q: &HashMap<String, String>) -> 
 }
 
 async fn details(
-    crm: &Crm,
     conn: &Connection,
     o: &'static berth_unified::crm::Object,
     g: Generation,
 ) -> Result<Value, CrmError> {
     // Field metadata is never cached (Vessel); it needs the connector only.
-    let _ = crm;
     if berth_connectors::crm(&conn.integration_id).is_none() {
         return Err(CrmError::NotSupported(format!(
             "the unified CRM API is not available for integration `{}` yet",
@@ -587,7 +585,7 @@ async fn v2_op(
                 .await
                 .map(|_| json!({}))
         }
-        "details" => details(&crm, conn, o, Generation::V2).await,
+        "details" => details(conn, o, Generation::V2).await,
         other => {
             return err(ApiError::<V2>::not_found(format!(
                 "no operation `{}` on {}; one of list, find, create, update, delete, batch-read, details",
