@@ -279,6 +279,15 @@ impl Store {
         Ok(r == 1)
     }
 
+    /// Asks the running job with this key to be run again when it ends;
+    /// `false` when no job with the key is running.
+    pub async fn request_rerun(&self, dedup_key: &str) -> Result<bool> {
+        let r = with_db!(self, p => sqlx::query(
+            "UPDATE jobs SET payload = '{\"rerun\":true}' WHERE dedup_key = $1 AND state = 'running'"
+        ).bind(dedup_key).execute(p).await?.rows_affected());
+        Ok(r == 1)
+    }
+
     pub async fn get_job(&self, id: &str) -> Result<Option<Job>> {
         Ok(with_db!(self, p => sqlx::query_as::<_, Job>(
             concat!("SELECT ", job_cols!(), " FROM jobs WHERE id = $1")

@@ -107,16 +107,37 @@ impl Engine {
     }
 
     /// Queues a sync of a connection now (`POST /connections/sync`).
-    /// Returns `false` when one is already queued or running.
+    /// Returns `false` when one was already queued; when one is running, it
+    /// is asked to run again once it ends, so changes made meanwhile are
+    /// picked up.
     pub async fn request_sync(
+        &self,
+        environment_id: &str,
+        connection_id: &str,
+    ) -> Result<bool, berth_store::StoreError> {
+        let store = self.inner.platform.store();
+        let dedup = format!("sync:{connection_id}");
+        for _ in 0..2 {
+            if self.enqueue_sync(environment_id, connection_id).await? {
+                self.inner.wake.notify_one();
+                return Ok(true);
+            }
+            if store.request_rerun(&dedup).await? {
+                return Ok(true);
+            }
+            // Neither queued nor running: it ended in between; try again.
+        }
+        Ok(false)
+    }
+
+    async fn enqueue_sync(
         &self,
         environment_id: &str,
         connection_id: &str,
     ) -> Result<bool, berth_store::StoreError> {
         let id = secrets::new_id("job");
         let dedup = format!("sync:{connection_id}");
-        let queued = self
-            .inner
+        self.inner
             .platform
             .store()
             .enqueue_job(
@@ -133,9 +154,7 @@ impl Engine {
                 },
                 now_ms(),
             )
-            .await?;
-        self.inner.wake.notify_one();
-        Ok(queued)
+            .await
     }
 
     /// Runs the workers and the scheduler until `cancel` fires.
@@ -224,6 +243,14 @@ impl Engine {
                 if let Err(e) = store.complete_job(&job.id, &self.inner.node, now).await {
                     tracing::warn!(error = %e, job = %job.id, "could not complete a job");
                 }
+                let rerun = matches!(store.get_job(&job.id).await, Ok(Some(j)) if j.payload.contains("rerun"));
+                if let (true, Some(env), Some(conn)) =
+                    (rerun, &job.environment_id, &job.connection_id)
+                    && let Err(e) = self.enqueue_sync(env, conn).await
+                {
+                    tracing::warn!(error = %e, job = %job.id, "could not queue a requested re-run");
+                }
+                self.inner.wake.notify_one();
             }
             Err(RunError::LeaseLost) => {}
             Err(_) if cancel.is_cancelled() => {}
