@@ -11,6 +11,8 @@
 
 use serde_json::{Map, Value};
 
+pub mod hubspot;
+pub mod salesforce;
 pub mod sandbox;
 
 /// A call to the provider, relative to the connection's base URL.
@@ -19,6 +21,9 @@ pub struct Request {
     pub method: &'static str,
     pub path: String,
     pub query: Vec<(String, String)>,
+    /// Extra headers (credentials and content type are added by the
+    /// outbound layer).
+    pub headers: Vec<(String, String)>,
     pub body: Option<Value>,
 }
 
@@ -28,6 +33,7 @@ impl Request {
             method: "GET",
             path: path.into(),
             query: Vec::new(),
+            headers: Vec::new(),
             body: None,
         }
     }
@@ -37,8 +43,21 @@ impl Request {
             method,
             path: path.into(),
             query: Vec::new(),
+            headers: Vec::new(),
             body: Some(body),
         }
+    }
+
+    pub fn delete(path: impl Into<String>) -> Self {
+        Self {
+            method: "DELETE",
+            ..Self::get(path)
+        }
+    }
+
+    pub fn header(mut self, k: &str, v: impl Into<String>) -> Self {
+        self.headers.push((k.into(), v.into()));
+        self
     }
 
     pub fn query(mut self, k: &str, v: impl Into<String>) -> Self {
@@ -199,6 +218,8 @@ pub trait CrmConnector: Send + Sync {
 pub fn crm(integration_id: &str) -> Option<&'static dyn CrmConnector> {
     match integration_id {
         "sandbox" => Some(&sandbox::Sandbox),
+        "hubspot" => Some(&hubspot::HubSpot),
+        "salesforce" => Some(&salesforce::Salesforce),
         _ => None,
     }
 }

@@ -480,12 +480,7 @@ impl CrmConnector for Sandbox {
         native_id: &str,
     ) -> Result<(), ConnectorError> {
         let resp = p
-            .send(Request {
-                method: "DELETE",
-                path: format!("/{object}/{}", encode(native_id)),
-                query: Vec::new(),
-                body: None,
-            })
+            .send(Request::delete(format!("/{object}/{}", encode(native_id))))
             .await?;
         if (200..300).contains(&resp.status) {
             Ok(())

@@ -24,6 +24,7 @@ impl Provider for ConnProvider<'_> {
         let method = Method::from_bytes(req.method.as_bytes())
             .map_err(|_| CallError::Other(format!("bad method {}", req.method)))?;
         let mut headers = vec![("accept".to_string(), "application/json".to_string())];
+        headers.extend(req.headers);
         let body = req.body.map(|b| {
             headers.push(("content-type".into(), "application/json".into()));
             b.to_string().into_bytes()
@@ -42,7 +43,10 @@ impl Provider for ConnProvider<'_> {
                     .iter()
                     .find(|(k, _)| k.eq_ignore_ascii_case("retry-after"))
                     .and_then(|(_, v)| v.trim().parse::<u64>().ok())
-                    .unwrap_or(60);
+                    // Without Retry-After, assume the commonest rolling
+                    // window (ten seconds: HubSpot's burst limit); a longer
+                    // limit just answers 429 again and backs off further.
+                    .unwrap_or(10);
                 Err(CallError::RateLimited {
                     retry_after_secs: wait,
                     message: "the provider answered 429".into(),

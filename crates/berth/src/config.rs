@@ -97,6 +97,10 @@ pub struct ServeArgs {
     /// records deleted in one run.
     #[arg(long, env = "BERTH_SYNC_MAX_DELETE_PERCENT")]
     pub sync_max_delete_percent: Option<u8>,
+    /// How long a worker holds a sync job without renewing it; a job whose
+    /// worker died is taken over after this (renewed after every page).
+    #[arg(long, env = "BERTH_SYNC_LEASE_SECS")]
+    pub sync_lease_secs: Option<u64>,
     /// Serve the API only; run sync workers elsewhere with `berth worker`.
     #[arg(long, env = "BERTH_NO_WORKERS", value_parser = clap::builder::BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true")]
     pub no_workers: Option<bool>,
@@ -140,6 +144,7 @@ struct FileConfig {
     sync_interval_secs: Option<u64>,
     sync_concurrency: Option<usize>,
     sync_max_delete_percent: Option<u8>,
+    sync_lease_secs: Option<u64>,
     no_workers: Option<bool>,
     #[serde(default)]
     oauth_apps: std::collections::BTreeMap<String, OAuthAppConfig>,
@@ -347,6 +352,14 @@ impl Config {
             bail!("sync max delete percent must be between 0 and 100");
         }
         sync.max_delete_share = f64::from(sd) / 100.0;
+        let sl = serve
+            .sync_lease_secs
+            .or(file.sync_lease_secs)
+            .unwrap_or(120);
+        if !(5..=3600).contains(&sl) {
+            bail!("the sync lease must be between 5 and 3600 seconds");
+        }
+        sync.lease = Duration::from_secs(sl);
         let no_workers = serve.no_workers.or(file.no_workers).unwrap_or(false);
         let mut oauth_apps = std::collections::BTreeMap::new();
         for (id, app) in file.oauth_apps {

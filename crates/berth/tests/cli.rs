@@ -530,3 +530,193 @@ async fn kill_9_mid_delivery_loses_no_webhook() {
     let (ok, _, stderr) = server.stop();
     assert!(ok, "{stderr}");
 }
+
+/// A HubSpot sync killed with SIGKILL in the middle of an object resumes
+/// from its checkpoint after a restart and ends with exactly the provider's
+/// records: none lost, none twice.
+#[tokio::test]
+async fn kill_9_mid_sync_resumes_with_exact_counts() {
+    use berth_fakes::hubspot;
+    use std::collections::HashSet;
+
+    let token = "pat-na1-kill-9";
+    let hs = hubspot::HubSpot::new(hubspot::Options {
+        tokens: vec![token.into()],
+        contacts: 5000,
+        companies: 300,
+        deals: 300,
+        engagements: 20,
+        history_days: 365,
+        burst_per_10s: 0,
+        search_per_sec: 0,
+        ..Default::default()
+    });
+    // Slow pages, so the kill lands inside the contacts backfill.
+    hs.set_page_delay(std::time::Duration::from_millis(25));
+    let hs_base = berth_fakes::serve(hs.router()).await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let db = database_url(data).await;
+    let providers = data.join("providers.toml");
+    std::fs::write(
+        &providers,
+        format!("[integrations.hubspot]\nbase_url = \"{hs_base}\"\nrate_limit = {{ requests = 10000, per_seconds = 10, scope = \"account\" }}\n"),
+    )
+    .unwrap();
+    let providers = providers.to_str().unwrap().to_string();
+    let flags = ["--providers-file", &providers, "--sync-lease-secs", "5"];
+    let server = serve_with(data, &db, &flags);
+    let api_token = server
+        .banner
+        .split_whitespace()
+        .find(|w| w.starts_with("berth_dev_"))
+        .unwrap()
+        .to_string();
+    let (s, b) = post(
+        &server.base,
+        "/auth/session-token",
+        &[("x-vessel-api-token", &api_token)],
+        json!({}),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let st = b["result"]["sessionToken"].as_str().unwrap().to_string();
+    let (s, b) = post(
+        &server.base,
+        "/auth/start",
+        &[("x-vessel-session-token", &st)],
+        json!({"integrationId": "hubspot", "authType": "apiKey", "answers": {"api-key": token}}),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = post(
+        &server.base,
+        "/auth/access-token",
+        &[
+            ("x-vessel-api-token", &api_token),
+            ("x-vessel-session-token", &st),
+        ],
+        json!({}),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let conn = b["result"]["connectionId"].as_str().unwrap().to_string();
+    let access = b["result"]["accessToken"].as_str().unwrap().to_string();
+
+    // Wait until the contacts backfill has a checkpoint and part of the
+    // records, then kill.
+    let store = berth_store::Store::connect(&db).await.unwrap();
+    let mut at_kill = None;
+    for _ in 0..6000 {
+        let states = store.sync_states(&conn).await.unwrap();
+        if let Some(c) = states.iter().find(|s| s.object == "contacts")
+            && c.phase == "backfill"
+            && c.cursor.is_some()
+            && hs.list_pages("contacts") >= 10
+        {
+            at_kill = Some(c.clone());
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let at_kill = at_kill.expect("the contacts backfill never reached page 10");
+    let mut server = server;
+    assert!(
+        Command::new("kill")
+            .args(["-KILL", &server.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    server.child.wait().unwrap();
+    let stored_at_kill = store.count_records(&conn, "contacts").await.unwrap();
+    assert!(
+        (stored_at_kill as usize) < 5000,
+        "the kill came too late to prove anything ({stored_at_kill} stored)"
+    );
+    eprintln!(
+        "killed after {} contact list pages with {stored_at_kill} of 5000 stored (checkpoint {:?})",
+        hs.list_pages("contacts"),
+        at_kill.cursor
+    );
+    hs.set_page_delay(std::time::Duration::ZERO);
+    let pages_before_restart = hs.list_pages("contacts");
+
+    // A new process takes the job over once the dead worker's lease ends.
+    let server = serve_with(data, &db, &flags);
+    let mut status = String::new();
+    for _ in 0..1200 {
+        let (_, b) = post(
+            &server.base,
+            "/connections/get",
+            &[("x-vessel-api-token", &api_token)],
+            json!({"id": conn}),
+        )
+        .await;
+        status = b["result"]["status"].as_str().unwrap_or("").to_string();
+        let done = store
+            .jobs_of_connection(&conn, 1)
+            .await
+            .unwrap()
+            .first()
+            .is_some_and(|j| j.state == "done");
+        if status == "READY" && done {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, "READY");
+    // Resumed from the checkpoint: of the 50 pages of contacts only the
+    // rest were read (plus at most the page in flight at the kill, and the
+    // one `archived=true` page of the incremental pass).
+    let pages_after = hs.list_pages("contacts") - pages_before_restart;
+    eprintln!("contact list pages: {pages_before_restart} before the restart, {pages_after} after");
+    assert!(pages_before_restart >= 10);
+    assert!(
+        pages_after <= 50 - pages_before_restart + 2,
+        "{pages_after} contact pages after the restart: the backfill started over"
+    );
+
+    // Exactly the provider's records, through the API, no duplicates.
+    let client = reqwest::Client::new();
+    for (object, plural, t) in [
+        ("contacts", "contacts", "contacts"),
+        ("accounts", "accounts", "companies"),
+        ("deals", "deals", "deals"),
+    ] {
+        let mut seen = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let r: Value = client
+                .get(format!(
+                    "{}/crm/{plural}?accessToken={access}&limit=100&cursor={cursor}",
+                    server.base
+                ))
+                .header("vessel-api-token", &api_token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            for c in r[plural].as_array().unwrap() {
+                seen.push(c["nativeId"].as_str().unwrap().to_string());
+            }
+            match r["nextPageCursor"].as_str() {
+                Some(c) => cursor = c.to_string(),
+                None => break,
+            }
+        }
+        let distinct: HashSet<String> = seen.iter().cloned().collect();
+        assert_eq!(distinct.len(), seen.len(), "{object}: duplicates");
+        let provider: HashSet<String> = hs.live_ids(t).into_iter().collect();
+        assert_eq!(distinct, provider, "{object}: lost or extra records");
+        assert_eq!(
+            store.count_records(&conn, object).await.unwrap() as usize,
+            provider.len()
+        );
+    }
+    let (ok, _, _) = server.stop();
+    assert!(ok);
+}

@@ -9,6 +9,7 @@ mod integrations;
 mod link_v1;
 mod oauth;
 mod openapi;
+mod providers;
 mod proxy;
 mod sync;
 mod tenancy;

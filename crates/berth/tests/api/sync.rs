@@ -10,7 +10,7 @@ use crate::helpers::*;
 const DEV_ENV: &str = "v_env_development";
 
 /// Waits (bounded) until `check` holds; fails with `what` otherwise.
-async fn until<F, Fut>(what: &str, mut check: F)
+pub(crate) async fn until<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -24,7 +24,7 @@ where
     panic!("timed out waiting for {what}");
 }
 
-async fn status_of(app: &TestApp, token: &str, id: &str) -> String {
+pub(crate) async fn status_of(app: &TestApp, token: &str, id: &str) -> String {
     let r = app
         .post(
             "/connections/get",
@@ -62,7 +62,13 @@ async fn sandbox_all(app: &TestApp, key: &str, object: &str) -> Vec<Value> {
 }
 
 /// Every record of a v1 list, following cursors.
-async fn v1_all(app: &TestApp, token: &str, access: &str, plural: &str, key: &str) -> Vec<Value> {
+pub(crate) async fn v1_all(
+    app: &TestApp,
+    token: &str,
+    access: &str,
+    plural: &str,
+    key: &str,
+) -> Vec<Value> {
     let mut out = Vec::new();
     let mut cursor = String::new();
     loop {
@@ -79,7 +85,7 @@ async fn v1_all(app: &TestApp, token: &str, access: &str, plural: &str, key: &st
     }
 }
 
-async fn events_of(app: &TestApp, conn: &str) -> Vec<(String, Value)> {
+pub(crate) async fn events_of(app: &TestApp, conn: &str) -> Vec<(String, Value)> {
     app.platform
         .store()
         .list_events(DEV_ENV, 0, 100_000)
@@ -91,7 +97,7 @@ async fn events_of(app: &TestApp, conn: &str) -> Vec<(String, Value)> {
         .collect()
 }
 
-async fn last_job_done(app: &TestApp, conn: &str) -> bool {
+pub(crate) async fn last_job_done(app: &TestApp, conn: &str) -> bool {
     let jobs = app
         .platform
         .store()

@@ -1,0 +1,1001 @@
+//! HubSpot (CRM v3 objects, owners, associations v4).
+//!
+//! - Full runs page `GET /crm/v3/objects/{type}` by `after` with the mapped
+//!   properties and associations inline.
+//! - Runs with a start time (the initial 30 days and incremental runs) use
+//!   `POST /crm/v3/objects/{type}/search` on the last-modified property
+//!   (`lastmodifieddate` for contacts, `hs_lastmodifieddate` otherwise),
+//!   sorted ascending; search stops at 10,000 results, so the cursor
+//!   re-anchors on the last timestamp seen before reaching it. Search
+//!   results carry no associations: they are read with one v4 batch call per
+//!   associated type.
+//! - Incremental runs then list `archived=true` for tombstones.
+//! - Search has its own per-second limit, so a 429 there is waited out
+//!   briefly here instead of failing the whole run.
+
+use serde_json::{Map, Value, json};
+
+use crate::{
+    CallError, ConnectorError, CrmConnector, ListRequest, NativeRecord, Page, Provider, Request,
+    Response, ms,
+};
+
+pub struct HubSpot;
+
+const OBJECTS: &[&str] = &[
+    "users", "accounts", "contacts", "deals", "notes", "tasks", "events", "calls", "emails",
+];
+
+const PAGE: usize = 100;
+/// HubSpot search cannot page past this many results.
+const SEARCH_CAP: usize = 10_000;
+
+/// The HubSpot object type of a unified object.
+fn hs_type(object: &str) -> Option<&'static str> {
+    Some(match object {
+        "accounts" => "companies",
+        "contacts" => "contacts",
+        "deals" => "deals",
+        "notes" => "notes",
+        "tasks" => "tasks",
+        "events" => "meetings",
+        "calls" => "calls",
+        "emails" => "emails",
+        _ => return None,
+    })
+}
+
+fn modified_prop(t: &str) -> &'static str {
+    if t == "contacts" {
+        "lastmodifieddate"
+    } else {
+        "hs_lastmodifieddate"
+    }
+}
+
+/// (canonical, HubSpot property, kind) of the plain fields.
+#[derive(Clone, Copy)]
+enum K {
+    S,
+    N,
+    B,
+}
+
+fn fields(object: &str) -> &'static [(&'static str, &'static str, K)] {
+    use K::*;
+    match object {
+        "contacts" => &[
+            ("firstName", "firstname", S),
+            ("lastName", "lastname", S),
+            ("email", "email", S),
+            ("jobTitle", "jobtitle", S),
+            ("phone", "phone", S),
+            ("mobilePhone", "mobilephone", S),
+        ],
+        "accounts" => &[
+            ("name", "name", S),
+            ("description", "description", S),
+            ("industry", "industry", S),
+            ("annualRevenue", "annualrevenue", N),
+            ("numberOfEmployees", "numberofemployees", N),
+            ("website", "domain", S),
+            ("phone", "phone", S),
+        ],
+        "deals" => &[
+            ("name", "dealname", S),
+            ("stage", "dealstage", S),
+            ("amount", "amount", N),
+            ("closeDate", "closedate", S),
+            ("probability", "hs_deal_stage_probability", S),
+            ("isWon", "hs_is_closed_won", B),
+            ("isClosed", "hs_is_closed", B),
+            ("currency", "deal_currency_code", S),
+        ],
+        "notes" => &[("contentHtml", "hs_note_body", S)],
+        "tasks" => &[
+            ("subject", "hs_task_subject", S),
+            ("body", "hs_task_body", S),
+            ("status", "hs_task_status", S),
+            ("priority", "hs_task_priority", S),
+            ("dueDate", "hs_timestamp", S),
+            ("type", "hs_task_type", S),
+        ],
+        "events" => &[
+            ("subject", "hs_meeting_title", S),
+            ("description", "hs_meeting_body", S),
+            ("location", "hs_meeting_location", S),
+            ("startDateTime", "hs_meeting_start_time", S),
+            ("endDateTime", "hs_meeting_end_time", S),
+        ],
+        "calls" => &[
+            ("subject", "hs_call_title", S),
+            ("description", "hs_call_body", S),
+            ("date", "hs_timestamp", S),
+            ("disposition", "hs_call_disposition", S),
+            ("from", "hs_call_from_number", S),
+            ("to", "hs_call_to_number", S),
+            ("recordingUrl", "hs_call_recording_url", S),
+        ],
+        "emails" => &[
+            ("subject", "hs_email_subject", S),
+            ("body", "hs_email_text", S),
+            ("bodyHtml", "hs_email_html", S),
+            ("messageDate", "hs_timestamp", S),
+            ("status", "hs_email_status", S),
+        ],
+        _ => &[],
+    }
+}
+
+/// Properties read besides the mapped fields.
+fn extra_props(object: &str) -> &'static [&'static str] {
+    match object {
+        "accounts" => &["address", "city", "state", "zip", "country"],
+        "calls" => &["hs_call_direction", "hs_call_duration"],
+        "emails" => &[
+            "hs_email_headers",
+            "hs_email_direction",
+            "hs_attachment_ids",
+        ],
+        "events" => &["hs_timestamp"],
+        _ => &[],
+    }
+}
+
+fn properties(object: &str) -> Vec<&'static str> {
+    let mut v: Vec<&str> = fields(object).iter().map(|(_, p, _)| *p).collect();
+    v.extend(extra_props(object));
+    v.push("hubspot_owner_id");
+    v
+}
+
+/// (canonical association, HubSpot type) read for each object.
+fn associations(object: &str) -> &'static [(&'static str, &'static str)] {
+    match object {
+        "contacts" => &[("accountIds", "companies"), ("dealIds", "deals")],
+        "accounts" => &[("contactIds", "contacts"), ("dealIds", "deals")],
+        "deals" => &[("contactIds", "contacts"), ("accountIds", "companies")],
+        "users" => &[],
+        _ => &[
+            ("contactIds", "contacts"),
+            ("dealIds", "deals"),
+            ("accountIds", "companies"),
+        ],
+    }
+}
+
+/// HubSpot-defined association type ids for creating associations.
+fn association_type_id(from: &str, to: &str) -> Option<u32> {
+    Some(match (from, to) {
+        ("contacts", "companies") => 279,
+        ("contacts", "deals") => 4,
+        ("deals", "contacts") => 3,
+        ("deals", "companies") => 341,
+        ("notes", "contacts") => 202,
+        ("notes", "companies") => 190,
+        ("notes", "deals") => 214,
+        ("tasks", "contacts") => 204,
+        ("tasks", "companies") => 192,
+        ("tasks", "deals") => 216,
+        ("meetings", "contacts") => 200,
+        ("meetings", "companies") => 188,
+        ("meetings", "deals") => 212,
+        ("calls", "contacts") => 194,
+        ("calls", "companies") => 182,
+        ("calls", "deals") => 206,
+        ("emails", "contacts") => 198,
+        ("emails", "companies") => 186,
+        ("emails", "deals") => 210,
+        _ => return None,
+    })
+}
+
+fn prop<'a>(props: &'a Map<String, Value>, k: &str) -> Option<&'a str> {
+    props
+        .get(k)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+}
+
+fn strip_tags(html: &str) -> String {
+    let mut out = String::with_capacity(html.len());
+    let mut inside = false;
+    for c in html.chars() {
+        match c {
+            '<' => inside = true,
+            '>' => inside = false,
+            c if !inside => out.push(c),
+            _ => {}
+        }
+    }
+    out.trim().to_string()
+}
+
+fn id_of(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn owner_record(v: Value) -> Result<NativeRecord, ConnectorError> {
+    let id = id_of(&v["id"])
+        .ok_or_else(|| ConnectorError::Decode("a HubSpot owner has no id".into()))?;
+    let mut data = Map::new();
+    data.insert("firstName".into(), v["firstName"].clone());
+    data.insert("lastName".into(), v["lastName"].clone());
+    data.insert("email".into(), v["email"].clone());
+    data.insert(
+        "archived".into(),
+        json!(v["archived"].as_bool().unwrap_or(false)),
+    );
+    data.insert("associations".into(), json!({}));
+    Ok(NativeRecord {
+        native_id: id,
+        created_time: ms(v.get("createdAt")),
+        modified_time: ms(v.get("updatedAt")),
+        deleted: false,
+        data,
+        native: v,
+    })
+}
+
+/// A HubSpot object (`{id, properties, createdAt, updatedAt, archived,
+/// associations}`) in canonical form.
+fn to_record(object: &str, v: Value) -> Result<NativeRecord, ConnectorError> {
+    let id = id_of(&v["id"])
+        .ok_or_else(|| ConnectorError::Decode(format!("a HubSpot {object} record has no id")))?;
+    let empty = Map::new();
+    let props = v["properties"].as_object().unwrap_or(&empty);
+    let mut data = Map::new();
+    for (canon, p, kind) in fields(object) {
+        let raw = prop(props, p);
+        let val = match (kind, raw) {
+            (_, None) => Value::Null,
+            (K::S, Some(s)) => json!(s),
+            (K::N, Some(s)) => s.parse::<f64>().ok().map_or(Value::Null, |n| json!(n)),
+            (K::B, Some(s)) => json!(s == "true"),
+        };
+        data.insert((*canon).into(), val);
+    }
+    match object {
+        "accounts" => {
+            let addr: Map<String, Value> = [
+                ("street", "address"),
+                ("city", "city"),
+                ("state", "state"),
+                ("postalCode", "zip"),
+                ("country", "country"),
+            ]
+            .iter()
+            .map(|(c, p)| {
+                (
+                    (*c).into(),
+                    prop(props, p).map_or(Value::Null, |s| json!(s)),
+                )
+            })
+            .collect();
+            let any = addr.values().any(|v| !v.is_null());
+            data.insert(
+                "address".into(),
+                if any {
+                    Value::Object(addr)
+                } else {
+                    Value::Null
+                },
+            );
+        }
+        "notes" => {
+            data.insert(
+                "contentText".into(),
+                prop(props, "hs_note_body").map_or(Value::Null, |h| json!(strip_tags(h))),
+            );
+        }
+        "tasks" => {
+            data.insert(
+                "isDone".into(),
+                json!(prop(props, "hs_task_status") == Some("COMPLETED")),
+            );
+        }
+        "events" => {
+            data.insert("type".into(), json!("meeting"));
+            data.insert("isAllDayEvent".into(), json!(false));
+        }
+        "calls" => {
+            data.insert(
+                "direction".into(),
+                prop(props, "hs_call_direction").map_or(Value::Null, |d| json!(d.to_lowercase())),
+            );
+            // HubSpot counts milliseconds; the unified model seconds.
+            data.insert(
+                "duration".into(),
+                prop(props, "hs_call_duration")
+                    .and_then(|d| d.parse::<f64>().ok())
+                    .map_or(Value::Null, |d| json!((d / 1000.0).round())),
+            );
+        }
+        "emails" => {
+            let headers: Value = prop(props, "hs_email_headers")
+                .and_then(|h| serde_json::from_str(h).ok())
+                .unwrap_or(Value::Null);
+            let emails = |k: &str| -> Value {
+                json!(
+                    headers[k]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|a| a["email"].as_str())
+                        .collect::<Vec<_>>()
+                )
+            };
+            data.insert("from".into(), headers["from"]["email"].clone());
+            data.insert("to".into(), emails("to"));
+            data.insert("cc".into(), emails("cc"));
+            data.insert("bcc".into(), emails("bcc"));
+            data.insert(
+                "isIncoming".into(),
+                json!(prop(props, "hs_email_direction") == Some("INCOMING_EMAIL")),
+            );
+            data.insert(
+                "isBounced".into(),
+                json!(prop(props, "hs_email_status") == Some("BOUNCED")),
+            );
+            data.insert(
+                "hasAttachment".into(),
+                json!(prop(props, "hs_attachment_ids").is_some()),
+            );
+        }
+        _ => {}
+    }
+    let mut assoc = Map::new();
+    if let Some(o) = prop(props, "hubspot_owner_id") {
+        assoc.insert("ownerUserId".into(), json!(o));
+    }
+    for (canon, t) in associations(object) {
+        let ids: Vec<Value> = v["associations"][*t]["results"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| id_of(&r["id"]))
+            .map(Value::String)
+            .collect();
+        assoc.insert((*canon).into(), Value::Array(dedup(ids)));
+    }
+    data.insert("associations".into(), Value::Object(assoc));
+    // Lists carry associations inline and search runs read them apart, so
+    // the raw record keeps neither: the same record must hash the same
+    // whichever way it was read.
+    let mut v = v;
+    if let Value::Object(m) = &mut v {
+        m.remove("associations");
+    }
+    Ok(NativeRecord {
+        native_id: id,
+        created_time: ms(v.get("createdAt")),
+        modified_time: ms(v
+            .get("archivedAt")
+            .filter(|a| !a.is_null())
+            .or(v.get("updatedAt"))),
+        deleted: v["archived"].as_bool().unwrap_or(false),
+        data,
+        native: v,
+    })
+}
+
+fn dedup(mut v: Vec<Value>) -> Vec<Value> {
+    let mut seen = std::collections::HashSet::new();
+    v.retain(|x| seen.insert(x.to_string()));
+    v
+}
+
+/// Canonical input → `{properties, associations}`.
+fn to_native(
+    object: &str,
+    t: &str,
+    input: &Map<String, Value>,
+) -> (Map<String, Value>, Vec<(String, String)>) {
+    let mut props = Map::new();
+    let as_prop = |v: &Value| -> Value {
+        match v {
+            Value::Null => json!(""),
+            Value::String(_) => v.clone(),
+            Value::Bool(b) => json!(b.to_string()),
+            Value::Number(n) => json!(n.to_string()),
+            other => json!(other.to_string()),
+        }
+    };
+    for (canon, p, _) in fields(object) {
+        if let Some(v) = input.get(*canon) {
+            props.insert((*p).into(), as_prop(v));
+        }
+    }
+    match object {
+        "accounts" => {
+            if let Some(Value::Object(a)) = input.get("address") {
+                for (c, p) in [
+                    ("street", "address"),
+                    ("city", "city"),
+                    ("state", "state"),
+                    ("postalCode", "zip"),
+                    ("country", "country"),
+                ] {
+                    if let Some(v) = a.get(c) {
+                        props.insert(p.into(), as_prop(v));
+                    }
+                }
+            }
+        }
+        "notes" => {
+            if !props.contains_key("hs_note_body")
+                && let Some(t) = input.get("contentText")
+            {
+                props.insert("hs_note_body".into(), as_prop(t));
+            }
+        }
+        "tasks" if input.get("isDone").and_then(Value::as_bool) == Some(true) => {
+            props.insert("hs_task_status".into(), json!("COMPLETED"));
+        }
+        "calls" => {
+            if let Some(d) = input.get("direction").and_then(Value::as_str) {
+                props.insert("hs_call_direction".into(), json!(d.to_uppercase()));
+            }
+            if let Some(d) = input.get("duration").and_then(Value::as_f64) {
+                props.insert(
+                    "hs_call_duration".into(),
+                    json!(((d * 1000.0) as i64).to_string()),
+                );
+            }
+        }
+        "emails" => {
+            if input.contains_key("from") || input.contains_key("to") {
+                let list = |k: &str| -> Value {
+                    json!(
+                        input
+                            .get(k)
+                            .and_then(Value::as_array)
+                            .into_iter()
+                            .flatten()
+                            .filter_map(Value::as_str)
+                            .map(|e| json!({"email": e}))
+                            .collect::<Vec<_>>()
+                    )
+                };
+                let h = json!({"from": {"email": input.get("from").cloned().unwrap_or(Value::Null)}, "to": list("to"), "cc": list("cc"), "bcc": list("bcc")});
+                props.insert("hs_email_headers".into(), json!(h.to_string()));
+            }
+            if let Some(true) = input.get("isIncoming").and_then(Value::as_bool) {
+                props.insert("hs_email_direction".into(), json!("INCOMING_EMAIL"));
+            }
+        }
+        _ => {}
+    }
+    if let Some(o) = input.get("ownerUserId") {
+        props.insert("hubspot_owner_id".into(), as_prop(o));
+    }
+    // Engagements need a timestamp; default it to now as HubSpot's UI does.
+    if !matches!(object, "contacts" | "accounts" | "deals") && !props.contains_key("hs_timestamp") {
+        let when = input.get("startDateTime").cloned().unwrap_or_else(|| {
+            json!(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        });
+        props.insert("hs_timestamp".into(), as_prop(&when));
+    }
+    if let Some(Value::Object(raw)) = input.get("$native") {
+        for (k, v) in raw {
+            props.insert(k.clone(), as_prop(v));
+        }
+    }
+    let mut links = Vec::new();
+    for (key, to) in [
+        ("accountId", "companies"),
+        ("contactId", "contacts"),
+        ("dealId", "deals"),
+    ] {
+        if let Some(id) = input.get(key).and_then(id_of) {
+            links.push((to.to_string(), id));
+        }
+    }
+    if let Some(ids) = input.get("contactIds").and_then(Value::as_array) {
+        links.extend(
+            ids.iter()
+                .filter_map(id_of)
+                .map(|i| ("contacts".to_string(), i)),
+        );
+    }
+    links.retain(|(to, _)| association_type_id(t, to).is_some());
+    (props, links)
+}
+
+fn failed(resp: &Response) -> ConnectorError {
+    let body: Value = serde_json::from_slice(&resp.body).unwrap_or(Value::Null);
+    let message = body["message"]
+        .as_str()
+        .unwrap_or("HubSpot refused the request")
+        .to_string();
+    if resp.status == 404 {
+        return ConnectorError::NotFound;
+    }
+    if resp.status >= 500 {
+        return ConnectorError::Call(CallError::Unavailable(format!(
+            "HubSpot answered {}: {message}",
+            resp.status
+        )));
+    }
+    let category = body["category"].as_str().unwrap_or("ERROR");
+    let mut errors: Vec<Value> = body["errors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            json!({
+                "message": e["message"].clone(),
+                "errorCode": e.get("code").cloned().unwrap_or(json!(category)),
+                "fields": e["context"]["propertyName"].clone(),
+            })
+        })
+        .collect();
+    if errors.is_empty() {
+        errors.push(json!({"message": message, "errorCode": category, "fields": []}));
+    }
+    ConnectorError::Provider {
+        status: resp.status,
+        message,
+        errors,
+    }
+}
+
+fn ok(resp: Response) -> Result<Value, ConnectorError> {
+    if !(200..300).contains(&resp.status) {
+        return Err(failed(&resp));
+    }
+    resp.json()
+}
+
+/// Sends, waiting out a few short per-second limits (search has one of
+/// its own that the connection's budget does not model).
+async fn send(p: &dyn Provider, req: Request) -> Result<Response, ConnectorError> {
+    let mut tries = 0;
+    loop {
+        match p.send(req.clone()).await {
+            Err(CallError::RateLimited {
+                retry_after_secs, ..
+            }) if tries < 5 && retry_after_secs <= 10 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+            }
+            r => return Ok(r?),
+        }
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct Cursor {
+    /// `list`, `search` or `archived`.
+    m: String,
+    /// The `after` of the next page.
+    #[serde(default)]
+    a: String,
+    /// Search: the start time in use (moves when re-anchoring).
+    #[serde(default)]
+    s: i64,
+}
+
+impl Cursor {
+    fn encode(&self) -> Option<String> {
+        serde_json::to_string(self).ok()
+    }
+}
+
+impl HubSpot {
+    async fn owners(&self, p: &dyn Provider, req: &ListRequest) -> Result<Page, ConnectorError> {
+        let mut r = Request::get("/crm/v3/owners/").query("limit", PAGE.to_string());
+        if let Some(c) = &req.cursor {
+            r = r.query("after", c.clone());
+        }
+        let body = ok(send(p, r).await?)?;
+        let records = body["results"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|o| owner_record(o.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Page {
+            records,
+            next_cursor: body["paging"]["next"]["after"].as_str().map(str::to_string),
+            total: None,
+        })
+    }
+
+    /// Reads the associations of search results (v4 batch, per type).
+    async fn attach(
+        &self,
+        p: &dyn Provider,
+        object: &str,
+        t: &str,
+        records: &mut [NativeRecord],
+    ) -> Result<(), ConnectorError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let inputs: Vec<Value> = records.iter().map(|r| json!({"id": r.native_id})).collect();
+        for (canon, to) in associations(object) {
+            let body = ok(send(
+                p,
+                Request::with_body(
+                    "POST",
+                    format!("/crm/v4/associations/{t}/{to}/batch/read"),
+                    json!({"inputs": inputs}),
+                ),
+            )
+            .await?)?;
+            let mut by_id: std::collections::HashMap<String, Vec<Value>> = Default::default();
+            for r in body["results"].as_array().into_iter().flatten() {
+                let Some(from) = id_of(&r["from"]["id"]) else {
+                    continue;
+                };
+                let ids = r["to"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|x| id_of(&x["toObjectId"]))
+                    .map(Value::String);
+                by_id.entry(from).or_default().extend(ids);
+            }
+            for rec in records.iter_mut() {
+                let ids = dedup(by_id.remove(&rec.native_id).unwrap_or_default());
+                if let Some(Value::Object(a)) = rec.data.get_mut("associations") {
+                    a.insert((*canon).into(), Value::Array(ids));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn read_one(
+        &self,
+        p: &dyn Provider,
+        object: &str,
+        t: &str,
+        id: &str,
+    ) -> Result<NativeRecord, ConnectorError> {
+        let assoc: Vec<&str> = associations(object).iter().map(|(_, t)| *t).collect();
+        let r = Request::get(format!("/crm/v3/objects/{t}/{}", encode(id)))
+            .query("properties", properties(object).join(","))
+            .query("associations", assoc.join(","));
+        to_record(object, ok(send(p, r).await?)?)
+    }
+
+    async fn link(
+        &self,
+        p: &dyn Provider,
+        t: &str,
+        id: &str,
+        links: &[(String, String)],
+    ) -> Result<(), ConnectorError> {
+        for (to, to_id) in links {
+            let r = Request {
+                method: "PUT",
+                ..Request::get(format!(
+                    "/crm/v4/objects/{t}/{}/associations/default/{to}/{}",
+                    encode(id),
+                    encode(to_id)
+                ))
+            };
+            ok(send(p, r).await?)?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl CrmConnector for HubSpot {
+    fn integration_id(&self) -> &'static str {
+        "hubspot"
+    }
+
+    fn objects(&self) -> &'static [&'static str] {
+        OBJECTS
+    }
+
+    fn tombstones(&self, object: &str) -> bool {
+        object != "users"
+    }
+
+    async fn list(
+        &self,
+        p: &dyn Provider,
+        object: &str,
+        req: &ListRequest,
+    ) -> Result<Page, ConnectorError> {
+        let Some(t) = hs_type(object) else {
+            if object == "users" {
+                return self.owners(p, req).await;
+            }
+            return Err(ConnectorError::Unsupported(format!(
+                "HubSpot has no {object}"
+            )));
+        };
+        let cur: Cursor = match &req.cursor {
+            Some(c) => serde_json::from_str(c).map_err(|_| {
+                ConnectorError::Decode(
+                    "a HubSpot cursor from another version; start the object again".into(),
+                )
+            })?,
+            None if req.since.is_some() => Cursor {
+                m: "search".into(),
+                a: String::new(),
+                s: req.since.unwrap_or(0),
+            },
+            None => Cursor {
+                m: "list".into(),
+                ..Default::default()
+            },
+        };
+        let assoc: Vec<&str> = associations(object).iter().map(|(_, t)| *t).collect();
+        match cur.m.as_str() {
+            "search" => {
+                let offset: usize = cur.a.parse().unwrap_or(0);
+                let mut body = json!({
+                    "filterGroups": [{"filters": [{"propertyName": modified_prop(t), "operator": "GTE", "value": cur.s.to_string()}]}],
+                    "sorts": [{"propertyName": modified_prop(t), "direction": "ASCENDING"}],
+                    "properties": properties(object),
+                    "limit": PAGE,
+                });
+                if offset > 0 {
+                    body["after"] = json!(offset.to_string());
+                }
+                let v = ok(send(
+                    p,
+                    Request::with_body("POST", format!("/crm/v3/objects/{t}/search"), body),
+                )
+                .await?)?;
+                let mut records = v["results"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|r| to_record(object, r.clone()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                self.attach(p, object, t, &mut records).await?;
+                let next = match v["paging"]["next"]["after"]
+                    .as_str()
+                    .and_then(|a| a.parse::<usize>().ok())
+                {
+                    Some(n) if n + PAGE <= SEARCH_CAP => Some(Cursor {
+                        m: "search".into(),
+                        a: n.to_string(),
+                        s: cur.s,
+                    }),
+                    Some(_) => {
+                        // Re-anchor on the newest time seen; records sharing
+                        // it are read again and found unchanged.
+                        let last = records
+                            .iter()
+                            .filter_map(|r| r.modified_time)
+                            .max()
+                            .unwrap_or(cur.s);
+                        Some(Cursor {
+                            m: "search".into(),
+                            a: String::new(),
+                            s: if last > cur.s { last } else { cur.s + 1 },
+                        })
+                    }
+                    None if req.include_deleted => Some(Cursor {
+                        m: "archived".into(),
+                        a: String::new(),
+                        s: cur.s,
+                    }),
+                    None => None,
+                };
+                Ok(Page {
+                    records,
+                    next_cursor: next.and_then(|c| c.encode()),
+                    total: v["total"].as_i64(),
+                })
+            }
+            mode => {
+                let archived = mode == "archived";
+                let mut r = Request::get(format!("/crm/v3/objects/{t}"))
+                    .query("limit", PAGE.to_string())
+                    .query("properties", properties(object).join(","));
+                if !archived {
+                    r = r.query("associations", assoc.join(","));
+                }
+                if archived {
+                    r = r.query("archived", "true");
+                }
+                if !cur.a.is_empty() {
+                    r = r.query("after", cur.a.clone());
+                }
+                let v = ok(send(p, r).await?)?;
+                let mut records = Vec::new();
+                for item in v["results"].as_array().into_iter().flatten() {
+                    let rec = to_record(object, item.clone())?;
+                    // Tombstones older than the run's start were seen before.
+                    if archived && rec.modified_time.is_some_and(|m| m < cur.s) {
+                        continue;
+                    }
+                    records.push(rec);
+                }
+                let next = v["paging"]["next"]["after"].as_str().map(|a| Cursor {
+                    m: mode.into(),
+                    a: a.into(),
+                    s: cur.s,
+                });
+                Ok(Page {
+                    records,
+                    next_cursor: next.and_then(|c| c.encode()),
+                    total: None,
+                })
+            }
+        }
+    }
+
+    async fn find(
+        &self,
+        p: &dyn Provider,
+        object: &str,
+        native_id: &str,
+    ) -> Result<Option<NativeRecord>, ConnectorError> {
+        if object == "users" {
+            let r = send(
+                p,
+                Request::get(format!("/crm/v3/owners/{}", encode(native_id))),
+            )
+            .await?;
+            return match ok(r) {
+                Ok(v) => owner_record(v).map(Some),
+                Err(ConnectorError::NotFound) => Ok(None),
+                Err(e) => Err(e),
+            };
+        }
+        let t = hs_type(object)
+            .ok_or_else(|| ConnectorError::Unsupported(format!("HubSpot has no {object}")))?;
+        match self.read_one(p, object, t, native_id).await {
+            Ok(r) => Ok(Some(r)),
+            Err(ConnectorError::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn create(
+        &self,
+        p: &dyn Provider,
+        object: &str,
+        input: &Map<String, Value>,
+    ) -> Result<NativeRecord, ConnectorError> {
+        let t = hs_type(object).ok_or_else(|| {
+            ConnectorError::Unsupported(format!("HubSpot cannot create {object}"))
+        })?;
+        let (mut props, links) = to_native(object, t, input);
+        if object == "deals" {
+            // HubSpot requires a stage; new deals start in the default
+            // pipeline's first stage unless one is given.
+            props
+                .entry("dealstage")
+                .or_insert(json!("appointmentscheduled"));
+            props.entry("pipeline").or_insert(json!("default"));
+        }
+        let assoc: Vec<Value> = links
+            .iter()
+            .filter_map(|(to, id)| {
+                association_type_id(t, to).map(|tid| json!({"to": {"id": id}, "types": [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": tid}]}))
+            })
+            .collect();
+        let body = json!({"properties": props, "associations": assoc});
+        let v = ok(send(
+            p,
+            Request::with_body("POST", format!("/crm/v3/objects/{t}"), body),
+        )
+        .await?)?;
+        let id = id_of(&v["id"]).ok_or_else(|| {
+            ConnectorError::Decode("HubSpot created a record without an id".into())
+        })?;
+        self.read_one(p, object, t, &id).await
+    }
+
+    async fn update(
+        &self,
+        p: &dyn Provider,
+        object: &str,
+        native_id: &str,
+        input: &Map<String, Value>,
+    ) -> Result<NativeRecord, ConnectorError> {
+        let t = hs_type(object).ok_or_else(|| {
+            ConnectorError::Unsupported(format!("HubSpot cannot update {object}"))
+        })?;
+        let (props, links) = to_native(object, t, input);
+        // Engagement timestamps are defaulted on create only.
+        let mut props = props;
+        if !input.contains_key("dueDate")
+            && !input.contains_key("date")
+            && !input.contains_key("messageDate")
+            && !input.contains_key("startDateTime")
+            && input
+                .get("$native")
+                .is_none_or(|n| n.get("hs_timestamp").is_none())
+        {
+            props.remove("hs_timestamp");
+        }
+        if !props.is_empty() {
+            ok(send(
+                p,
+                Request::with_body(
+                    "PATCH",
+                    format!("/crm/v3/objects/{t}/{}", encode(native_id)),
+                    json!({"properties": props}),
+                ),
+            )
+            .await?)?;
+        }
+        self.link(p, t, native_id, &links).await?;
+        self.read_one(p, object, t, native_id).await
+    }
+
+    async fn delete(
+        &self,
+        p: &dyn Provider,
+        object: &str,
+        native_id: &str,
+    ) -> Result<(), ConnectorError> {
+        let t = hs_type(object).ok_or_else(|| {
+            ConnectorError::Unsupported(format!("HubSpot cannot delete {object}"))
+        })?;
+        let r = send(
+            p,
+            Request::delete(format!("/crm/v3/objects/{t}/{}", encode(native_id))),
+        )
+        .await?;
+        ok(r).map(|_| ()).or_else(|e| match e {
+            // DELETE answers 204 with no body.
+            ConnectorError::Decode(_) => Ok(()),
+            e => Err(e),
+        })
+    }
+}
+
+fn encode(id: &str) -> String {
+    url::form_urlencoded::byte_serialize(id.as_bytes()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_a_contact_with_associations_and_back() {
+        let r = to_record(
+            "contacts",
+            json!({"id": "51", "properties": {"firstname": "Ava", "lastname": "Chen", "jobtitle": "CTO", "hubspot_owner_id": "100001"},
+                   "createdAt": "2024-01-01T00:00:00.000Z", "updatedAt": "2024-01-02T00:00:00.000Z", "archived": false,
+                   "associations": {"companies": {"results": [{"id": "7", "type": "contact_to_company"}, {"id": "7", "type": "contact_to_company_unlabeled"}]}}}),
+        )
+        .unwrap();
+        assert_eq!(r.data["jobTitle"], "CTO");
+        assert_eq!(r.data["associations"]["accountIds"], json!(["7"]));
+        assert_eq!(r.data["associations"]["dealIds"], json!([]));
+        assert_eq!(r.data["associations"]["ownerUserId"], "100001");
+        let (props, links) = to_native(
+            "contacts",
+            "contacts",
+            json!({"lastName": "L", "accountId": "9", "$native": {"lifecyclestage": "lead"}})
+                .as_object()
+                .unwrap(),
+        );
+        assert_eq!(props["lastname"], "L");
+        assert_eq!(props["lifecyclestage"], "lead");
+        assert_eq!(links, vec![("companies".to_string(), "9".to_string())]);
+    }
+
+    #[test]
+    fn hostile_records_are_errors_not_panics() {
+        assert!(to_record("contacts", json!([1])).is_err());
+        assert!(to_record("contacts", json!({"properties": {}})).is_err());
+        let r = to_record(
+            "deals",
+            json!({"id": 5, "properties": {"amount": "lots", "hs_is_closed": null}}),
+        )
+        .unwrap();
+        assert_eq!(r.data["amount"], Value::Null);
+        assert_eq!(r.data["isClosed"], Value::Null);
+    }
+}

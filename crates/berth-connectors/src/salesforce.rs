@@ -1,0 +1,725 @@
+//! Salesforce (REST API, the version in the catalog's base URL).
+//!
+//! - Lists are SOQL: `SELECT … FROM T [WHERE SystemModstamp >= t] ORDER BY
+//!   SystemModstamp, Id`, paged by `nextRecordsUrl` (200 rows a batch via
+//!   `Sforce-Query-Options`); incremental runs use `queryAll` so deleted
+//!   rows come back with `IsDeleted = true` as tombstones.
+//! - Calls are Tasks with `TaskSubtype = 'Call'`; tasks are the other Tasks.
+//! - Writes are `/sobjects/{T}` (POST, PATCH, DELETE), then the row is read
+//!   back so the store holds what Salesforce holds.
+//! - `REQUEST_LIMIT_EXCEEDED` (403) is the org's daily allocation: a rate
+//!   limit, not a refusal. An expired session (401) is refreshed by the
+//!   outbound layer.
+
+use serde_json::{Map, Value, json};
+
+use crate::{
+    CallError, ConnectorError, CrmConnector, ListRequest, NativeRecord, Page, Provider, Request,
+    Response,
+};
+
+pub struct Salesforce;
+
+const OBJECTS: &[&str] = &[
+    "users", "accounts", "contacts", "deals", "leads", "notes", "tasks", "events", "calls",
+];
+
+/// (sObject, extra WHERE clause) of a unified object.
+fn sobject(object: &str) -> Option<(&'static str, Option<&'static str>)> {
+    Some(match object {
+        "users" => ("User", None),
+        "accounts" => ("Account", None),
+        "contacts" => ("Contact", None),
+        "deals" => ("Opportunity", None),
+        "leads" => ("Lead", None),
+        "notes" => ("Note", None),
+        "tasks" => ("Task", Some("TaskSubtype != 'Call'")),
+        "events" => ("Event", None),
+        "calls" => ("Task", Some("TaskSubtype = 'Call'")),
+        _ => return None,
+    })
+}
+
+#[derive(Clone, Copy)]
+enum K {
+    /// As it comes.
+    V,
+    /// A Salesforce date-time, turned into RFC 3339.
+    T,
+}
+
+/// (canonical, Salesforce field, kind) of the plain fields.
+fn fields(object: &str) -> &'static [(&'static str, &'static str, K)] {
+    use K::*;
+    match object {
+        "users" => &[
+            ("firstName", "FirstName", V),
+            ("lastName", "LastName", V),
+            ("email", "Email", V),
+        ],
+        "accounts" => &[
+            ("name", "Name", V),
+            ("description", "Description", V),
+            ("industry", "Industry", V),
+            ("annualRevenue", "AnnualRevenue", V),
+            ("numberOfEmployees", "NumberOfEmployees", V),
+            ("website", "Website", V),
+            ("phone", "Phone", V),
+        ],
+        "contacts" => &[
+            ("firstName", "FirstName", V),
+            ("lastName", "LastName", V),
+            ("email", "Email", V),
+            ("jobTitle", "Title", V),
+            ("phone", "Phone", V),
+            ("mobilePhone", "MobilePhone", V),
+        ],
+        "deals" => &[
+            ("name", "Name", V),
+            ("stage", "StageName", V),
+            ("amount", "Amount", V),
+            ("closeDate", "CloseDate", V),
+            ("expectedRevenue", "ExpectedRevenue", V),
+            ("isWon", "IsWon", V),
+            ("isClosed", "IsClosed", V),
+        ],
+        "leads" => &[
+            ("firstName", "FirstName", V),
+            ("lastName", "LastName", V),
+            ("email", "Email", V),
+            ("jobTitle", "Title", V),
+            ("account", "Company", V),
+            ("phone", "Phone", V),
+            ("mobilePhone", "MobilePhone", V),
+        ],
+        "notes" => &[("contentText", "Body", V)],
+        "tasks" => &[
+            ("subject", "Subject", V),
+            ("body", "Description", V),
+            ("status", "Status", V),
+            ("priority", "Priority", V),
+            ("dueDate", "ActivityDate", V),
+            ("isDone", "IsClosed", V),
+            ("type", "TaskSubtype", V),
+        ],
+        "events" => &[
+            ("subject", "Subject", V),
+            ("description", "Description", V),
+            ("type", "Type", V),
+            ("location", "Location", V),
+            ("startDateTime", "StartDateTime", T),
+            ("endDateTime", "EndDateTime", T),
+            ("isAllDayEvent", "IsAllDayEvent", V),
+        ],
+        "calls" => &[
+            ("subject", "Subject", V),
+            ("description", "Description", V),
+            ("status", "Status", V),
+            ("disposition", "CallDisposition", V),
+            ("duration", "CallDurationInSeconds", V),
+        ],
+        _ => &[],
+    }
+}
+
+/// Fields read besides the mapped ones.
+fn extra(object: &str) -> &'static [&'static str] {
+    match object {
+        "users" => &["IsActive"],
+        "accounts" => &[
+            "BillingStreet",
+            "BillingCity",
+            "BillingState",
+            "BillingPostalCode",
+            "BillingCountry",
+            "OwnerId",
+        ],
+        "contacts" => &["AccountId", "OwnerId"],
+        "deals" => &["Probability", "AccountId", "OwnerId"],
+        "leads" => &["ConvertedAccountId", "ConvertedContactId", "OwnerId"],
+        "notes" => &["Title", "ParentId", "OwnerId"],
+        "calls" => &["CallType", "ActivityDate", "WhoId", "WhatId", "OwnerId"],
+        _ => &["WhoId", "WhatId", "OwnerId"],
+    }
+}
+
+fn select(object: &str) -> Vec<&'static str> {
+    let mut v = vec!["Id", "CreatedDate", "SystemModstamp"];
+    if object != "users" {
+        v.push("IsDeleted");
+    }
+    v.extend(fields(object).iter().map(|(_, f, _)| *f));
+    v.extend(extra(object));
+    v
+}
+
+/// Salesforce's `2024-01-02T03:04:05.000+0000` as RFC 3339.
+fn sf_time(v: &Value) -> Option<chrono::DateTime<chrono::Utc>> {
+    let s = v.as_str()?;
+    chrono::DateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f%z")
+        .or_else(|_| chrono::DateTime::parse_from_rfc3339(s))
+        .ok()
+        .map(|t| t.to_utc())
+}
+
+fn rfc(v: &Value) -> Value {
+    sf_time(v).map_or(Value::Null, |t| {
+        json!(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+    })
+}
+
+/// Which association a record id belongs to, by its key prefix.
+fn by_prefix(id: &str) -> Option<&'static str> {
+    Some(match id.get(..3)? {
+        "001" => "accountIds",
+        "003" => "contactIds",
+        "006" => "dealIds",
+        "00Q" => "leadIds",
+        _ => return None,
+    })
+}
+
+fn to_record(object: &str, mut v: Value) -> Result<NativeRecord, ConnectorError> {
+    let id = v["Id"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .ok_or_else(|| ConnectorError::Decode(format!("a Salesforce {object} row has no Id")))?;
+    if let Value::Object(m) = &mut v {
+        m.remove("attributes");
+    }
+    let mut data = Map::new();
+    for (canon, f, kind) in fields(object) {
+        let raw = v.get(*f).cloned().unwrap_or(Value::Null);
+        data.insert(
+            (*canon).into(),
+            match kind {
+                K::V => raw,
+                K::T => rfc(&raw),
+            },
+        );
+    }
+    match object {
+        "users" => {
+            data.insert(
+                "archived".into(),
+                json!(v["IsActive"].as_bool().map(|a| !a)),
+            );
+        }
+        "accounts" => {
+            let addr: Map<String, Value> = [
+                ("street", "BillingStreet"),
+                ("city", "BillingCity"),
+                ("state", "BillingState"),
+                ("postalCode", "BillingPostalCode"),
+                ("country", "BillingCountry"),
+            ]
+            .iter()
+            .map(|(c, f)| ((*c).into(), v.get(*f).cloned().unwrap_or(Value::Null)))
+            .collect();
+            let any = addr.values().any(|x| !x.is_null());
+            data.insert(
+                "address".into(),
+                if any {
+                    Value::Object(addr)
+                } else {
+                    Value::Null
+                },
+            );
+        }
+        "deals" => {
+            // Vessel's probability is a string.
+            data.insert(
+                "probability".into(),
+                v["Probability"]
+                    .as_f64()
+                    .map_or(Value::Null, |p| json!(p.to_string())),
+            );
+        }
+        "notes" => {
+            data.insert("contentHtml".into(), v["Body"].clone());
+        }
+        "events" if data["type"].is_null() => {
+            data.insert("type".into(), json!("meeting"));
+        }
+        "calls" => {
+            data.insert(
+                "direction".into(),
+                v["CallType"]
+                    .as_str()
+                    .map_or(Value::Null, |d| json!(d.to_lowercase())),
+            );
+            data.insert(
+                "date".into(),
+                v["ActivityDate"]
+                    .as_str()
+                    .map_or_else(|| rfc(&v["CreatedDate"]), |d| json!(d)),
+            );
+        }
+        _ => {}
+    }
+    let mut assoc = Map::new();
+    if object != "users" {
+        if let Some(o) = v["OwnerId"].as_str() {
+            assoc.insert("ownerUserId".into(), json!(o));
+        }
+        let mut push = |key: &str, id: &str| {
+            let e = assoc.entry(key.to_string()).or_insert_with(|| json!([]));
+            if let Value::Array(a) = e
+                && !a.iter().any(|x| x == id)
+            {
+                a.push(json!(id));
+            }
+        };
+        for f in ["AccountId", "ConvertedAccountId"] {
+            if let Some(a) = v[f].as_str() {
+                push("accountIds", a);
+            }
+        }
+        if let Some(c) = v["ConvertedContactId"].as_str() {
+            push("contactIds", c);
+        }
+        for f in ["WhoId", "WhatId", "ParentId"] {
+            if let Some(id) = v[f].as_str()
+                && let Some(key) = by_prefix(id)
+            {
+                push(key, id);
+            }
+        }
+    }
+    data.insert("associations".into(), Value::Object(assoc));
+    Ok(NativeRecord {
+        native_id: id,
+        created_time: sf_time(&v["CreatedDate"]).map(|t| t.timestamp_millis()),
+        modified_time: sf_time(&v["SystemModstamp"]).map(|t| t.timestamp_millis()),
+        deleted: v["IsDeleted"].as_bool().unwrap_or(false),
+        data,
+        native: v,
+    })
+}
+
+/// Canonical input → a Salesforce write body.
+fn to_native(object: &str, input: &Map<String, Value>, creating: bool) -> Map<String, Value> {
+    let mut out = Map::new();
+    for (canon, f, _) in fields(object) {
+        // Salesforce derives these; writing them is refused.
+        if matches!(*f, "IsWon" | "IsClosed" | "ExpectedRevenue")
+            || (object == "tasks" && *f == "TaskSubtype")
+        {
+            continue;
+        }
+        if let Some(v) = input.get(*canon) {
+            out.insert((*f).into(), v.clone());
+        }
+    }
+    match object {
+        "accounts" => {
+            if let Some(Value::Object(a)) = input.get("address") {
+                for (c, f) in [
+                    ("street", "BillingStreet"),
+                    ("city", "BillingCity"),
+                    ("state", "BillingState"),
+                    ("postalCode", "BillingPostalCode"),
+                    ("country", "BillingCountry"),
+                ] {
+                    if let Some(v) = a.get(c) {
+                        out.insert(f.into(), v.clone());
+                    }
+                }
+            }
+        }
+        "deals" => {
+            if let Some(p) = input.get("probability") {
+                let n = p
+                    .as_f64()
+                    .or_else(|| p.as_str().and_then(|s| s.parse().ok()));
+                out.insert("Probability".into(), n.map_or(Value::Null, |n| json!(n)));
+            }
+            if let Some(a) = input.get("accountId") {
+                out.insert("AccountId".into(), a.clone());
+            }
+            if let Some(Value::String(d)) = out.get("CloseDate") {
+                let day = d.get(..10).unwrap_or(d).to_string();
+                out.insert("CloseDate".into(), json!(day));
+            }
+        }
+        "contacts" => {
+            if let Some(a) = input.get("accountId") {
+                out.insert("AccountId".into(), a.clone());
+            }
+        }
+        "notes" => {
+            if !out.contains_key("Body")
+                && let Some(h) = input.get("contentHtml")
+            {
+                out.insert("Body".into(), h.clone());
+            }
+            if creating {
+                let title = input
+                    .get("contentText")
+                    .or(input.get("contentHtml"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("Note");
+                out.insert(
+                    "Title".into(),
+                    json!(title.chars().take(80).collect::<String>()),
+                );
+            }
+            for k in ["contactId", "accountId", "dealId", "leadId"] {
+                if let Some(id) = input.get(k) {
+                    out.insert("ParentId".into(), id.clone());
+                }
+            }
+        }
+        "tasks" | "events" | "calls" => {
+            if let Some(id) = input.get("contactId").or(input.get("leadId")) {
+                out.insert("WhoId".into(), id.clone());
+            }
+            if let Some(id) = input.get("dealId").or(input.get("accountId")) {
+                out.insert("WhatId".into(), id.clone());
+            }
+            if let Some(Value::String(d)) = out.get("ActivityDate") {
+                let day = d.get(..10).unwrap_or(d).to_string();
+                out.insert("ActivityDate".into(), json!(day));
+            }
+            if object == "tasks" && input.get("isDone").and_then(Value::as_bool) == Some(true) {
+                out.insert("Status".into(), json!("Completed"));
+            }
+            if object == "calls" {
+                if let Some(d) = input.get("direction").and_then(Value::as_str) {
+                    let mut c = d.chars();
+                    let cap = c
+                        .next()
+                        .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
+                        .unwrap_or_default();
+                    out.insert("CallType".into(), json!(cap));
+                }
+                if let Some(Value::String(d)) = input.get("date") {
+                    out.insert("ActivityDate".into(), json!(d.get(..10).unwrap_or(d)));
+                }
+                if creating {
+                    out.insert("TaskSubtype".into(), json!("Call"));
+                }
+            }
+            if creating && object != "events" {
+                out.entry("Status").or_insert(json!(if object == "calls" {
+                    "Completed"
+                } else {
+                    "Not Started"
+                }));
+                out.entry("Priority").or_insert(json!("Normal"));
+            }
+        }
+        _ => {}
+    }
+    if let Some(o) = input.get("ownerUserId") {
+        out.insert("OwnerId".into(), o.clone());
+    }
+    if let Some(Value::Object(raw)) = input.get("$native") {
+        for (k, v) in raw {
+            out.insert(k.clone(), v.clone());
+        }
+    }
+    out
+}
+
+fn failed(resp: &Response) -> ConnectorError {
+    let body: Value = serde_json::from_slice(&resp.body).unwrap_or(Value::Null);
+    let first = body.get(0).cloned().unwrap_or(Value::Null);
+    let code = first["errorCode"]
+        .as_str()
+        .unwrap_or("UNKNOWN_EXCEPTION")
+        .to_string();
+    let message = first["message"]
+        .as_str()
+        .unwrap_or("Salesforce refused the request")
+        .trim()
+        .to_string();
+    if resp.status == 403 && code == "REQUEST_LIMIT_EXCEEDED" {
+        return ConnectorError::Call(CallError::RateLimited {
+            retry_after_secs: 3600,
+            message,
+        });
+    }
+    if resp.status == 404 || code == "ENTITY_IS_DELETED" {
+        return ConnectorError::NotFound;
+    }
+    if resp.status >= 500 {
+        return ConnectorError::Call(CallError::Unavailable(format!(
+            "Salesforce answered {}: {message}",
+            resp.status
+        )));
+    }
+    let errors = body
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| json!({"message": e["message"].clone(), "errorCode": e["errorCode"].clone(), "fields": e.get("fields").cloned().unwrap_or(json!([]))}))
+        .collect();
+    ConnectorError::Provider {
+        status: resp.status,
+        message,
+        errors,
+    }
+}
+
+fn ok(resp: Response) -> Result<Value, ConnectorError> {
+    if !(200..300).contains(&resp.status) {
+        return Err(failed(&resp));
+    }
+    if resp.body.is_empty() {
+        return Ok(Value::Null);
+    }
+    resp.json()
+}
+
+/// A SOQL date-time literal.
+fn soql_time(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn encode(id: &str) -> String {
+    url::form_urlencoded::byte_serialize(id.as_bytes()).collect()
+}
+
+/// Salesforce ids are 15 or 18 alphanumerics; anything else cannot be one,
+/// and must not reach a URL path or a SOQL literal.
+fn valid_id(id: &str) -> bool {
+    matches!(id.len(), 15 | 18) && id.chars().all(|c| c.is_ascii_alphanumeric())
+}
+
+impl Salesforce {
+    async fn read_one(
+        &self,
+        p: &dyn Provider,
+        object: &str,
+        id: &str,
+    ) -> Result<NativeRecord, ConnectorError> {
+        let (t, _) = sobject(object)
+            .ok_or_else(|| ConnectorError::Unsupported(format!("Salesforce has no {object}")))?;
+        if !valid_id(id) {
+            return Err(ConnectorError::NotFound);
+        }
+        let r = Request::get(format!("/sobjects/{t}/{}", encode(id)))
+            .query("fields", select(object).join(","));
+        to_record(object, ok(p.send(r).await?)?)
+    }
+}
+
+#[async_trait::async_trait]
+impl CrmConnector for Salesforce {
+    fn integration_id(&self) -> &'static str {
+        "salesforce"
+    }
+
+    fn objects(&self) -> &'static [&'static str] {
+        OBJECTS
+    }
+
+    fn tombstones(&self, object: &str) -> bool {
+        // Users are deactivated, never deleted.
+        object != "users"
+    }
+
+    async fn list(
+        &self,
+        p: &dyn Provider,
+        object: &str,
+        req: &ListRequest,
+    ) -> Result<Page, ConnectorError> {
+        let (t, clause) = sobject(object)
+            .ok_or_else(|| ConnectorError::Unsupported(format!("Salesforce has no {object}")))?;
+        let r = match &req.cursor {
+            // nextRecordsUrl is absolute from the host; the provider's base
+            // already ends in /services/data/vXX.X.
+            Some(next) => {
+                let rel = next.find("/query").map_or(next.as_str(), |i| &next[i..]);
+                Request::get(rel.to_string())
+            }
+            None => {
+                let mut conds: Vec<String> = Vec::new();
+                if let Some(since) = req.since {
+                    conds.push(format!("SystemModstamp >= {}", soql_time(since)));
+                }
+                if let Some(c) = clause {
+                    conds.push(c.to_string());
+                }
+                let mut q = format!("SELECT {} FROM {t}", select(object).join(", "));
+                if !conds.is_empty() {
+                    q.push_str(" WHERE ");
+                    q.push_str(&conds.join(" AND "));
+                }
+                q.push_str(" ORDER BY SystemModstamp ASC, Id ASC");
+                let endpoint = if req.include_deleted {
+                    "/queryAll"
+                } else {
+                    "/query"
+                };
+                Request::get(endpoint).query("q", q)
+            }
+        }
+        .header("sforce-query-options", "batchSize=200");
+        let body = ok(p.send(r).await?)?;
+        let Some(rows) = body["records"].as_array() else {
+            return Err(ConnectorError::Decode(
+                "a Salesforce query answer has no `records`".into(),
+            ));
+        };
+        let records = rows
+            .iter()
+            .map(|r| to_record(object, r.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = if body["done"].as_bool() == Some(false) {
+            body["nextRecordsUrl"].as_str().map(str::to_string)
+        } else {
+            None
+        };
+        Ok(Page {
+            records,
+            next_cursor: next,
+            total: body["totalSize"].as_i64(),
+        })
+    }
+
+    async fn find(
+        &self,
+        p: &dyn Provider,
+        object: &str,
+        native_id: &str,
+    ) -> Result<Option<NativeRecord>, ConnectorError> {
+        match self.read_one(p, object, native_id).await {
+            Ok(r) => {
+                // A Task is a call or a task, never both.
+                let is_call = r.native["TaskSubtype"].as_str() == Some("Call");
+                if (object == "calls" && !is_call) || (object == "tasks" && is_call) {
+                    return Ok(None);
+                }
+                Ok(Some(r))
+            }
+            Err(ConnectorError::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn create(
+        &self,
+        p: &dyn Provider,
+        object: &str,
+        input: &Map<String, Value>,
+    ) -> Result<NativeRecord, ConnectorError> {
+        let (t, _) = sobject(object)
+            .filter(|_| object != "users")
+            .ok_or_else(|| {
+                ConnectorError::Unsupported(format!("Salesforce cannot create {object}"))
+            })?;
+        let body = Value::Object(to_native(object, input, true));
+        let v = ok(p
+            .send(Request::with_body("POST", format!("/sobjects/{t}"), body))
+            .await?)?;
+        let id = v["id"].as_str().ok_or_else(|| {
+            ConnectorError::Decode("Salesforce created a row without an id".into())
+        })?;
+        self.read_one(p, object, id).await
+    }
+
+    async fn update(
+        &self,
+        p: &dyn Provider,
+        object: &str,
+        native_id: &str,
+        input: &Map<String, Value>,
+    ) -> Result<NativeRecord, ConnectorError> {
+        let (t, _) = sobject(object)
+            .filter(|_| object != "users")
+            .ok_or_else(|| {
+                ConnectorError::Unsupported(format!("Salesforce cannot update {object}"))
+            })?;
+        if !valid_id(native_id) {
+            return Err(ConnectorError::NotFound);
+        }
+        let body = Value::Object(to_native(object, input, false));
+        ok(p.send(Request::with_body(
+            "PATCH",
+            format!("/sobjects/{t}/{}", encode(native_id)),
+            body,
+        ))
+        .await?)?;
+        self.read_one(p, object, native_id).await
+    }
+
+    async fn delete(
+        &self,
+        p: &dyn Provider,
+        object: &str,
+        native_id: &str,
+    ) -> Result<(), ConnectorError> {
+        let (t, _) = sobject(object)
+            .filter(|_| object != "users")
+            .ok_or_else(|| {
+                ConnectorError::Unsupported(format!("Salesforce cannot delete {object}"))
+            })?;
+        if !valid_id(native_id) {
+            return Err(ConnectorError::NotFound);
+        }
+        ok(p.send(Request::delete(format!(
+            "/sobjects/{t}/{}",
+            encode(native_id)
+        )))
+        .await?)
+        .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_rows_both_ways() {
+        let r = to_record(
+            "calls",
+            json!({"attributes": {"type": "Task"}, "Id": "00T5g0000000001AAA", "Subject": "Intro", "CallType": "Outbound",
+                   "CallDurationInSeconds": 90, "WhoId": "0035g0000000001AAA", "WhatId": "0065g0000000001AAA",
+                   "CreatedDate": "2024-01-01T00:00:00.000+0000", "SystemModstamp": "2024-01-02T00:00:00.000+0000", "IsDeleted": false}),
+        )
+        .unwrap();
+        assert_eq!(r.data["direction"], "outbound");
+        assert_eq!(r.data["duration"], 90);
+        assert_eq!(
+            r.data["associations"]["contactIds"],
+            json!(["0035g0000000001AAA"])
+        );
+        assert_eq!(
+            r.data["associations"]["dealIds"],
+            json!(["0065g0000000001AAA"])
+        );
+        assert_eq!(r.modified_time, Some(1_704_153_600_000));
+        assert!(r.native.get("attributes").is_none());
+        let out = to_native("calls", json!({"direction": "inbound", "contactId": "003x", "$native": {"CallDisposition": "Left VM"}}).as_object().unwrap(), true);
+        assert_eq!(out["CallType"], "Inbound");
+        assert_eq!(out["TaskSubtype"], "Call");
+        assert_eq!(out["WhoId"], "003x");
+        assert_eq!(out["CallDisposition"], "Left VM");
+    }
+
+    #[test]
+    fn hostile_rows_and_ids_are_errors_not_panics() {
+        assert!(to_record("contacts", json!({"LastName": "x"})).is_err());
+        assert!(to_record("contacts", json!("row")).is_err());
+        assert!(!valid_id("003' OR Id != '"));
+        assert!(!valid_id("../../limits"));
+        assert!(valid_id("0035g0000000001AAA"));
+        let e = failed(&Response { status: 403, body: br#"[{"message":"TotalRequests Limit exceeded.","errorCode":"REQUEST_LIMIT_EXCEEDED"}]"#.to_vec() });
+        assert!(matches!(
+            e,
+            ConnectorError::Call(CallError::RateLimited { .. })
+        ));
+        let e = failed(&Response { status: 400, body: br#"[{"message":"Required fields are missing: [LastName]","errorCode":"REQUIRED_FIELD_MISSING","fields":["LastName"]}]"#.to_vec() });
+        let ConnectorError::Provider { errors, .. } = e else {
+            panic!()
+        };
+        assert_eq!(errors[0]["fields"], json!(["LastName"]));
+    }
+}

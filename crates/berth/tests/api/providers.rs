@@ -1,0 +1,572 @@
+//! The HubSpot and Salesforce connectors end to end, against the
+//! in-repository fakes (`crates/berth-fakes`) reached through a catalog
+//! override: connect (HubSpot private-app token; Salesforce OAuth with
+//! PKCE), NEW_CONNECTION → INITIAL_SYNCED → READY, exact record counts,
+//! provider-side changes found by incremental runs (HubSpot search +
+//! archived; Salesforce SystemModstamp + queryAll), unified writes in both
+//! generations, and provider validation errors passed back.
+
+use std::time::Duration;
+
+use berth_fakes::{hubspot, salesforce};
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+use crate::sync::{events_of, last_job_done, status_of, until, v1_all};
+
+async fn app_with_catalog(toml: String) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("providers.toml");
+    std::fs::write(&file, toml).unwrap();
+    spawn_with(move |c| {
+        c.providers_file = Some(file);
+        c.no_workers = false;
+        std::mem::forget(dir);
+    })
+    .await
+}
+
+impl TestApp {
+    async fn connect_api_key(&self, integration: &str, key: &str) -> (String, String) {
+        let st = self.session_token(&self.dev_token, json!({})).await;
+        let r = self
+            .post(
+                "/auth/start",
+                &[("x-vessel-session-token", &st)],
+                json!({"integrationId": integration, "authType": "apiKey", "answers": {"api-key": key}}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{r:?}");
+        self.finish_connect(&st).await
+    }
+
+    async fn finish_connect(&self, st: &str) -> (String, String) {
+        let r = self
+            .post(
+                "/auth/access-token",
+                &[
+                    ("x-vessel-api-token", &self.dev_token),
+                    ("x-vessel-session-token", st),
+                ],
+                json!({}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{r:?}");
+        (
+            r.body["result"]["connectionId"].as_str().unwrap().into(),
+            r.body["result"]["accessToken"].as_str().unwrap().into(),
+        )
+    }
+
+    async fn sync_now_and_wait(&self, conn: &str) {
+        let done = |ev: &[(String, Value)]| {
+            ev.iter()
+                .filter(|(t, _)| t == "sync.completed" || t == "sync.failed")
+                .count()
+        };
+        let before = done(&events_of(self, conn).await);
+        let r = self
+            .post(
+                "/connections/sync",
+                &[("x-vessel-api-token", &self.dev_token)],
+                json!({"id": conn}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{r:?}");
+        until("the on-demand sync", || async {
+            done(&events_of(self, conn).await) > before && last_job_done(self, conn).await
+        })
+        .await;
+    }
+
+    fn v2h<'a>(&'a self, access: &'a str) -> [(&'a str, &'a str); 2] {
+        [
+            ("x-vessel-api-token", self.dev_token.as_str()),
+            ("x-vessel-access-token", access),
+        ]
+    }
+}
+
+fn object_events(ev: &[(String, Value)]) -> Vec<(String, String)> {
+    ev.iter()
+        .filter(|(t, _)| t.starts_with("object."))
+        .map(|(t, p)| (t.clone(), p["nativeId"].as_str().unwrap_or("").to_string()))
+        .collect()
+}
+
+/// Lifecycle and exact counts, shared by both providers.
+async fn synced_with_exact_counts(
+    app: &TestApp,
+    conn: &str,
+    access: &str,
+    expected: &[(&str, &str, usize)],
+) {
+    // READY comes before the same job's first incremental pass ends; wait
+    // for the job too, so later provider-side changes belong to later runs.
+    for _ in 0..600 {
+        if status_of(app, &app.dev_token, conn).await == "READY" && last_job_done(app, conn).await {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ev = events_of(app, conn).await;
+    let st = status_of(app, &app.dev_token, conn).await;
+    assert_eq!(st, "READY", "{ev:?}");
+    let statuses: Vec<&str> = ev
+        .iter()
+        .filter(|(t, _)| t == "connection.status_changed")
+        .map(|(_, p)| p["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["INITIAL_SYNCED", "READY"], "{ev:?}");
+    assert!(!ev.iter().any(|(t, _)| t == "sync.failed"), "{ev:?}");
+    for (plural, key, n) in expected {
+        let rows = v1_all(app, &app.dev_token, access, plural, key).await;
+        let mut ids: Vec<&str> = rows
+            .iter()
+            .map(|r| r["nativeId"].as_str().unwrap())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(rows.len(), *n, "{plural}: every provider record");
+        assert_eq!(ids.len(), *n, "{plural}: no duplicates");
+    }
+}
+
+#[tokio::test]
+async fn a_hubspot_connection_syncs_detects_changes_and_writes_back() {
+    let token = "pat-na1-11111111-2222";
+    let hs = hubspot::HubSpot::new(hubspot::Options {
+        tokens: vec![token.into()],
+        ..Default::default()
+    });
+    let base = berth_fakes::serve(hs.router()).await.unwrap();
+    let app = app_with_catalog(format!(
+        "[integrations.hubspot]\nbase_url = \"{base}\"\nrate_limit = {{ requests = 1000, per_seconds = 10, scope = \"account\" }}\n"
+    ))
+    .await;
+
+    // A wrong token is refused at connect time with HubSpot's reason.
+    let st = app.session_token(&app.dev_token, json!({})).await;
+    let r = app
+        .post(
+            "/auth/start",
+            &[("x-vessel-session-token", &st)],
+            json!({"integrationId": "hubspot", "authType": "apiKey", "answers": {"api-key": "pat-wrong"}}),
+        )
+        .await;
+    assert!(r.status == 400 || r.status == 401, "{r:?}");
+
+    let (conn, access) = app.connect_api_key("hubspot", token).await;
+    let o = hubspot::Options::default();
+    synced_with_exact_counts(
+        &app,
+        &conn,
+        &access,
+        &[
+            ("contacts", "contacts", o.contacts),
+            ("accounts", "accounts", o.companies),
+            ("deals", "deals", o.deals),
+            ("users", "users", o.owners),
+            ("notes", "notes", o.engagements),
+            ("tasks", "tasks", o.engagements),
+            ("events", "events", o.engagements),
+            ("calls", "calls", o.engagements),
+            ("emails", "emails", o.engagements),
+        ],
+    )
+    .await;
+
+    // Associations came through (list inline for full runs, v4 batch for
+    // search runs): every deal is linked to one company in the fake.
+    let r = app
+        .post(
+            "/unifications/crm/deals/list",
+            &app.v2h(&access),
+            json!({"associations": ["accounts", "contacts"]}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let deals = r.body["result"]["deals"].as_array().unwrap();
+    assert!(!deals.is_empty());
+    for d in deals {
+        assert_eq!(
+            d["associations"]["accountIds"].as_array().map(Vec::len),
+            Some(1),
+            "{d}"
+        );
+    }
+
+    // Changes made in HubSpot by someone else.
+    let client = reqwest::Client::new();
+    let auth = format!("Bearer {token}");
+    let ids = hs.live_ids("contacts");
+    let (changed, archived) = (ids[0].clone(), ids[1].clone());
+    let r = client
+        .patch(format!("{base}/crm/v3/objects/contacts/{changed}"))
+        .header("authorization", &auth)
+        .json(&json!({"properties": {"jobtitle": "Head of Sync"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = client
+        .delete(format!("{base}/crm/v3/objects/contacts/{archived}"))
+        .header("authorization", &auth)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let r = client
+        .post(format!("{base}/crm/v3/objects/deals"))
+        .header("authorization", &auth)
+        .json(&json!({"properties": {"dealname": "Made in HubSpot", "dealstage": "qualifiedtobuy"}, "associations": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let created: Value = r.json().await.unwrap();
+    let created = created["id"].as_str().unwrap().to_string();
+    let before = object_events(&events_of(&app, &conn).await).len();
+    app.sync_now_and_wait(&conn).await;
+    let ev = object_events(&events_of(&app, &conn).await);
+    let new: Vec<(String, String)> = ev[before..].to_vec();
+    assert_eq!(new.len(), 3, "one event per change: {new:?}");
+    assert!(new.contains(&("object.crm.contacts.updated".into(), changed.clone())));
+    assert!(new.contains(&("object.crm.contacts.deleted".into(), archived.clone())));
+    assert!(new.contains(&("object.crm.deals.created".into(), created.clone())));
+    let contacts = v1_all(&app, &app.dev_token, &access, "contacts", "contacts").await;
+    assert_eq!(contacts.len(), o.contacts - 1);
+    assert!(
+        contacts
+            .iter()
+            .any(|c| c["nativeId"] == changed.as_str() && c["jobTitle"] == "Head of Sync")
+    );
+
+    // Nothing changed: nothing announced.
+    let before = object_events(&events_of(&app, &conn).await).len();
+    app.sync_now_and_wait(&conn).await;
+    assert_eq!(object_events(&events_of(&app, &conn).await).len(), before);
+
+    // Unified writes reach HubSpot, with associations, and read back at once.
+    let company = hs.live_ids("companies")[0].clone();
+    let r = app
+        .post(
+            "/unifications/crm/contacts/create",
+            &app.v2h(&access),
+            json!({"contact": {"firstName": "Wren", "lastName": "Okafor", "email": "wren@example.net", "accountId": company}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let new_id = r.body["result"]["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        hs.property("contacts", &new_id, "email").as_deref(),
+        Some("wren@example.net")
+    );
+    let r = app
+        .post(
+            "/unifications/crm/contacts/find",
+            &app.v2h(&access),
+            json!({"id": new_id, "associations": ["accounts"]}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.body["result"]["contact"]["associations"]["accountIds"],
+        json!([company])
+    );
+    let r = app
+        .post(
+            "/unifications/crm/contacts/update",
+            &app.v2h(&access),
+            json!({"id": new_id, "contact": {"jobTitle": "VP"}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        hs.property("contacts", &new_id, "jobtitle").as_deref(),
+        Some("VP")
+    );
+    // v1 create of a deal (HubSpot requires a stage; the connector starts
+    // new deals in the default pipeline's first stage).
+    let r = app
+        .post(
+            "/crm/deal",
+            &[("vessel-api-token", &app.dev_token)],
+            json!({"accessToken": access, "deal": {"name": "Unified deal", "closeDate": "2027-01-31", "amount": 1200}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+
+    // HubSpot's validation errors come back with its field errors.
+    let r = app
+        .post(
+            "/unifications/crm/contacts/create",
+            &app.v2h(&access),
+            json!({"contact": {"lastName": "X", "email": "not-an-email"}}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{r:?}");
+    let errs = &r.body["error"]["metadata"]["originalErrors"];
+    assert_eq!(errs[0]["errorCode"], "INVALID_EMAIL", "{r:?}");
+    assert_eq!(errs[0]["fields"], json!(["email"]));
+    let r = app
+        .post(
+            "/unifications/crm/contacts/create",
+            &app.v2h(&access),
+            json!({"contact": {"lastName": "X", "$native": {"no_such_property": "1"}}}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{r:?}");
+    assert_eq!(
+        r.body["error"]["metadata"]["originalErrors"][0]["errorCode"],
+        "PROPERTY_DOESNT_EXIST"
+    );
+    let r = app
+        .post(
+            "/unifications/crm/contacts/create",
+            &app.v2h(&access),
+            json!({"contact": {"lastName": "Dup", "email": "wren@example.net"}}),
+        )
+        .await;
+    assert_eq!(r.status, 409, "{r:?}");
+
+    // Delete through Berth: archived in HubSpot, gone from the store.
+    let r = app
+        .post(
+            "/unifications/crm/contacts/delete",
+            &app.v2h(&access),
+            json!({"id": new_id}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(!hs.live_ids("contacts").contains(&new_id));
+
+    // synced:false reads HubSpot live.
+    let r = app
+        .post(
+            "/unifications/crm/accounts/list",
+            &app.v2h(&access),
+            json!({"synced": false}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(!r.body["result"]["accounts"].as_array().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_salesforce_connection_over_oauth_syncs_detects_changes_and_writes_back() {
+    let sf = salesforce::Salesforce::new(salesforce::Options::default());
+    let base = sf.serve().await.unwrap();
+    let app = app_with_catalog(format!(
+        r#"
+[integrations.salesforce.auth.oauth2]
+authorize_url = "{base}/services/oauth2/authorize"
+token_url = "{base}/services/oauth2/token"
+"#
+    ))
+    .await;
+    let r = app
+        .post(
+            "/auth/oauth-apps/create",
+            &[("x-vessel-api-token", &app.dev_token)],
+            json!({"integrationId": "salesforce", "clientId": "sf-client", "clientSecret": "sf-secret"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+
+    // The OAuth dance, as the browser would do it.
+    let st = app
+        .session_token(&app.dev_token, json!({"integrationId": "salesforce"}))
+        .await;
+    let r = app
+        .post(
+            "/auth/start",
+            &[("x-vessel-session-token", &st)],
+            json!({"authType": "oauth2"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let authorize = r.body["result"]["oauthURL"].as_str().unwrap();
+    let r = browser.get(authorize).send().await.unwrap();
+    assert_eq!(r.status(), 303, "the fake approves at once");
+    let callback = r.headers()["location"].to_str().unwrap().to_string();
+    let r = browser.get(&callback).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let (conn, access) = app.finish_connect(&st).await;
+
+    let o = salesforce::Options::default();
+    synced_with_exact_counts(
+        &app,
+        &conn,
+        &access,
+        &[
+            ("contacts", "contacts", o.contacts),
+            ("accounts", "accounts", o.accounts),
+            ("deals", "deals", o.opportunities),
+            ("leads", "leads", o.leads),
+            ("users", "users", o.users),
+            ("tasks", "tasks", o.activities),
+            ("calls", "calls", o.activities),
+            ("events", "events", o.activities),
+            ("notes", "notes", o.activities),
+        ],
+    )
+    .await;
+    // Contacts carry their account and owner.
+    let contacts = v1_all(&app, &app.dev_token, &access, "contacts", "contacts").await;
+    let c = &contacts[0];
+    let native = c["nativeId"].as_str().unwrap();
+    let account = sf.field("Contact", native, "AccountId").unwrap();
+    let r = app
+        .post(
+            "/unifications/crm/contacts/find",
+            &app.v2h(&access),
+            json!({"id": native, "associations": ["accounts", "users"]}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.body["result"]["contact"]["associations"]["accountIds"],
+        json!([account])
+    );
+
+    // Someone edits and deletes in Salesforce (here through passthrough,
+    // which also proves the token and instance_url are used).
+    let pass = |method: &str, path: String, body: Option<Value>| {
+        let mut b = json!({"method": method, "path": path});
+        if let Some(body) = body {
+            b["body"] = body;
+        }
+        b
+    };
+    let ids = sf.live_ids("Contact", None);
+    let (changed, deleted) = (ids[0].clone(), ids[1].clone());
+    let r = app
+        .post(
+            "/passthrough",
+            &app.v2h(&access),
+            pass(
+                "PATCH",
+                format!("/sobjects/Contact/{changed}"),
+                Some(json!({"Title": "CRO"})),
+            ),
+        )
+        .await;
+    assert_eq!(r.status, 204, "Salesforce's answer, passed through: {r:?}");
+    let r = app
+        .post(
+            "/passthrough",
+            &app.v2h(&access),
+            pass("DELETE", format!("/sobjects/Contact/{deleted}"), None),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{r:?}");
+    // An expired session is refreshed on the 401, mid-sync.
+    sf.expire_sessions();
+    let before = object_events(&events_of(&app, &conn).await).len();
+    app.sync_now_and_wait(&conn).await;
+    let ev = events_of(&app, &conn).await;
+    assert!(!ev.iter().any(|(t, _)| t == "sync.failed"), "{ev:?}");
+    let new = object_events(&ev)[before..].to_vec();
+    assert_eq!(new.len(), 2, "{new:?}");
+    assert!(new.contains(&("object.crm.contacts.updated".into(), changed.clone())));
+    assert!(new.contains(&("object.crm.contacts.deleted".into(), deleted.clone())));
+    let contacts = v1_all(&app, &app.dev_token, &access, "contacts", "contacts").await;
+    assert_eq!(contacts.len(), o.contacts - 1);
+
+    // Unified writes: v1 create with an account, v2 update, read at once.
+    let r = app
+        .post(
+            "/crm/contact",
+            &[("vessel-api-token", &app.dev_token)],
+            json!({"accessToken": access, "contact": {"firstName": "Ines", "lastName": "Moreau", "email": "ines@example.net", "accountId": account}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let v1id = r.body["id"].as_str().unwrap().to_string();
+    let r = app
+        .send(
+            "GET",
+            &format!("/crm/contact?accessToken={access}&id={v1id}"),
+            &[("vessel-api-token", &app.dev_token)],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let sf_id = r.body["contact"]["nativeId"].as_str().unwrap().to_string();
+    assert_eq!(
+        sf.field("Contact", &sf_id, "AccountId"),
+        Some(account.clone())
+    );
+    let r = app
+        .post(
+            "/unifications/crm/deals/create",
+            &app.v2h(&access),
+            json!({"deal": {"name": "Expansion", "closeDate": "2027-03-01", "amount": 5000, "stage": "Prospecting", "accountId": account}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let deal = r.body["result"]["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        sf.field("Opportunity", &deal, "CloseDate"),
+        Some(json!("2027-03-01"))
+    );
+    let r = app
+        .post(
+            "/unifications/crm/deals/update",
+            &app.v2h(&access),
+            json!({"id": deal, "deal": {"stage": "Closed Won"}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    // Salesforce derived IsWon; the store has what Salesforce has.
+    let r = app
+        .post(
+            "/unifications/crm/deals/find",
+            &app.v2h(&access),
+            json!({"id": deal}),
+        )
+        .await;
+    assert_eq!(r.body["result"]["deal"]["isWon"], true, "{r:?}");
+
+    // Salesforce's validation errors come back with its field errors.
+    let r = app
+        .post(
+            "/unifications/crm/deals/create",
+            &app.v2h(&access),
+            json!({"deal": {"name": "Bad", "closeDate": "2027-03-01", "stage": "Maybe"}}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{r:?}");
+    let errs = &r.body["error"]["metadata"]["originalErrors"];
+    assert_eq!(
+        errs[0]["errorCode"], "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",
+        "{r:?}"
+    );
+    assert_eq!(errs[0]["fields"], json!(["StageName"]));
+    // An id that cannot be a Salesforce id never reaches a URL.
+    let r = app
+        .post(
+            "/unifications/crm/contacts/find",
+            &app.v2h(&access),
+            json!({"id": "../limits", "synced": false}),
+        )
+        .await;
+    assert_eq!(r.status, 404, "{r:?}");
+
+    // Delete through Berth.
+    let r = app
+        .post(
+            "/unifications/crm/deals/delete",
+            &app.v2h(&access),
+            json!({"id": deal}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(!sf.live_ids("Opportunity", None).contains(&deal));
+    tokio::time::sleep(Duration::from_millis(0)).await;
+}
