@@ -178,7 +178,13 @@ impl Crm {
         view: &View,
     ) -> Value {
         let data: Map<String, Value> = serde_json::from_str(&r.data).unwrap_or_default();
-        let native: Value = serde_json::from_str(&r.native).unwrap_or(Value::Null);
+        // The raw record is the larger half of a row and is shown only on
+        // request (`allFields` / `$native`): parse it only then.
+        let native: Value = if view.raw {
+            serde_json::from_str(&r.native).unwrap_or(Value::Null)
+        } else {
+            Value::Null
+        };
         let rv = RecordView {
             connection_id: &conn.id,
             native_id: &r.native_id,
