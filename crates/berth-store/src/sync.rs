@@ -624,13 +624,15 @@ impl Store {
         connection_id: &str,
         object: &str,
         run_id: &str,
+        synced_before: i64,
         limit: i64,
     ) -> Result<Vec<StoredRecord>> {
         Ok(
             with_db!(self, p => sqlx::query_as::<_, StoredRecord>(concat!(
             "SELECT ", record_cols!(), " FROM records WHERE connection_id = $1 AND object = $2 \
-             AND deleted_at IS NULL AND (seen_run IS NULL OR seen_run <> $3) ORDER BY seq LIMIT $4"
-        )).bind(connection_id).bind(object).bind(run_id).bind(limit).fetch_all(p).await)?,
+             AND deleted_at IS NULL AND (seen_run IS NULL OR seen_run <> $3) AND synced_at < $4 \
+             ORDER BY seq LIMIT $5"
+        )).bind(connection_id).bind(object).bind(run_id).bind(synced_before).bind(limit).fetch_all(p).await)?,
         )
     }
 

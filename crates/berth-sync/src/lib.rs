@@ -396,6 +396,10 @@ impl Engine {
         let prefix = unified.map(|o| o.event_prefix()).filter(|_| incremental);
         let mut cursor = st.cursor.clone();
         let mut counts = (0, 0, 0);
+        // Records written through the API while this listing runs may sort
+        // before its cursor or arrive after its end; the sweep must not take
+        // them for deleted.
+        let listing_started = now_ms();
         loop {
             let page = connector
                 .list(
@@ -448,7 +452,9 @@ impl Engine {
             }
         }
         if st.phase == "backfill" {
-            counts.2 += self.sweep(conn, object, &run_id, incremental).await?;
+            counts.2 += self
+                .sweep(conn, object, &run_id, listing_started, incremental)
+                .await?;
         }
         let next = match st.phase.as_str() {
             "initial" => "backfill",
@@ -467,12 +473,13 @@ impl Engine {
         conn: &Connection,
         object: &str,
         run_id: &str,
+        synced_before: i64,
         emit: bool,
     ) -> Result<u64, RunError> {
         let store = self.inner.platform.store();
         let live = store.count_records(&conn.id, object).await?;
         let unseen = store
-            .unseen_records(&conn.id, object, run_id, 100_000)
+            .unseen_records(&conn.id, object, run_id, synced_before, 100_000)
             .await?;
         if unseen.is_empty() {
             return Ok(0);
