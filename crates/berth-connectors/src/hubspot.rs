@@ -659,7 +659,7 @@ impl HubSpot {
         id: &str,
     ) -> Result<NativeRecord, ConnectorError> {
         let assoc: Vec<&str> = associations(object).iter().map(|(_, t)| *t).collect();
-        let r = Request::get(format!("/crm/v3/objects/{t}/{}", encode(id)))
+        let r = Request::get(format!("/crm/v3/objects/{t}/{}", crate::segment(id)))
             .query("properties", properties(object).join(","))
             .query("associations", assoc.join(","));
         to_record(object, ok(send(p, r).await?)?)
@@ -677,8 +677,8 @@ impl HubSpot {
                 method: "PUT",
                 ..Request::get(format!(
                     "/crm/v4/objects/{t}/{}/associations/default/{to}/{}",
-                    encode(id),
-                    encode(to_id)
+                    crate::segment(id),
+                    crate::segment(to_id)
                 ))
             };
             ok(send(p, r).await?)?;
@@ -839,7 +839,7 @@ impl CrmConnector for HubSpot {
         if object == "users" {
             let r = send(
                 p,
-                Request::get(format!("/crm/v3/owners/{}", encode(native_id))),
+                Request::get(format!("/crm/v3/owners/{}", crate::segment(native_id))),
             )
             .await?;
             return match ok(r) {
@@ -921,7 +921,7 @@ impl CrmConnector for HubSpot {
                 p,
                 Request::with_body(
                     "PATCH",
-                    format!("/crm/v3/objects/{t}/{}", encode(native_id)),
+                    format!("/crm/v3/objects/{t}/{}", crate::segment(native_id)),
                     json!({"properties": props}),
                 ),
             )
@@ -942,7 +942,7 @@ impl CrmConnector for HubSpot {
         })?;
         let r = send(
             p,
-            Request::delete(format!("/crm/v3/objects/{t}/{}", encode(native_id))),
+            Request::delete(format!("/crm/v3/objects/{t}/{}", crate::segment(native_id))),
         )
         .await?;
         ok(r).map(|_| ()).or_else(|e| match e {
@@ -951,10 +951,6 @@ impl CrmConnector for HubSpot {
             e => Err(e),
         })
     }
-}
-
-fn encode(id: &str) -> String {
-    url::form_urlencoded::byte_serialize(id.as_bytes()).collect()
 }
 
 #[cfg(test)]

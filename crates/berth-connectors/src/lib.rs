@@ -224,6 +224,12 @@ pub fn crm(integration_id: &str) -> Option<&'static dyn CrmConnector> {
     }
 }
 
+/// A native id as one URL path segment (percent-encoded, so an id can
+/// never add segments or a query).
+pub(crate) fn segment(id: &str) -> String {
+    url::form_urlencoded::byte_serialize(id.as_bytes()).collect()
+}
+
 /// Parses an RFC 3339 time into milliseconds.
 pub fn ms(v: Option<&Value>) -> Option<i64> {
     v.and_then(Value::as_str)

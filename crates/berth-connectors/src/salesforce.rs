@@ -480,10 +480,6 @@ fn soql_time(ms: i64) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-fn encode(id: &str) -> String {
-    url::form_urlencoded::byte_serialize(id.as_bytes()).collect()
-}
-
 /// Salesforce ids are 15 or 18 alphanumerics; anything else cannot be one,
 /// and must not reach a URL path or a SOQL literal.
 fn valid_id(id: &str) -> bool {
@@ -502,7 +498,7 @@ impl Salesforce {
         if !valid_id(id) {
             return Err(ConnectorError::NotFound);
         }
-        let r = Request::get(format!("/sobjects/{t}/{}", encode(id)))
+        let r = Request::get(format!("/sobjects/{t}/{}", crate::segment(id)))
             .query("fields", select(object).join(","));
         to_record(object, ok(p.send(r).await?)?)
     }
@@ -642,7 +638,7 @@ impl CrmConnector for Salesforce {
         let body = Value::Object(to_native(object, input, false));
         ok(p.send(Request::with_body(
             "PATCH",
-            format!("/sobjects/{t}/{}", encode(native_id)),
+            format!("/sobjects/{t}/{}", crate::segment(native_id)),
             body,
         ))
         .await?)?;
@@ -665,7 +661,7 @@ impl CrmConnector for Salesforce {
         }
         ok(p.send(Request::delete(format!(
             "/sobjects/{t}/{}",
-            encode(native_id)
+            crate::segment(native_id)
         )))
         .await?)
         .map(|_| ())

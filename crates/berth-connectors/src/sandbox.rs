@@ -434,7 +434,10 @@ impl CrmConnector for Sandbox {
         native_id: &str,
     ) -> Result<Option<NativeRecord>, ConnectorError> {
         let resp = p
-            .send(Request::get(format!("/{object}/{}", encode(native_id))))
+            .send(Request::get(format!(
+                "/{object}/{}",
+                crate::segment(native_id)
+            )))
             .await?;
         match data_of(object, &resp) {
             Err(ConnectorError::NotFound) => Ok(None),
@@ -466,7 +469,7 @@ impl CrmConnector for Sandbox {
         let resp = p
             .send(Request::with_body(
                 "PATCH",
-                format!("/{object}/{}", encode(native_id)),
+                format!("/{object}/{}", crate::segment(native_id)),
                 body,
             ))
             .await?;
@@ -480,7 +483,10 @@ impl CrmConnector for Sandbox {
         native_id: &str,
     ) -> Result<(), ConnectorError> {
         let resp = p
-            .send(Request::delete(format!("/{object}/{}", encode(native_id))))
+            .send(Request::delete(format!(
+                "/{object}/{}",
+                crate::segment(native_id)
+            )))
             .await?;
         if (200..300).contains(&resp.status) {
             Ok(())
@@ -488,11 +494,6 @@ impl CrmConnector for Sandbox {
             Err(failed(&resp))
         }
     }
-}
-
-/// A native id as one path segment.
-fn encode(id: &str) -> String {
-    url::form_urlencoded::byte_serialize(id.as_bytes()).collect()
 }
 
 #[cfg(test)]

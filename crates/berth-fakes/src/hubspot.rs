@@ -419,11 +419,6 @@ impl HubSpot {
         db.objects[t].get(&id)?.props.get(prop).cloned()
     }
 
-    /// The owners (`GET /crm/v3/owners`) the fake has.
-    pub fn owner_count(&self) -> usize {
-        self.lock().owners.len()
-    }
-
     pub fn router(&self) -> Router {
         Router::new()
             .route("/crm/v3/owners", get(owners))

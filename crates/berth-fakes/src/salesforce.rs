@@ -474,10 +474,6 @@ impl Salesforce {
         self.lock().access.clear();
     }
 
-    pub fn api_used(&self) -> u64 {
-        self.lock().api_used
-    }
-
     pub fn router(&self) -> Router {
         let data = Router::new()
             .route("/query", get(query))

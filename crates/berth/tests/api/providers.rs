@@ -568,5 +568,4 @@ token_url = "{base}/services/oauth2/token"
         .await;
     assert_eq!(r.status, 200, "{r:?}");
     assert!(!sf.live_ids("Opportunity", None).contains(&deal));
-    tokio::time::sleep(Duration::from_millis(0)).await;
 }
