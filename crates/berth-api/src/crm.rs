@@ -1,9 +1,11 @@
 //! The unified CRM API in both generations:
 //!
 //! - v1 (`/crm/*`, bare JSON, `accessToken` in the query or body): lists,
-//!   search, get (contacts also by email), batch, create, update, details;
+//!   search, get (contacts also by email), batch, create, update, details,
+//!   custom fields, user associations;
 //! - v2 (`POST /unifications/crm/{object}/{op}`, bare and under `/api`):
-//!   list, find, create, update, delete, batch-read, details.
+//!   list, find, create, update, delete, batch-read, details, plus
+//!   `custom-fields/create` and `info` (also spelled `info/find`).
 //!
 //! Handlers parse and map; `berth_sync::Crm` does the work.
 
@@ -30,10 +32,14 @@ pub fn routes() -> Router<AppState> {
             get(v1_get_2).post(v1_write_2).patch(v1_write_2),
         )
         .route("/crm/{a}/{b}/{c}", get(v1_get_3).post(v1_write_3))
+        .route("/unifications/crm/info", post(v2_info))
+        .route("/api/unifications/crm/info", post(v2_info))
         .route("/unifications/crm/{object}/{op}", post(v2_op))
         .route("/api/unifications/crm/{object}/{op}", post(v2_op))
         .route("/connections/sync", post(sync_now))
         .route("/api/connections/sync", post(sync_now))
+        .route("/connections/update", post(update_schedule))
+        .route("/api/connections/update", post(update_schedule))
 }
 
 impl<F> From<CrmError> for ApiError<F> {
@@ -264,7 +270,7 @@ async fn v1_get(
                 .await
                 .map(|(found, invalid)| json!({o.v1_list_key: found, "invalidIds": invalid}))
         }
-        V1Op::Details => details(&conn, o, Generation::V1).await,
+        V1Op::Details => details(&crm, &conn, o, Generation::V1, flag(&q, "allFields")).await,
         V1Op::Search => {
             return err(ApiError::<V1>::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -289,21 +295,89 @@ fn list_filters(o: &berth_unified::crm::Object, q: &HashMap<String, String>) -> 
     }
 }
 
+/// Field metadata, never cached (Vessel): the unified fields, then the
+/// provider's custom fields (all of its fields with `allFields`).
 async fn details(
+    crm: &Crm,
     conn: &Connection,
     o: &'static berth_unified::crm::Object,
     g: Generation,
+    all_fields: bool,
 ) -> Result<Value, CrmError> {
-    // Field metadata is never cached (Vessel); it needs the connector only.
-    if berth_connectors::crm(&conn.integration_id).is_none() {
-        return Err(CrmError::NotSupported(format!(
-            "the unified CRM API is not available for integration `{}` yet",
-            conn.integration_id
-        )));
+    let fields = crm.details(conn, o, g, all_fields).await?;
+    Ok(json!({"fields": fields, "nextPageCursor": null}))
+}
+
+/// Which object a custom-field path or `objectType` names: contacts,
+/// leads, accounts (and deals, which both providers allow too).
+fn custom_field_object<F>(name: &str) -> Result<&'static berth_unified::crm::Object, ApiError<F>> {
+    let plural = match name {
+        "contact" | "contacts" => "contacts",
+        "lead" | "leads" => "leads",
+        "account" | "accounts" => "accounts",
+        "deal" | "deals" => "deals",
+        other => {
+            return Err(ApiError::bad_request(
+                "INVALID_OBJECT_TYPE",
+                format!(
+                    "custom fields are on contacts, leads, accounts or deals, not `{}`",
+                    other.escape_debug()
+                ),
+            ));
+        }
+    };
+    berth_unified::crm::object(plural)
+        .ok_or_else(|| ApiError::not_found(format!("unknown CRM object `{plural}`")))
+}
+
+/// v1 `POST /crm/users/associations {objectType, ids, cursor}`.
+async fn user_associations(
+    crm: &Crm,
+    conn: &Connection,
+    input: &Map<String, Value>,
+    q: &HashMap<String, String>,
+) -> Result<Value, ApiError<V1>> {
+    let t = input
+        .get("objectType")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let o = match t {
+        "account" | "contact" | "deal" | "note" | "email" | "event" | "task" | "call" => {
+            berth_unified::crm::by_v1_singular(t)
+        }
+        _ => None,
     }
-    Ok(
-        json!({"fields": berth_unified::crm::details(o, g == Generation::V2), "nextPageCursor": null}),
-    )
+    .ok_or_else(|| {
+        ApiError::bad_request(
+            "INVALID_OBJECT_TYPE",
+            "objectType must be one of account, contact, deal, note, email, event, task, call",
+        )
+    })?;
+    let ids: Vec<String> = match input.get("ids") {
+        Some(Value::Array(a)) if a.iter().all(Value::is_string) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .map(String::from)
+            .collect(),
+        Some(Value::String(s)) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
+        _ => {
+            return Err(ApiError::bad_request(
+                "INVALID_IDS",
+                "ids must be an array of user ids",
+            ));
+        }
+    };
+    let cursor = input
+        .get("cursor")
+        .and_then(Value::as_str)
+        .or(q.get("cursor").map(String::as_str));
+    let (users, invalid, next) = crm.user_associations(conn, o, &ids, cursor).await?;
+    Ok(json!({"users": users, "invalidIds": invalid, "nextPageCursor": next}))
 }
 
 async fn v1_write_1(
@@ -348,9 +422,14 @@ async fn v1_write(
     body: axum::body::Bytes,
 ) -> Resp {
     let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
-    let Some((o, op)) = v1_route(&parts) else {
+    let special = matches!(
+        parts.as_slice(),
+        [_, "custom-field"] | ["users", "associations"]
+    );
+    let route = v1_route(&parts);
+    if route.is_none() && !special {
         return err(unknown_path::<V1>(&parts));
-    };
+    }
     let input: Map<String, Value> = if body.iter().all(u8::is_ascii_whitespace) {
         Map::new()
     } else {
@@ -368,6 +447,9 @@ async fn v1_write(
         Err(e) => return err(e),
     };
     let crm = Crm::new(state.platform.clone());
+    let Some((o, op)) = route else {
+        return v1_special(&crm, &conn, &parts, method, &input, &q).await;
+    };
     let view = View {
         raw: flag(&q, "allFields"),
         associations: None,
@@ -444,7 +526,89 @@ async fn v1_write(
     }
 }
 
+/// v1 writes that are not about records: `/crm/{object}/custom-field`
+/// (POST creates, PATCH updates) and `POST /crm/users/associations`.
+async fn v1_special(
+    crm: &Crm,
+    conn: &Connection,
+    parts: &[&str],
+    method: Method,
+    input: &Map<String, Value>,
+    q: &HashMap<String, String>,
+) -> Resp {
+    let result = match parts {
+        ["users", "associations"] if method == Method::POST => {
+            user_associations(crm, conn, input, q).await
+        }
+        [object, "custom-field"] => {
+            let o = match custom_field_object::<V1>(object) {
+                Ok(o) => o,
+                Err(e) => return err(e),
+            };
+            let Some(field) = input.get("customField") else {
+                return err(ApiError::<V1>::bad_request(
+                    "INVALID_BODY",
+                    "the body needs `customField`",
+                ));
+            };
+            let key = if method == Method::PATCH {
+                crm.update_custom_field(conn, o, field).await
+            } else {
+                crm.create_custom_field(conn, o, field).await
+            };
+            match key {
+                Ok(k) => Ok(json!({"key": k})),
+                Err(e) => return crm_error::<V1>(e),
+            }
+        }
+        _ => Err(unknown_path::<V1>(parts)),
+    };
+    match result {
+        Ok(v) => ok(v),
+        Err(e) => err(e),
+    }
+}
+
 // ---- v2 --------------------------------------------------------------------
+
+/// `/unifications/crm/info` (and `info/find`): the connected account.
+async fn v2_info(State(state): State<AppState>, access: AccessConnection<V2>) -> Resp {
+    info(&state, &access.connection).await
+}
+
+async fn info(state: &AppState, conn: &Connection) -> Resp {
+    match Crm::new(state.platform.clone()).info(conn).await {
+        Ok(i) => ok(json!({"result": {
+            "url": i.url, "orgId": i.org_id, "userId": i.user_id, "currency": i.currency,
+        }})),
+        Err(e) => crm_error::<V2>(e),
+    }
+}
+
+/// `custom-fields/create {objectType, customField}`.
+async fn v2_custom_field(state: &AppState, conn: &Connection, input: &Map<String, Value>) -> Resp {
+    let t = input
+        .get("objectType")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let o = match custom_field_object::<V2>(t) {
+        Ok(o) => o,
+        Err(e) => return err(e),
+    };
+    let Some(field) = input.get("customField") else {
+        return err(ApiError::<V2>::bad_request(
+            "INVALID_BODY",
+            "the body needs `customField`",
+        ));
+    };
+    match Crm::new(state.platform.clone())
+        .create_custom_field(conn, o, field)
+        .await
+    {
+        Ok(k) => ok(json!({"result": {"key": k}})),
+        Err(e) => crm_error::<V2>(e),
+    }
+}
 
 async fn v2_op(
     State(state): State<AppState>,
@@ -460,6 +624,13 @@ async fn v2_op(
             Err(e) => return err(e),
         }
     };
+    match (object.as_str(), op.as_str()) {
+        ("info", "find") => return info(&state, &access.connection).await,
+        ("custom-fields", "create") => {
+            return v2_custom_field(&state, &access.connection, &input).await;
+        }
+        _ => {}
+    }
     let o = match Crm::object(&object, Generation::V2) {
         Ok(o) => o,
         Err(e) => return crm_error::<V2>(e),
@@ -585,7 +756,13 @@ async fn v2_op(
                 .await
                 .map(|_| json!({}))
         }
-        "details" => details(conn, o, Generation::V2).await,
+        "details" => {
+            let all = input
+                .get("allFields")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            details(&crm, conn, o, Generation::V2, all).await
+        }
         other => {
             return err(ApiError::<V2>::not_found(format!(
                 "no operation `{}` on {}; one of list, find, create, update, delete, batch-read, details",
@@ -629,6 +806,72 @@ async fn sync_now(
         Ok(queued) => {
             ok(json!({"result": {"id": conn.id, "queued": queued, "alreadyQueued": !queued}}))
         }
+        Err(e) => err(ApiError::<V2>::from(
+            berth_connections::PlatformError::from(e),
+        )),
+    }
+}
+
+/// Berth's own `POST /connections/update {id, syncIntervalSeconds}`: a
+/// connection's time between syncs (60 s to 30 days; `null` goes back to
+/// the integration's or the server's default), counted from now.
+async fn update_schedule(
+    State(state): State<AppState>,
+    ApiEnv(env, ..): ApiEnv<V2>,
+    body: axum::body::Bytes,
+) -> Resp {
+    const MAX: i64 = 30 * 86_400;
+    let input: Map<String, Value> = match parse_body::<Map<String, Value>, V2>(&body) {
+        Ok(m) => m,
+        Err(e) => return err(e),
+    };
+    let Some(id) = input.get("id").and_then(Value::as_str) else {
+        return err(ApiError::<V2>::bad_request(
+            "MISSING_ID",
+            "`id` (the connection id) is required",
+        ));
+    };
+    let interval = match input.get("syncIntervalSeconds") {
+        Some(Value::Null) => None,
+        Some(v) => match v.as_i64() {
+            Some(n) if (berth_sync::MIN_INTERVAL_SECS..=MAX).contains(&n) => Some(n),
+            _ => {
+                return err(ApiError::<V2>::bad_request(
+                    "INVALID_SYNC_INTERVAL",
+                    format!(
+                        "syncIntervalSeconds must be an integer from {} to {MAX}, or null for the default",
+                        berth_sync::MIN_INTERVAL_SECS
+                    ),
+                ));
+            }
+        },
+        None => {
+            return err(ApiError::<V2>::bad_request(
+                "INVALID_BODY",
+                "nothing to update: send syncIntervalSeconds",
+            ));
+        }
+    };
+    let conn = match state.platform.get_connection(&env, id).await {
+        Ok(c) => c,
+        Err(e) => return err(ApiError::<V2>::from(e)),
+    };
+    let effective =
+        interval.unwrap_or_else(|| state.sync.default_interval_secs(&conn.integration_id));
+    let next = berth_connections::now_ms() + 1000 * effective;
+    match state
+        .platform
+        .store()
+        .set_sync_schedule(&env.id, &conn.id, interval, next)
+        .await
+    {
+        Ok(true) => ok(json!({"result": {
+            "id": conn.id,
+            "syncIntervalSeconds": effective,
+            "custom": interval.is_some(),
+            "nextSyncAt": crate::models::iso(next),
+        }})),
+        Ok(false) => err(ApiError::<V2>::not_found(format!("no connection `{id}`"))),
         Err(e) => err(ApiError::<V2>::from(
             berth_connections::PlatformError::from(e),
         )),

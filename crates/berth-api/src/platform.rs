@@ -457,7 +457,8 @@ pub(crate) async fn sync_progress(
     }
     Ok(serde_json::json!({
         "objects": objects,
-        "intervalSeconds": interval.unwrap_or(state.sync.config().default_interval.as_secs() as i64),
+        "intervalSeconds": interval.unwrap_or_else(|| state.sync.default_interval_secs(&c.integration_id)),
+        "customInterval": interval.is_some(),
         "nextSyncAt": next.map(iso),
     }))
 }

@@ -260,6 +260,7 @@ struct IntegrationDef {
     base_url: String,
     default_auth: Option<String>,
     rate_limit: Option<RateLimit>,
+    sync_interval_secs: Option<u64>,
     auth: BTreeMap<String, AuthDef>,
 }
 
@@ -309,6 +310,9 @@ pub struct Integration {
     pub color: String,
     pub base_url: String,
     pub rate_limit: Option<RateLimit>,
+    /// The time between syncs of this integration's connections, when not
+    /// the server's default (a connection may still set its own).
+    pub sync_interval_secs: Option<u64>,
     /// The default method first.
     pub auth: Vec<AuthMethod>,
 }
@@ -533,6 +537,13 @@ fn build(id: String, def: IntegrationDef) -> Result<Integration, CatalogError> {
     {
         return Err(invalid(format!("color `{color}` is not #RRGGBB")));
     }
+    if let Some(i) = def.sync_interval_secs
+        && !(60..=30 * 86_400).contains(&i)
+    {
+        return Err(invalid(format!(
+            "sync_interval_secs {i} is outside 60..=2592000"
+        )));
+    }
     Ok(Integration {
         id,
         name: def.name,
@@ -541,6 +552,7 @@ fn build(id: String, def: IntegrationDef) -> Result<Integration, CatalogError> {
         color,
         base_url: def.base_url,
         rate_limit: def.rate_limit,
+        sync_interval_secs: def.sync_interval_secs,
         auth,
     })
 }

@@ -12,12 +12,15 @@
 //! - Incremental runs then list `archived=true` for tombstones.
 //! - Search has its own per-second limit, so a 429 there is waited out
 //!   briefly here instead of failing the whole run.
+//! - Field metadata and custom fields use the properties API
+//!   (`/crm/v3/properties/{type}`); account info is
+//!   `/account-info/v3/details`.
 
 use serde_json::{Map, Value, json};
 
 use crate::{
-    CallError, ConnectorError, CrmConnector, ListRequest, NativeRecord, Page, Provider, Request,
-    Response, ms,
+    CallError, ConnectorError, CrmConnector, CustomFieldSpec, CustomKind, FieldMeta, ListRequest,
+    NativeRecord, OrgInfo, Page, Provider, Request, Response, ms,
 };
 
 pub struct HubSpot;
@@ -687,6 +690,84 @@ impl HubSpot {
     }
 }
 
+/// The HubSpot type whose properties hold an object's custom fields.
+fn property_type(object: &str) -> Result<&'static str, ConnectorError> {
+    match object {
+        "contacts" | "accounts" | "deals" => Ok(hs_type(object).unwrap_or_default()),
+        _ => Err(ConnectorError::Unsupported(format!(
+            "HubSpot custom fields are supported on contacts, accounts and deals, not {object}"
+        ))),
+    }
+}
+
+/// A HubSpot property as Vessel field metadata.
+fn field_meta(p: &Value) -> Option<FieldMeta> {
+    let key = p["name"].as_str()?.to_string();
+    let field_type = p["fieldType"].as_str().unwrap_or("");
+    let kind = match (p["type"].as_str().unwrap_or("string"), field_type) {
+        ("enumeration", "checkbox") => "multiselect",
+        ("enumeration", _) => "singleselect",
+        ("number", _) => "number",
+        ("datetime", _) => "datetime",
+        ("date", _) => "date",
+        ("bool", _) => "boolean",
+        (_, "phonenumber") => "phone",
+        _ => "string",
+    };
+    let options = p["options"].as_array().filter(|o| !o.is_empty()).map(|o| {
+        o.iter()
+            .map(|v| {
+                let value = v["value"].as_str().unwrap_or_default().to_string();
+                let label = v["label"]
+                    .as_str()
+                    .map_or_else(|| value.clone(), String::from);
+                (value, label)
+            })
+            .collect()
+    });
+    let read_only = p["modificationMetadata"]["readOnlyValue"]
+        .as_bool()
+        .unwrap_or(false)
+        || p["calculated"].as_bool().unwrap_or(false);
+    Some(FieldMeta {
+        name: p["label"]
+            .as_str()
+            .map_or_else(|| key.clone(), String::from),
+        key,
+        kind,
+        options,
+        is_array: kind == "multiselect",
+        custom: !p["hubspotDefined"].as_bool().unwrap_or(false),
+        required: false,
+        creatable: !read_only,
+        updatable: !read_only,
+    })
+}
+
+/// HubSpot's internal name for a field called `name`: lower case letters,
+/// digits and underscores.
+fn property_name(name: &str) -> String {
+    let mut out = String::new();
+    for c in name.trim().chars() {
+        if c.is_ascii_alphanumeric() {
+            out.push(c.to_ascii_lowercase());
+        } else if !out.ends_with('_') && !out.is_empty() {
+            out.push('_');
+        }
+    }
+    out.trim_end_matches('_').to_string()
+}
+
+fn property_options(options: &[(String, String)]) -> Vec<Value> {
+    options
+        .iter()
+        .enumerate()
+        .map(|(i, (key, name))| {
+            json!({"label": name, "value": key, "displayOrder": i, "hidden": false})
+        })
+        .collect()
+}
+
 #[async_trait::async_trait]
 impl CrmConnector for HubSpot {
     fn integration_id(&self) -> &'static str {
@@ -951,6 +1032,98 @@ impl CrmConnector for HubSpot {
             e => Err(e),
         })
     }
+
+    async fn fields(
+        &self,
+        p: &dyn Provider,
+        object: &str,
+    ) -> Result<Vec<FieldMeta>, ConnectorError> {
+        let Some(t) = hs_type(object) else {
+            return Ok(Vec::new());
+        };
+        let body = ok(send(p, Request::get(format!("/crm/v3/properties/{t}"))).await?)?;
+        Ok(body["results"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| !p["hidden"].as_bool().unwrap_or(false))
+            .filter_map(field_meta)
+            .collect())
+    }
+
+    async fn create_custom_field(
+        &self,
+        p: &dyn Provider,
+        object: &str,
+        spec: &CustomFieldSpec,
+    ) -> Result<String, ConnectorError> {
+        let t = property_type(object)?;
+        let name = spec
+            .key
+            .clone()
+            .unwrap_or_else(|| property_name(&spec.name));
+        let (ty, field_type) = match spec.kind {
+            CustomKind::SingleSelect => ("enumeration", "select"),
+            CustomKind::Text => ("string", "text"),
+            CustomKind::Number | CustomKind::Currency | CustomKind::Percentage => {
+                ("number", "number")
+            }
+        };
+        let group = match t {
+            "companies" => "companyinformation",
+            "deals" => "dealinformation",
+            _ => "contactinformation",
+        };
+        let mut body = json!({
+            "name": name, "label": spec.name, "type": ty, "fieldType": field_type,
+            "groupName": group, "options": property_options(&spec.options),
+        });
+        match spec.kind {
+            CustomKind::Currency => body["showCurrencySymbol"] = json!(true),
+            CustomKind::Percentage => body["numberDisplayHint"] = json!("percentage"),
+            _ => {}
+        }
+        for (k, v) in &spec.native {
+            body[k] = v.clone();
+        }
+        let out = ok(send(
+            p,
+            Request::with_body("POST", format!("/crm/v3/properties/{t}"), body),
+        )
+        .await?)?;
+        Ok(out["name"].as_str().map_or(name, String::from))
+    }
+
+    async fn update_custom_field(
+        &self,
+        p: &dyn Provider,
+        object: &str,
+        key: &str,
+        options: &[(String, String)],
+    ) -> Result<String, ConnectorError> {
+        let t = property_type(object)?;
+        let body = json!({"options": property_options(options)});
+        let path = format!("/crm/v3/properties/{t}/{}", crate::segment(key));
+        let out = ok(send(p, Request::with_body("PATCH", path, body)).await?)?;
+        Ok(out["name"].as_str().unwrap_or(key).to_string())
+    }
+
+    async fn info(&self, p: &dyn Provider, known: &OrgInfo) -> Result<OrgInfo, ConnectorError> {
+        let body = ok(send(p, Request::get("/account-info/v3/details")).await?)?;
+        let portal = id_of(&body["portalId"]);
+        let url = body["uiDomain"].as_str().map(|d| match &portal {
+            Some(p) => format!("https://{d}/contacts/{p}"),
+            None => format!("https://{d}"),
+        });
+        Ok(OrgInfo {
+            url: known.url.clone().or(url),
+            org_id: portal.or_else(|| known.org_id.clone()),
+            // A private app token belongs to no user; OAuth connections
+            // learned theirs when they were made.
+            user_id: known.user_id.clone(),
+            currency: body["companyCurrency"].as_str().map(String::from),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -980,6 +1153,33 @@ mod tests {
         assert_eq!(props["lastname"], "L");
         assert_eq!(props["lifecyclestage"], "lead");
         assert_eq!(links, vec![("companies".to_string(), "9".to_string())]);
+    }
+
+    #[test]
+    fn property_names_and_metadata() {
+        assert_eq!(
+            property_name("  Favourite Colour (2)! "),
+            "favourite_colour_2"
+        );
+        assert_eq!(property_name("NPS"), "nps");
+        let f = field_meta(
+            &json!({"name": "tier", "label": "Tier", "type": "enumeration", "fieldType": "select",
+            "options": [{"label": "Gold", "value": "gold"}], "hubspotDefined": false,
+            "modificationMetadata": {"readOnlyValue": false}}),
+        )
+        .unwrap();
+        assert_eq!(
+            (f.kind, f.custom, f.creatable),
+            ("singleselect", true, true)
+        );
+        assert_eq!(f.options, Some(vec![("gold".into(), "Gold".into())]));
+        let f = field_meta(
+            &json!({"name": "hs_object_id", "type": "number", "hubspotDefined": true,
+            "modificationMetadata": {"readOnlyValue": true}}),
+        )
+        .unwrap();
+        assert_eq!((f.kind, f.custom, f.updatable), ("number", false, false));
+        assert!(field_meta(&json!({"type": "string"})).is_none());
     }
 
     #[test]

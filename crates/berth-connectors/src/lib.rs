@@ -162,6 +162,69 @@ pub struct Page {
     pub total: Option<i64>,
 }
 
+/// One field a provider has on an object, for `/details`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FieldMeta {
+    /// The provider's field name (the key in `additional` / `$native`).
+    pub key: String,
+    /// Its display name.
+    pub name: String,
+    /// Vessel's `Field.type` (`string`, `number`, `singleselect`, ...).
+    pub kind: &'static str,
+    /// `(key, label)` of each allowed value, for select fields.
+    pub options: Option<Vec<(String, String)>>,
+    pub is_array: bool,
+    pub custom: bool,
+    pub required: bool,
+    pub creatable: bool,
+    pub updatable: bool,
+}
+
+/// Vessel's custom field types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CustomKind {
+    SingleSelect,
+    Number,
+    Text,
+    Currency,
+    Percentage,
+}
+
+impl CustomKind {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "singleselect" => Self::SingleSelect,
+            "number" => Self::Number,
+            "text" => Self::Text,
+            "currency" => Self::Currency,
+            "percentage" => Self::Percentage,
+            _ => return None,
+        })
+    }
+}
+
+/// A custom field to create (v1 `customField`, v2 `custom-fields/create`).
+#[derive(Debug, Clone)]
+pub struct CustomFieldSpec {
+    /// The caller's key (`customKey`); otherwise derived from `name`.
+    pub key: Option<String>,
+    pub name: String,
+    pub kind: CustomKind,
+    /// `(key, name)` of each option (required for single selects).
+    pub options: Vec<(String, String)>,
+    /// Provider fields merged into the provider's request (v2 `$native`).
+    pub native: Map<String, Value>,
+}
+
+/// What `/unifications/crm/info` tells about the connected account.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OrgInfo {
+    pub url: Option<String>,
+    pub org_id: Option<String>,
+    pub user_id: Option<String>,
+    pub currency: Option<String>,
+}
+
 /// A CRM connector.
 #[async_trait::async_trait]
 pub trait CrmConnector: Send + Sync {
@@ -212,6 +275,51 @@ pub trait CrmConnector: Send + Sync {
         object: &str,
         native_id: &str,
     ) -> Result<(), ConnectorError>;
+
+    /// The provider's own fields of `object` (live, never cached), custom
+    /// ones marked; empty when the provider has no metadata API.
+    async fn fields(
+        &self,
+        _p: &dyn Provider,
+        _object: &str,
+    ) -> Result<Vec<FieldMeta>, ConnectorError> {
+        Ok(Vec::new())
+    }
+
+    /// Creates a custom field on `object`; returns its key.
+    async fn create_custom_field(
+        &self,
+        _p: &dyn Provider,
+        object: &str,
+        _spec: &CustomFieldSpec,
+    ) -> Result<String, ConnectorError> {
+        Err(ConnectorError::Unsupported(format!(
+            "{} does not support creating custom fields on {object}",
+            self.integration_id()
+        )))
+    }
+
+    /// Replaces the options of the custom field `key` on `object`; returns
+    /// its key.
+    async fn update_custom_field(
+        &self,
+        _p: &dyn Provider,
+        object: &str,
+        _key: &str,
+        _options: &[(String, String)],
+    ) -> Result<String, ConnectorError> {
+        Err(ConnectorError::Unsupported(format!(
+            "{} does not support updating custom fields on {object}",
+            self.integration_id()
+        )))
+    }
+
+    /// The connected account: its URL, org and user ids, default currency.
+    /// `known` is what the connection learned when it was made; the
+    /// connector completes it from the provider.
+    async fn info(&self, _p: &dyn Provider, known: &OrgInfo) -> Result<OrgInfo, ConnectorError> {
+        Ok(known.clone())
+    }
 }
 
 /// The CRM connector of an integration, if Berth has one.

@@ -10,12 +10,15 @@
 //! - `REQUEST_LIMIT_EXCEEDED` (403) is the org's daily allocation: a rate
 //!   limit, not a refusal. An expired session (401) is refreshed by the
 //!   outbound layer.
+//! - Field metadata is `describe`; custom fields are the Tooling API's
+//!   `CustomField` (found for updates by `TableEnumOrId` and
+//!   `DeveloperName`); account info reads the `Organization` row.
 
 use serde_json::{Map, Value, json};
 
 use crate::{
-    CallError, ConnectorError, CrmConnector, ListRequest, NativeRecord, Page, Provider, Request,
-    Response,
+    CallError, ConnectorError, CrmConnector, CustomFieldSpec, CustomKind, FieldMeta, ListRequest,
+    NativeRecord, OrgInfo, Page, Provider, Request, Response,
 };
 
 pub struct Salesforce;
@@ -486,6 +489,96 @@ fn valid_id(id: &str) -> bool {
     matches!(id.len(), 15 | 18) && id.chars().all(|c| c.is_ascii_alphanumeric())
 }
 
+/// A `describe` field as Vessel field metadata.
+fn field_meta(f: &Value) -> Option<FieldMeta> {
+    let key = f["name"].as_str()?.to_string();
+    let kind = match f["type"].as_str().unwrap_or("string") {
+        "id" => "id",
+        "reference" => "reference",
+        "boolean" => "boolean",
+        "int" | "double" | "currency" => "number",
+        "percent" => "percent",
+        "date" => "date",
+        "datetime" => "datetime",
+        "time" => "time",
+        "email" => "email",
+        "phone" => "phone",
+        "url" => "url",
+        "picklist" | "combobox" => "singleselect",
+        "multipicklist" => "multiselect",
+        "address" => "address",
+        _ => "string",
+    };
+    let options = f["picklistValues"]
+        .as_array()
+        .filter(|o| !o.is_empty())
+        .map(|o| {
+            o.iter()
+                .filter(|v| v["active"].as_bool().unwrap_or(true))
+                .map(|v| {
+                    let value = v["value"].as_str().unwrap_or_default().to_string();
+                    let label = v["label"]
+                        .as_str()
+                        .map_or_else(|| value.clone(), String::from);
+                    (value, label)
+                })
+                .collect()
+        });
+    let creatable = f["createable"].as_bool().unwrap_or(false);
+    Some(FieldMeta {
+        name: f["label"]
+            .as_str()
+            .map_or_else(|| key.clone(), String::from),
+        key,
+        kind,
+        options,
+        is_array: kind == "multiselect",
+        custom: f["custom"].as_bool().unwrap_or(false),
+        // Salesforce's rule: a creatable field that cannot be null and has
+        // no default must be given.
+        required: creatable
+            && !f["nillable"].as_bool().unwrap_or(true)
+            && !f["defaultedOnCreate"].as_bool().unwrap_or(false)
+            && kind != "boolean",
+        creatable,
+        updatable: f["updateable"].as_bool().unwrap_or(false),
+    })
+}
+
+/// The sObject holding an object's custom fields.
+fn custom_table(object: &str) -> Result<&'static str, ConnectorError> {
+    match object {
+        "contacts" | "accounts" | "leads" | "deals" => {
+            Ok(sobject(object).map(|s| s.0).unwrap_or_default())
+        }
+        _ => Err(ConnectorError::Unsupported(format!(
+            "Salesforce custom fields are supported on contacts, leads, accounts and deals, not {object}"
+        ))),
+    }
+}
+
+/// A field API name from a display name: `Favourite Colour` →
+/// `Favourite_Colour__c` (letters, digits, single underscores).
+fn custom_name(name: &str) -> String {
+    let mut out = String::new();
+    for c in name.trim().chars() {
+        if c.is_ascii_alphanumeric() {
+            out.push(c);
+        } else if !out.is_empty() && !out.ends_with('_') {
+            out.push('_');
+        }
+    }
+    let mut out = out.trim_end_matches('_').to_string();
+    if out.starts_with(|c: char| c.is_ascii_digit()) {
+        out.insert(0, 'X');
+    }
+    out
+}
+
+fn value_set(options: &[(String, String)]) -> Value {
+    json!({"valueSetDefinition": {"sorted": false, "value": options.iter().map(|(key, name)| json!({"fullName": key, "label": name, "default": false})).collect::<Vec<_>>()}})
+}
+
 impl Salesforce {
     async fn read_one(
         &self,
@@ -666,11 +759,150 @@ impl CrmConnector for Salesforce {
         .await?)
         .map(|_| ())
     }
+
+    async fn fields(
+        &self,
+        p: &dyn Provider,
+        object: &str,
+    ) -> Result<Vec<FieldMeta>, ConnectorError> {
+        let Some((t, _)) = sobject(object) else {
+            return Ok(Vec::new());
+        };
+        let body = ok(p
+            .send(Request::get(format!("/sobjects/{t}/describe")))
+            .await?)?;
+        Ok(body["fields"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(field_meta)
+            .collect())
+    }
+
+    async fn create_custom_field(
+        &self,
+        p: &dyn Provider,
+        object: &str,
+        spec: &CustomFieldSpec,
+    ) -> Result<String, ConnectorError> {
+        let table = custom_table(object)?;
+        let base = spec.key.clone().unwrap_or_else(|| custom_name(&spec.name));
+        let key = if base.ends_with("__c") {
+            base
+        } else {
+            format!("{base}__c")
+        };
+        let mut metadata = match spec.kind {
+            CustomKind::Text => json!({"type": "Text", "length": 255}),
+            CustomKind::Number => json!({"type": "Number", "precision": 18, "scale": 2}),
+            CustomKind::Currency => json!({"type": "Currency", "precision": 18, "scale": 2}),
+            CustomKind::Percentage => json!({"type": "Percent", "precision": 5, "scale": 2}),
+            CustomKind::SingleSelect => {
+                json!({"type": "Picklist", "valueSet": value_set(&spec.options)})
+            }
+        };
+        metadata["label"] = json!(spec.name);
+        for (k, v) in &spec.native {
+            metadata[k] = v.clone();
+        }
+        let body = json!({"FullName": format!("{table}.{key}"), "Metadata": metadata});
+        ok(p.send(Request::with_body(
+            "POST",
+            "/tooling/sobjects/CustomField",
+            body,
+        ))
+        .await?)?;
+        Ok(key)
+    }
+
+    async fn update_custom_field(
+        &self,
+        p: &dyn Provider,
+        object: &str,
+        key: &str,
+        options: &[(String, String)],
+    ) -> Result<String, ConnectorError> {
+        let table = custom_table(object)?;
+        let dev = key.strip_suffix("__c").unwrap_or(key);
+        // The name goes into a SOQL literal: only what a field name can be.
+        if dev.is_empty() || !dev.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(ConnectorError::NotFound);
+        }
+        let q = format!(
+            "SELECT Id, Metadata FROM CustomField WHERE TableEnumOrId = '{table}' AND DeveloperName = '{dev}'"
+        );
+        let found = ok(p.send(Request::get("/tooling/query").query("q", q)).await?)?;
+        let row = found["records"].get(0).ok_or(ConnectorError::NotFound)?;
+        let id = row["Id"].as_str().filter(|i| valid_id(i)).ok_or_else(|| {
+            ConnectorError::Decode("Salesforce returned a custom field without an id".into())
+        })?;
+        // The Tooling API replaces the whole definition: send it back with
+        // the new values.
+        let mut metadata = row["Metadata"].clone();
+        if !metadata.is_object() {
+            return Err(ConnectorError::Decode(
+                "Salesforce returned a custom field without its metadata".into(),
+            ));
+        }
+        if !options.is_empty() {
+            metadata["valueSet"] = value_set(options);
+        }
+        ok(p.send(Request::with_body(
+            "PATCH",
+            format!("/tooling/sobjects/CustomField/{id}"),
+            json!({"Metadata": metadata}),
+        ))
+        .await?)?;
+        Ok(format!("{dev}__c"))
+    }
+
+    async fn info(&self, p: &dyn Provider, known: &OrgInfo) -> Result<OrgInfo, ConnectorError> {
+        let q = "SELECT Id, DefaultCurrencyIsoCode FROM Organization LIMIT 1";
+        let body = ok(p.send(Request::get("/query").query("q", q)).await?)?;
+        let org = &body["records"][0];
+        // The identity URL of the token answer ends in /{orgId}/{userId}.
+        let user_id = known.user_id.as_deref().map(|u| {
+            u.trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .unwrap_or(u)
+                .to_string()
+        });
+        Ok(OrgInfo {
+            url: known.url.clone(),
+            org_id: org["Id"]
+                .as_str()
+                .map(String::from)
+                .or_else(|| known.org_id.clone()),
+            user_id,
+            currency: org["DefaultCurrencyIsoCode"].as_str().map(String::from),
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn custom_field_names_and_describe_metadata() {
+        assert_eq!(custom_name(" Favourite  colour! "), "Favourite_colour");
+        assert_eq!(custom_name("2nd stage"), "X2nd_stage");
+        let f = field_meta(
+            &json!({"name": "LastName", "label": "Last Name", "type": "string",
+            "custom": false, "nillable": false, "createable": true, "updateable": true}),
+        )
+        .unwrap();
+        assert!(f.required && f.creatable && !f.custom);
+        let f = field_meta(&json!({"name": "Tier__c", "label": "Tier", "type": "picklist", "custom": true,
+            "nillable": true, "createable": true, "updateable": true,
+            "picklistValues": [{"value": "g", "label": "Gold", "active": true}, {"value": "x", "label": "Old", "active": false}]})).unwrap();
+        assert_eq!(
+            (f.kind, f.custom, f.required),
+            ("singleselect", true, false)
+        );
+        assert_eq!(f.options, Some(vec![("g".into(), "Gold".into())]));
+    }
 
     #[test]
     fn maps_rows_both_ways() {

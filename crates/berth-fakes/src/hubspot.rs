@@ -438,6 +438,11 @@ impl HubSpot {
                 "/crm/v3/properties/{t}",
                 get(properties).post(create_property),
             )
+            .route(
+                "/crm/v3/properties/{t}/{name}",
+                axum::routing::patch(update_property),
+            )
+            .route("/account-info/v3/details", get(account_details))
             .route("/crm/v3/pipelines/{t}", get(pipelines))
             .route(
                 "/crm/v4/associations/{from}/{to}/batch/read",
@@ -1446,6 +1451,11 @@ async fn create_property(
         "number" => PType::Number,
         "datetime" | "date" => PType::DateTime,
         "bool" => PType::Bool,
+        "enumeration" => match options_of(&body) {
+            Ok(o) if !o.is_empty() => PType::Enum(o),
+            Ok(_) => return bad_body("Enumeration properties require at least one option"),
+            Err(r) => return r,
+        },
         _ => return bad_body(&format!("Unsupported property type {ty}")),
     };
     let mut db = h.lock();
@@ -1470,6 +1480,77 @@ async fn create_property(
     let out = property_json(&p);
     schema.push(p);
     (StatusCode::CREATED, Json(out)).into_response()
+}
+
+/// The `value`s of a property body's `options`. Option values live as long
+/// as the fake (a few per test) and are leaked to fit the static tables.
+fn options_of(body: &Value) -> Result<&'static [&'static str], Response> {
+    let mut out: Vec<&'static str> = Vec::new();
+    for o in body["options"].as_array().into_iter().flatten() {
+        match (o["label"].as_str(), o["value"].as_str()) {
+            (Some(_), Some(v)) if !v.is_empty() => {
+                out.push(Box::leak(v.to_string().into_boxed_str()));
+            }
+            _ => return Err(bad_body("Each option needs a label and a value")),
+        }
+    }
+    Ok(Box::leak(out.into_boxed_slice()))
+}
+
+async fn update_property(
+    State(h): State<HubSpot>,
+    Path((t, name)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some(t) = type_of(&t) else {
+        return bad_type(&t);
+    };
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return bad_body("Invalid input JSON on line 1");
+    };
+    let mut db = h.lock();
+    let Some(p) = db
+        .schemas
+        .get_mut(t)
+        .and_then(|s| s.iter_mut().find(|p| p.name == name))
+    else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "OBJECT_NOT_FOUND",
+            &format!("Unable to find property {name} for object type {t}"),
+            vec![],
+        );
+    };
+    if !p.custom {
+        return bad_body(&format!(
+            "{name} is a HubSpot defined property and cannot be modified"
+        ));
+    }
+    if let Some(label) = body["label"].as_str() {
+        p.label = label.to_string();
+    }
+    if body.get("options").is_some() {
+        if !matches!(p.ptype, PType::Enum(_)) {
+            return bad_body("Only enumeration properties have options");
+        }
+        match options_of(&body) {
+            Ok(o) if !o.is_empty() => p.ptype = PType::Enum(o),
+            Ok(_) => return bad_body("Enumeration properties require at least one option"),
+            Err(r) => return r,
+        }
+    }
+    Json(property_json(p)).into_response()
+}
+
+/// The portal: its id, currency and UI domain.
+async fn account_details(State(_h): State<HubSpot>) -> Response {
+    Json(json!({
+        "portalId": 62515, "accountType": "STANDARD", "timeZone": "US/Eastern",
+        "companyCurrency": "USD", "additionalCurrencies": [], "utcOffset": "-05:00",
+        "utcOffsetMilliseconds": -18000000, "uiDomain": "app.hubspot.com",
+        "dataHostingLocation": "na1",
+    }))
+    .into_response()
 }
 
 async fn pipelines(State(_h): State<HubSpot>, Path(t): Path<String>) -> Response {

@@ -4,8 +4,10 @@
 //! `authorization_code` and `refresh_token` grants, no `expires_in`),
 //! `/services/data/vXX.X/query` and `/queryAll` with a small SOQL subset
 //! and `nextRecordsUrl` locators, `/sobjects/{T}` create,
-//! `/sobjects/{T}/{id}` get/update/delete, `/sobjects/{T}/describe`, and
-//! `/limits`.
+//! `/sobjects/{T}/{id}` get/update/delete, `/sobjects/{T}/describe`,
+//! `/limits`, and the Tooling API's `CustomField` (create, query by
+//! `TableEnumOrId` and `DeveloperName`, update), whose fields then appear
+//! in describe, SOQL and writes. `Organization` holds the org's one row.
 //!
 //! Behaviour from Salesforce's documentation: errors are a JSON array of
 //! `{message, errorCode, fields}`; an expired session is 401
@@ -283,11 +285,20 @@ fn sobject(name: &str) -> Option<(&'static str, &'static str, Vec<Field>)> {
                 },
             ],
         ),
+        "Organization" => (
+            "Organization",
+            "00D",
+            vec![
+                ro("Name", "Name", Str),
+                ro("DefaultCurrencyIsoCode", "Currency ISO Code", Str),
+            ],
+        ),
         _ => return None,
     })
 }
 
 const SOBJECTS: &[&str] = &[
+    "Organization",
     "User",
     "Account",
     "Contact",
@@ -311,8 +322,20 @@ fn system_fields() -> [Field; 7] {
     ]
 }
 
-fn all_fields(t: &str) -> Vec<Field> {
-    let Some((_, _, fs)) = sobject(t) else {
+/// Custom fields made through the Tooling API, by sObject.
+type Custom = HashMap<&'static str, Vec<CustomDef>>;
+
+#[derive(Debug, Clone)]
+struct CustomDef {
+    /// The Tooling API id (`00N…`).
+    id: String,
+    field: Field,
+    /// The `Metadata` it was made or last updated with.
+    metadata: Value,
+}
+
+fn all_fields(custom: &Custom, t: &str) -> Vec<Field> {
+    let Some((name, _, fs)) = sobject(t) else {
         return vec![];
     };
     let mut v = system_fields().to_vec();
@@ -321,7 +344,14 @@ fn all_fields(t: &str) -> Vec<Field> {
         v.retain(|f| f.name != "IsDeleted");
     }
     v.extend(fs);
+    v.extend(custom.get(name).into_iter().flatten().map(|c| c.field));
     v
+}
+
+/// Names and picklists of custom fields live as long as the fake (a few
+/// per test), so they are leaked to fit the static field tables.
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
 }
 
 /// Salesforce's date-time format.
@@ -363,6 +393,7 @@ struct Db {
     refresh: HashMap<String, String>,
     locators: HashMap<String, (Vec<String>, &'static str, Vec<String>)>,
     api_used: u64,
+    custom: Custom,
 }
 
 #[derive(Debug, Clone)]
@@ -420,6 +451,7 @@ impl Salesforce {
             refresh: HashMap::new(),
             locators: HashMap::new(),
             api_used: 0,
+            custom: HashMap::new(),
         };
         generate(&mut db, &opts);
         Self {
@@ -484,6 +516,12 @@ impl Salesforce {
             .route("/sobjects/{t}", post(create))
             .route("/sobjects/{t}/describe", get(describe))
             .route("/sobjects/{t}/{id}", get(read).patch(update).delete(delete))
+            .route("/tooling/sobjects/CustomField", post(tooling_create))
+            .route(
+                "/tooling/sobjects/CustomField/{id}",
+                axum::routing::patch(tooling_update),
+            )
+            .route("/tooling/query", get(tooling_query))
             .fallback(|| async {
                 sf_error(
                     StatusCode::NOT_FOUND,
@@ -509,6 +547,13 @@ fn new_id(db: &mut Db, prefix: &str) -> String {
     db.seq += 1;
     // 18-character ids: 3-char key prefix, pod, then a counter.
     format!("{prefix}5g0{:09}AAA", db.seq)
+}
+
+fn m_org() -> BTreeMap<String, Value> {
+    BTreeMap::from([
+        ("Name".to_string(), json!("Acme Fake Org")),
+        ("DefaultCurrencyIsoCode".to_string(), json!("EUR")),
+    ])
 }
 
 fn generate(db: &mut Db, o: &Options) {
@@ -556,6 +601,19 @@ fn generate(db: &mut Db, o: &Options) {
     let m = |pairs: Vec<(&str, Value)>| -> BTreeMap<String, Value> {
         pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
     };
+    let org = new_id(db, "00D");
+    db.rows.get_mut("Organization").map(|m| {
+        m.insert(
+            org.clone(),
+            Row {
+                id: org.clone(),
+                created: now - span as i64,
+                modstamp: now - span as i64,
+                deleted: false,
+                fields: m_org(),
+            },
+        )
+    });
     for i in 0..o.users {
         let (f, l) = (g.pick(FIRST), g.pick(LAST));
         let fields = m(vec![
@@ -815,7 +873,12 @@ async fn token(State(s): State<Salesforce>, Form(f): Form<HashMap<String, String
         t
     };
     let user = db.rows["User"].keys().next().cloned().unwrap_or_default();
-    let identity = format!("{base}/id/00D5g000001ORGAAA/{user}");
+    let org = db.rows["Organization"]
+        .keys()
+        .next()
+        .cloned()
+        .unwrap_or_default();
+    let identity = format!("{base}/id/{org}/{user}");
     let issued = now_ms().to_string();
     match get("grant_type").as_str() {
         "authorization_code" => {
@@ -958,7 +1021,7 @@ fn literal(t: &str) -> Lit {
     }
 }
 
-fn parse_soql(q: &str) -> Result<Soql, (String, String)> {
+fn parse_soql(q: &str, custom: &Custom) -> Result<Soql, (String, String)> {
     let malformed = |m: &str| ("MALFORMED_QUERY".to_string(), m.to_string());
     let t = tokens(q).map_err(|e| malformed(&e))?;
     let kw = |i: usize, w: &str| t.get(i).is_some_and(|x| x.eq_ignore_ascii_case(w));
@@ -983,7 +1046,7 @@ fn parse_soql(q: &str) -> Result<Soql, (String, String)> {
             format!("sObject type '{obj}' is not supported."),
         ));
     };
-    let known = all_fields(from);
+    let known = all_fields(custom, from);
     let check = |f: &str| -> Result<String, (String, String)> {
         known
             .iter()
@@ -1185,11 +1248,11 @@ async fn run_query(
             &[],
         );
     };
-    let soql = match parse_soql(text) {
+    let mut db = s.lock();
+    let soql = match parse_soql(text, &db.custom) {
         Ok(s) => s,
         Err((code, msg)) => return sf_error(StatusCode::BAD_REQUEST, &code, &msg, &[]),
     };
-    let mut db = s.lock();
     let mut rows: Vec<&Row> = db.rows[soql.from]
         .values()
         .filter(|r| all || !r.deleted)
@@ -1302,12 +1365,190 @@ async fn more(
     )
 }
 
+/// A custom field's type from its Tooling `Metadata`, or the reason it is
+/// refused (Salesforce's FIELD_INTEGRITY_EXCEPTION cases).
+fn custom_type(m: &Value) -> Result<FType, String> {
+    Ok(match m["type"].as_str().unwrap_or("") {
+        "Text" => {
+            if !m["length"].is_u64() {
+                return Err("Must specify 'length' for a CustomField of type Text".into());
+            }
+            FType::Str
+        }
+        "Number" | "Currency" | "Percent" => {
+            if !m["precision"].is_u64() {
+                return Err(format!(
+                    "Must specify 'precision' for a CustomField of type {}",
+                    m["type"].as_str().unwrap_or_default()
+                ));
+            }
+            FType::Num
+        }
+        "Checkbox" => FType::Bool,
+        "Date" => FType::Date,
+        "DateTime" => FType::DateTime,
+        "Email" => FType::Email,
+        "Picklist" => {
+            let values: Vec<&'static str> = m["valueSet"]["valueSetDefinition"]["value"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v["fullName"].as_str())
+                .map(|v| leak(v.to_string()))
+                .collect();
+            if values.is_empty() {
+                return Err("Must specify a valueSet for a CustomField of type Picklist".into());
+            }
+            FType::Pick(Box::leak(values.into_boxed_slice()))
+        }
+        other => return Err(format!("Invalid type: '{other}'")),
+    })
+}
+
+fn tooling_error(code: &str, message: &str) -> Response {
+    sf_error(StatusCode::BAD_REQUEST, code, message, &[])
+}
+
+async fn tooling_create(State(s): State<Salesforce>, body: axum::body::Bytes) -> Response {
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return tooling_error("JSON_PARSER_ERROR", "The request body is not valid JSON");
+    };
+    let full = body["FullName"].as_str().unwrap_or("");
+    let m = &body["Metadata"];
+    let Some((obj, name)) = full.split_once('.') else {
+        return tooling_error(
+            "FIELD_INTEGRITY_EXCEPTION",
+            "FullName must be ObjectName.FieldName__c",
+        );
+    };
+    let Some((table, _, _)) = sobject(obj) else {
+        return tooling_error(
+            "INVALID_TYPE",
+            &format!("sObject type '{obj}' is not supported."),
+        );
+    };
+    let dev = name.strip_suffix("__c").unwrap_or("");
+    if dev.is_empty()
+        || !dev.starts_with(|c: char| c.is_ascii_alphabetic())
+        || dev.contains("__")
+        || dev.ends_with('_')
+        || !dev.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        return tooling_error(
+            "FIELD_INTEGRITY_EXCEPTION",
+            "The Field Name must end with __c, begin with a letter, use only alphanumerics and underscores, and not contain two consecutive underscores",
+        );
+    }
+    let Some(label) = m["label"].as_str().filter(|l| !l.trim().is_empty()) else {
+        return tooling_error(
+            "REQUIRED_FIELD_MISSING",
+            "Required fields are missing: [Label]",
+        );
+    };
+    let ty = match custom_type(m) {
+        Ok(t) => t,
+        Err(e) => return tooling_error("FIELD_INTEGRITY_EXCEPTION", &e),
+    };
+    let mut db = s.lock();
+    if all_fields(&db.custom, table)
+        .iter()
+        .any(|f| f.name.eq_ignore_ascii_case(name))
+    {
+        return tooling_error(
+            "DUPLICATE_DEVELOPER_NAME",
+            &format!("There is already a field named {dev} on {table}."),
+        );
+    }
+    let id = new_id(&mut db, "00N");
+    let field = custom(leak(name.to_string()), leak(label.to_string()), ty);
+    db.custom.entry(table).or_default().push(CustomDef {
+        id: id.clone(),
+        field,
+        metadata: m.clone(),
+    });
+    (
+        StatusCode::CREATED,
+        Json(json!({"id": id, "success": true, "errors": [], "warnings": [], "infos": []})),
+    )
+        .into_response()
+}
+
+/// The one Tooling query shape the fake answers: `SELECT Id[, Metadata]
+/// FROM CustomField WHERE TableEnumOrId = '…' AND DeveloperName = '…'`.
+async fn tooling_query(
+    State(s): State<Salesforce>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let text = q.get("q").map(String::as_str).unwrap_or("");
+    let quoted = |key: &str| -> Option<String> {
+        let i = text.find(key)? + key.len();
+        let rest = text[i..].trim_start().strip_prefix('=')?.trim_start();
+        let rest = rest.strip_prefix('\'')?;
+        Some(rest[..rest.find('\'')?].to_string())
+    };
+    if !text.contains("FROM CustomField") {
+        return tooling_error(
+            "INVALID_TYPE",
+            "sObject type is not supported by this fake's Tooling API.",
+        );
+    }
+    let (Some(table), Some(dev)) = (quoted("TableEnumOrId"), quoted("DeveloperName")) else {
+        return tooling_error(
+            "MALFORMED_QUERY",
+            "This fake answers CustomField queries by TableEnumOrId and DeveloperName",
+        );
+    };
+    let db = s.lock();
+    let base = s.base();
+    let records: Vec<Value> = sobject(&table)
+        .and_then(|(t, _, _)| db.custom.get(t))
+        .into_iter()
+        .flatten()
+        .filter(|c| c.field.name.strip_suffix("__c") == Some(dev.as_str()))
+        .map(|c| json!({
+            "attributes": {"type": "CustomField", "url": format!("{base}/services/data/v60.0/tooling/sobjects/CustomField/{}", c.id)},
+            "Id": c.id, "DeveloperName": dev, "TableEnumOrId": table, "Metadata": c.metadata,
+        }))
+        .collect();
+    Json(json!({"size": records.len(), "totalSize": records.len(), "done": true, "entityTypeName": "CustomField", "records": records})).into_response()
+}
+
+async fn tooling_update(
+    State(s): State<Salesforce>,
+    Path((_v, id)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return tooling_error("JSON_PARSER_ERROR", "The request body is not valid JSON");
+    };
+    let m = &body["Metadata"];
+    let ty = match custom_type(m) {
+        Ok(t) => t,
+        Err(e) => return tooling_error("FIELD_INTEGRITY_EXCEPTION", &e),
+    };
+    let mut db = s.lock();
+    let Some(def) = db.custom.values_mut().flatten().find(|c| c.id == id) else {
+        return sf_error(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "The requested resource does not exist",
+            &[],
+        );
+    };
+    if let Some(label) = m["label"].as_str() {
+        def.field.label = leak(label.to_string());
+    }
+    def.field.ty = ty;
+    def.metadata = m.clone();
+    StatusCode::NO_CONTENT.into_response()
+}
+
 async fn limits(State(s): State<Salesforce>) -> Response {
     let used = s.lock().api_used;
     Json(json!({"DailyApiRequests": {"Max": s.opts.daily_limit, "Remaining": s.opts.daily_limit.saturating_sub(used)}})).into_response()
 }
 
-async fn describe(Path((_v, t)): Path<(String, String)>) -> Response {
+async fn describe(State(s): State<Salesforce>, Path((_v, t)): Path<(String, String)>) -> Response {
     let Some((name, prefix, _)) = sobject(&t) else {
         return sf_error(
             StatusCode::NOT_FOUND,
@@ -1316,7 +1557,7 @@ async fn describe(Path((_v, t)): Path<(String, String)>) -> Response {
             &[],
         );
     };
-    let fields: Vec<Value> = all_fields(name)
+    let fields: Vec<Value> = all_fields(&s.lock().custom, name)
         .iter()
         .map(|f| {
             let (ty, refs, picks): (&str, &[&str], &[&str]) = match f.ty {
@@ -1354,7 +1595,8 @@ async fn read(
             &[],
         );
     };
-    let known = all_fields(name);
+    let db = s.lock();
+    let known = all_fields(&db.custom, name);
     let mut fields: Vec<String> = known.iter().map(|f| f.name.to_string()).collect();
     if let Some(list) = q.get("fields") {
         fields.clear();
@@ -1372,7 +1614,6 @@ async fn read(
             }
         }
     }
-    let db = s.lock();
     match db.rows[name].get(&id).filter(|r| !r.deleted) {
         Some(r) => Json(render(name, r, &fields, &version)).into_response(),
         None => sf_error(
@@ -1391,7 +1632,7 @@ fn check_write(
     body: &Map<String, Value>,
     creating: bool,
 ) -> Result<BTreeMap<String, Value>, Response> {
-    let fields = all_fields(t);
+    let fields = all_fields(&db.custom, t);
     let mut out = BTreeMap::new();
     for (k, v) in body {
         let Some(f) = fields.iter().find(|f| f.name.eq_ignore_ascii_case(k)) else {
@@ -1676,6 +1917,10 @@ async fn delete(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse_soql(q: &str) -> Result<Soql, (String, String)> {
+        super::parse_soql(q, &Custom::new())
+    }
 
     #[test]
     fn parses_the_soql_the_connector_sends() {

@@ -313,12 +313,15 @@ impl Store {
 
     /// Queues a sync for every live connection whose next sync is due and
     /// moves its next sync time forward, in one transaction per batch.
-    /// `job` builds the job of a connection. Returns how many were queued.
+    /// `interval_of` gives the interval (s) of a connection that has none of
+    /// its own (per integration); `job` builds the job of a connection.
+    /// Returns how many were queued.
     pub async fn schedule_due_syncs(
         &self,
         now: i64,
         default_interval_secs: i64,
         limit: i64,
+        interval_of: impl Fn(&Connection) -> i64,
         job: impl Fn(&Connection) -> (String, String),
     ) -> Result<u64> {
         let mut queued = 0;
@@ -332,6 +335,13 @@ impl Store {
                  RETURNING ", connection_cols!()
             )).bind(now).bind(default_interval_secs).bind(limit).fetch_all(&mut *tx).await?;
             for c in &due {
+                let own = interval_of(c);
+                if own != default_interval_secs {
+                    sqlx::query(
+                        "UPDATE connections SET next_sync_at = $2 + 1000 * $3 \
+                         WHERE id = $1 AND sync_interval_secs IS NULL"
+                    ).bind(&c.id).bind(now).bind(own).execute(&mut *tx).await?;
+                }
                 let (id, dedup) = job(c);
                 let j = NewJob {
                     id: &id,

@@ -120,7 +120,7 @@ pub const DEFAULT_LIMIT: i64 = 100;
 pub const MAX_LIMIT: i64 = 1000;
 /// A filtered list examines at most this many stored rows per call and
 /// then answers with what it found and a cursor to go on.
-const SCAN_BUDGET: usize = 50_000;
+pub(crate) const SCAN_BUDGET: usize = 50_000;
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct LiveCursor {
@@ -130,7 +130,7 @@ struct LiveCursor {
 /// The service. Cheap to clone.
 #[derive(Clone)]
 pub struct Crm {
-    platform: Platform,
+    pub(crate) platform: Platform,
 }
 
 impl Crm {
@@ -147,14 +147,20 @@ impl Crm {
         o.ok_or_else(|| CrmError::NotFound(format!("unknown CRM object `{name}`")))
     }
 
-    /// The connector, once the connection may be served.
-    async fn ready(&self, conn: &Connection) -> Result<&'static dyn CrmConnector> {
-        let connector = berth_connectors::crm(&conn.integration_id).ok_or_else(|| {
+    /// The connector of the connection's integration (whatever its sync
+    /// status: metadata and account info need no synced data).
+    pub(crate) fn connector(conn: &Connection) -> Result<&'static dyn CrmConnector> {
+        berth_connectors::crm(&conn.integration_id).ok_or_else(|| {
             CrmError::NotSupported(format!(
                 "the unified CRM API is not available for integration `{}` yet",
                 conn.integration_id
             ))
-        })?;
+        })
+    }
+
+    /// The connector, once the connection may be served.
+    pub(crate) async fn ready(&self, conn: &Connection) -> Result<&'static dyn CrmConnector> {
+        let connector = Self::connector(conn)?;
         if conn.status == status::NEW_CONNECTION {
             // The hot cache may hold a status a second old; ask the store.
             let fresh = self
@@ -364,7 +370,7 @@ impl Crm {
 
     /// Resolves a caller's id to stored records: v1 ids (`v.<type>.<hex>`),
     /// native ids, and for v1 contacts an email address.
-    async fn lookup(
+    pub(crate) async fn lookup(
         &self,
         conn: &Connection,
         o: &'static Object,

@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod crm;
+mod crm_meta;
 mod provider;
 
 use std::sync::Arc;
@@ -167,14 +168,36 @@ impl Engine {
         })
     }
 
+    /// The interval (s) of an integration's connections that have none of
+    /// their own: the catalog's, or the server's default.
+    pub fn default_interval_secs(&self, integration_id: &str) -> i64 {
+        self.inner
+            .platform
+            .catalog()
+            .get(integration_id)
+            .and_then(|i| i.sync_interval_secs)
+            .map_or(self.inner.config.default_interval.as_secs() as i64, |s| {
+                s as i64
+            })
+    }
+
+    /// When a connection syncs next, counted from now.
+    fn next_sync_for(&self, conn: &Connection) -> i64 {
+        now_ms() + 1000 * self.default_interval_secs(&conn.integration_id)
+    }
+
     async fn scheduler(self, cancel: CancellationToken) {
         let store = self.inner.platform.store().clone();
         let interval = self.inner.config.default_interval.as_secs() as i64;
         loop {
             match store
-                .schedule_due_syncs(now_ms(), interval, 200, |c| {
-                    (secrets::new_id("job"), format!("sync:{}", c.id))
-                })
+                .schedule_due_syncs(
+                    now_ms(),
+                    interval,
+                    200,
+                    |c| self.default_interval_secs(&c.integration_id),
+                    |c| (secrets::new_id("job"), format!("sync:{}", c.id)),
+                )
                 .await
             {
                 Ok(n) if n > 0 => {
@@ -284,7 +307,6 @@ impl Engine {
         let Some(conn) = store.get_connection(env, conn_id).await? else {
             return Ok(()); // deleted meanwhile
         };
-        let interval_ms = self.inner.config.default_interval.as_millis() as i64;
         let Some(connector) = berth_connectors::crm(&conn.integration_id) else {
             // Nothing to sync: everything there is, is synced.
             self.advance_status(&conn, status::READY).await?;
@@ -293,7 +315,7 @@ impl Engine {
         if conn.auth_state != "ok" {
             self.emit(&conn, "sync.failed", json!({"error": "the connection needs re-authentication", "code": "CONNECTION_NEEDS_REAUTH"})).await?;
             store
-                .init_next_sync(&conn.id, now_ms() + interval_ms)
+                .init_next_sync(&conn.id, self.next_sync_for(&conn))
                 .await?;
             return Ok(());
         }
@@ -355,7 +377,7 @@ impl Engine {
         self.emit(&conn, "sync.completed", json!({"objects": totals}))
             .await?;
         store
-            .init_next_sync(&conn.id, now_ms() + interval_ms)
+            .init_next_sync(&conn.id, self.next_sync_for(&conn))
             .await?;
         Ok(())
     }

@@ -4,6 +4,7 @@ mod helpers;
 
 mod bad_input;
 mod connect_flow;
+mod crm_meta;
 mod fuzz;
 mod integrations;
 mod link_v1;

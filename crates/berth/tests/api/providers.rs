@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use crate::helpers::*;
 use crate::sync::{events_of, last_job_done, status_of, until, v1_all};
 
-async fn app_with_catalog(toml: String) -> TestApp {
+pub(crate) async fn app_with_catalog(toml: String) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("providers.toml");
     std::fs::write(&file, toml).unwrap();
@@ -27,7 +27,7 @@ async fn app_with_catalog(toml: String) -> TestApp {
 }
 
 impl TestApp {
-    async fn connect_api_key(&self, integration: &str, key: &str) -> (String, String) {
+    pub(crate) async fn connect_api_key(&self, integration: &str, key: &str) -> (String, String) {
         let st = self.session_token(&self.dev_token, json!({})).await;
         let r = self
             .post(
@@ -40,7 +40,7 @@ impl TestApp {
         self.finish_connect(&st).await
     }
 
-    async fn finish_connect(&self, st: &str) -> (String, String) {
+    pub(crate) async fn finish_connect(&self, st: &str) -> (String, String) {
         let r = self
             .post(
                 "/auth/access-token",
@@ -58,7 +58,7 @@ impl TestApp {
         )
     }
 
-    async fn sync_now_and_wait(&self, conn: &str) {
+    pub(crate) async fn sync_now_and_wait(&self, conn: &str) {
         let done = |ev: &[(String, Value)]| {
             ev.iter()
                 .filter(|(t, _)| t == "sync.completed" || t == "sync.failed")
@@ -79,12 +79,59 @@ impl TestApp {
         .await;
     }
 
-    fn v2h<'a>(&'a self, access: &'a str) -> [(&'a str, &'a str); 2] {
+    pub(crate) fn v2h<'a>(&'a self, access: &'a str) -> [(&'a str, &'a str); 2] {
         [
             ("x-vessel-api-token", self.dev_token.as_str()),
             ("x-vessel-access-token", access),
         ]
     }
+}
+
+/// A Berth whose Salesforce points at the fake at `base`, connected through
+/// the OAuth dance as a browser would do it; (app, connectionId,
+/// accessToken).
+pub(crate) async fn salesforce_app(base: &str) -> (TestApp, String, String) {
+    let app = app_with_catalog(format!(
+        r#"
+[integrations.salesforce.auth.oauth2]
+authorize_url = "{base}/services/oauth2/authorize"
+token_url = "{base}/services/oauth2/token"
+"#
+    ))
+    .await;
+    let r = app
+        .post(
+            "/auth/oauth-apps/create",
+            &[("x-vessel-api-token", &app.dev_token)],
+            json!({"integrationId": "salesforce", "clientId": "sf-client", "clientSecret": "sf-secret"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+
+    // The OAuth dance, as the browser would do it.
+    let st = app
+        .session_token(&app.dev_token, json!({"integrationId": "salesforce"}))
+        .await;
+    let r = app
+        .post(
+            "/auth/start",
+            &[("x-vessel-session-token", &st)],
+            json!({"authType": "oauth2"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let authorize = r.body["result"]["oauthURL"].as_str().unwrap();
+    let r = browser.get(authorize).send().await.unwrap();
+    assert_eq!(r.status(), 303, "the fake approves at once");
+    let callback = r.headers()["location"].to_str().unwrap().to_string();
+    let r = browser.get(&callback).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let (conn, access) = app.finish_connect(&st).await;
+    (app, conn, access)
 }
 
 fn object_events(ev: &[(String, Value)]) -> Vec<(String, String)> {
@@ -95,7 +142,7 @@ fn object_events(ev: &[(String, Value)]) -> Vec<(String, String)> {
 }
 
 /// Lifecycle and exact counts, shared by both providers.
-async fn synced_with_exact_counts(
+pub(crate) async fn synced_with_exact_counts(
     app: &TestApp,
     conn: &str,
     access: &str,
@@ -357,46 +404,7 @@ async fn a_hubspot_connection_syncs_detects_changes_and_writes_back() {
 async fn a_salesforce_connection_over_oauth_syncs_detects_changes_and_writes_back() {
     let sf = salesforce::Salesforce::new(salesforce::Options::default());
     let base = sf.serve().await.unwrap();
-    let app = app_with_catalog(format!(
-        r#"
-[integrations.salesforce.auth.oauth2]
-authorize_url = "{base}/services/oauth2/authorize"
-token_url = "{base}/services/oauth2/token"
-"#
-    ))
-    .await;
-    let r = app
-        .post(
-            "/auth/oauth-apps/create",
-            &[("x-vessel-api-token", &app.dev_token)],
-            json!({"integrationId": "salesforce", "clientId": "sf-client", "clientSecret": "sf-secret"}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{r:?}");
-
-    // The OAuth dance, as the browser would do it.
-    let st = app
-        .session_token(&app.dev_token, json!({"integrationId": "salesforce"}))
-        .await;
-    let r = app
-        .post(
-            "/auth/start",
-            &[("x-vessel-session-token", &st)],
-            json!({"authType": "oauth2"}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{r:?}");
-    let browser = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let authorize = r.body["result"]["oauthURL"].as_str().unwrap();
-    let r = browser.get(authorize).send().await.unwrap();
-    assert_eq!(r.status(), 303, "the fake approves at once");
-    let callback = r.headers()["location"].to_str().unwrap().to_string();
-    let r = browser.get(&callback).send().await.unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-    let (conn, access) = app.finish_connect(&st).await;
+    let (app, conn, access) = salesforce_app(&base).await;
 
     let o = salesforce::Options::default();
     synced_with_exact_counts(
