@@ -23,6 +23,7 @@ use serde_json::{Map, Value, json};
 use crate::AppState;
 use crate::error::{ApiError, Family, V1, V2};
 use crate::extract::{AccessConnection, ApiEnv, parse_body};
+use crate::models::{Envelope, ErrorBody, V1ErrorBody};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -187,7 +188,22 @@ fn limit_of<F>(q: &HashMap<String, String>) -> Result<Option<i64>, ApiError<F>> 
     }
 }
 
-async fn v1_get_1(
+/// v1 reads of one path segment: `/crm/{plural}` lists (`contacts`,
+/// `users?archived=`, `lists?objectType=`), `/crm/{singular}` gets one by
+/// `id` (contacts: also by email).
+#[utoipa::path(get, path = "/crm/{object}", tag = "crm-v1",
+    params(
+        ("accessToken" = Option<String>, Query, description = "The connection's access token (GET; writes take it in the body)"),
+        ("cursor" = Option<String>, Query, description = "nextPageCursor of the previous page"),
+        ("limit" = Option<i64>, Query, description = "Page size, 1 to 1000 (default 100)"),
+        ("allFields" = Option<bool>, Query, description = "Add the provider's raw fields as `additional` (details: all of the provider's fields)"),
+        ("id" = Option<String>, Query, description = "One record's v1 id or native id (contacts: also an email)"),
+        ("ids" = Option<String>, Query, description = "Batch: comma-separated ids"),
+        ("object" = String, Path, description = "users, contacts, accounts, deals, leads, notes, tasks, events, emails, calls, lists, or a singular"),
+    ),
+    security(("v1ApiToken" = [])),
+    responses((status = 200, body = Value), (status = 400, body = V1ErrorBody), (status = 401, body = V1ErrorBody), (status = 404, body = V1ErrorBody), (status = 409, body = V1ErrorBody, description = "DATA_STILL_SYNCING")))]
+pub(crate) async fn v1_get_1(
     state: State<AppState>,
     env: ApiEnv<V1>,
     Path(a): Path<String>,
@@ -196,7 +212,22 @@ async fn v1_get_1(
     v1_get(state, env, vec![a], q).await
 }
 
-async fn v1_get_2(
+/// v1 reads of two segments: `/crm/{singular}/details` (field metadata),
+/// `/crm/{singular}/batch`, and `/crm/event/attendees`.
+#[utoipa::path(get, path = "/crm/{object}/{op}", tag = "crm-v1",
+    params(
+        ("accessToken" = Option<String>, Query, description = "The connection's access token (GET; writes take it in the body)"),
+        ("cursor" = Option<String>, Query, description = "nextPageCursor of the previous page"),
+        ("limit" = Option<i64>, Query, description = "Page size, 1 to 1000 (default 100)"),
+        ("allFields" = Option<bool>, Query, description = "Add the provider's raw fields as `additional` (details: all of the provider's fields)"),
+        ("id" = Option<String>, Query, description = "One record's v1 id or native id (contacts: also an email)"),
+        ("ids" = Option<String>, Query, description = "Batch: comma-separated ids"),
+        ("object" = String, Path, description = "A singular (`contact`) or `event`"),
+        ("op" = String, Path, description = "details, batch, attendees, attendee"),
+    ),
+    security(("v1ApiToken" = [])),
+    responses((status = 200, body = Value), (status = 400, body = V1ErrorBody), (status = 401, body = V1ErrorBody), (status = 404, body = V1ErrorBody), (status = 409, body = V1ErrorBody), (status = 501, body = V1ErrorBody)))]
+pub(crate) async fn v1_get_2(
     state: State<AppState>,
     env: ApiEnv<V1>,
     Path((a, b)): Path<(String, String)>,
@@ -380,7 +411,13 @@ async fn user_associations(
     Ok(json!({"users": users, "invalidIds": invalid, "nextPageCursor": next}))
 }
 
-async fn v1_write_1(
+/// v1 writes: `POST /crm/{singular} {accessToken, <singular>}` creates,
+/// `PATCH` with `id` updates; both answer `{id}`.
+#[utoipa::path(method(post, patch), path = "/crm/{object}", tag = "crm-v1",
+    params(("object" = String, Path, description = "contact, account, deal, lead, note, task, event, email, call")),
+    request_body = Value, security(("v1ApiToken" = [])),
+    responses((status = 200, body = Value), (status = 400, body = V1ErrorBody), (status = 401, body = V1ErrorBody), (status = 404, body = V1ErrorBody), (status = 409, body = V1ErrorBody), (status = 422, body = V1ErrorBody, description = "The provider refused the write: metadata.originalErrors"), (status = 502, body = V1ErrorBody)))]
+pub(crate) async fn v1_write_1(
     state: State<AppState>,
     env: ApiEnv<V1>,
     method: Method,
@@ -391,7 +428,22 @@ async fn v1_write_1(
     v1_write(state, env, method, vec![a], q, body).await
 }
 
-async fn v1_write_2(
+/// v1 POSTs of two segments: `/crm/{plural}/search {filters}`,
+/// `/crm/{singular}/batch`, `/crm/{contact|lead|account}/custom-field`
+/// (POST creates `{customField:{name, type, options?, customKey?}}`,
+/// PATCH updates `{customField:{key, options}}`; both answer `{key}`), and
+/// `/crm/users/associations {objectType, ids, cursor?}`.
+#[utoipa::path(method(post, patch), path = "/crm/{object}/{op}", tag = "crm-v1",
+    params(
+        ("object" = String, Path, description = "A plural (search), a singular (batch, custom-field), or users"),
+        ("op" = String, Path, description = "search, batch, custom-field, associations"),
+        ("accessToken" = Option<String>, Query, description = "Or `accessToken` in the body"),
+        ("cursor" = Option<String>, Query),
+        ("limit" = Option<i64>, Query),
+    ),
+    request_body = Value, security(("v1ApiToken" = [])),
+    responses((status = 200, body = Value), (status = 400, body = V1ErrorBody), (status = 401, body = V1ErrorBody), (status = 404, body = V1ErrorBody), (status = 409, body = V1ErrorBody), (status = 501, body = V1ErrorBody), (status = 502, body = V1ErrorBody)))]
+pub(crate) async fn v1_write_2(
     state: State<AppState>,
     env: ApiEnv<V1>,
     method: Method,
@@ -572,7 +624,10 @@ async fn v1_special(
 // ---- v2 --------------------------------------------------------------------
 
 /// `/unifications/crm/info` (and `info/find`): the connected account.
-async fn v2_info(State(state): State<AppState>, access: AccessConnection<V2>) -> Resp {
+#[utoipa::path(post, path = "/unifications/crm/info", tag = "crm-v2",
+    security(("apiToken" = [], "accessToken" = [])),
+    responses((status = 200, body = Envelope<Value>, description = "`{url, orgId, userId, currency}`"), (status = 401, body = ErrorBody), (status = 502, body = ErrorBody)))]
+pub(crate) async fn v2_info(State(state): State<AppState>, access: AccessConnection<V2>) -> Resp {
     info(&state, &access.connection).await
 }
 
@@ -610,7 +665,20 @@ async fn v2_custom_field(state: &AppState, conn: &Connection, input: &Map<String
     }
 }
 
-async fn v2_op(
+/// The v2 unified CRM: `list {cursor?, filters?, associations?,
+/// include?, synced?}`, `find {id}`, `create {<singular>}`, `update {id,
+/// <singular>}`, `delete {id}`, `batch-read {ids}`, `details
+/// {allFields?}` on users, contacts, accounts, deals, leads, notes, tasks,
+/// events, attendees, emails, calls, lists; plus `custom-fields/create
+/// {objectType, customField}` and `info/find`.
+#[utoipa::path(post, path = "/unifications/crm/{object}/{op}", tag = "crm-v2",
+    params(
+        ("object" = String, Path, description = "contacts, accounts, … or custom-fields, info"),
+        ("op" = String, Path, description = "list, find, create, update, delete, batch-read, details"),
+    ),
+    request_body = Value, security(("apiToken" = [], "accessToken" = [])),
+    responses((status = 200, body = Envelope<Value>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 429, body = ErrorBody), (status = 501, body = ErrorBody), (status = 502, body = ErrorBody)))]
+pub(crate) async fn v2_op(
     State(state): State<AppState>,
     access: AccessConnection<V2>,
     Path((object, op)): Path<(String, String)>,
@@ -779,7 +847,12 @@ async fn v2_op(
 
 // ---- on-demand sync ------------------------------------------------------------
 
-async fn sync_now(
+/// Queue a sync of a connection now (`{id}`); `alreadyQueued` when one
+/// was waiting.
+#[utoipa::path(post, path = "/connections/sync", tag = "connections",
+    request_body = Value, security(("apiToken" = [])),
+    responses((status = 200, body = Envelope<Value>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(crate) async fn sync_now(
     State(state): State<AppState>,
     ApiEnv(env, ..): ApiEnv<V2>,
     body: axum::body::Bytes,
@@ -815,7 +888,10 @@ async fn sync_now(
 /// Berth's own `POST /connections/update {id, syncIntervalSeconds}`: a
 /// connection's time between syncs (60 s to 30 days; `null` goes back to
 /// the integration's or the server's default), counted from now.
-async fn update_schedule(
+#[utoipa::path(post, path = "/connections/update", tag = "connections",
+    request_body = Value, security(("apiToken" = [])),
+    responses((status = 200, body = Envelope<Value>, description = "`{id, syncIntervalSeconds, custom, nextSyncAt}`"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(crate) async fn update_schedule(
     State(state): State<AppState>,
     ApiEnv(env, ..): ApiEnv<V2>,
     body: axum::body::Bytes,

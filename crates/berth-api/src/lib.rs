@@ -201,6 +201,14 @@ pub async fn openapi_json() -> Response {
         platform::get_connection,
         platform::find_connection,
         platform::delete_connection,
+        crm::sync_now,
+        crm::update_schedule,
+        crm::v1_get_1,
+        crm::v1_get_2,
+        crm::v1_write_1,
+        crm::v1_write_2,
+        crm::v2_op,
+        crm::v2_info,
         link::link_token,
         link::link_exchange,
         link::get_connection,
@@ -264,6 +272,7 @@ impl utoipa::Modify for ApiAliases {
                     || p.starts_with("/auth/")
                     || p.starts_with("/connections/")
                     || p.starts_with("/webhooks")
+                    || p.starts_with("/unifications/")
             })
             .map(|(p, item)| (format!("/api{p}"), item.clone()))
             .collect();
