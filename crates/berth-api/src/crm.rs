@@ -172,6 +172,24 @@ async fn v1_connection(
         .await?)
 }
 
+/// Comma-separated ids (v1 `ids=a,b`).
+fn split_ids(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// v1 `ids` in a body: an array of strings or a comma-separated string.
+fn ids_of(v: Option<&Value>) -> Option<Vec<String>> {
+    match v? {
+        Value::Array(a) => a.iter().map(|v| v.as_str().map(String::from)).collect(),
+        Value::String(s) => Some(split_ids(s)),
+        _ => None,
+    }
+}
+
 fn flag(q: &HashMap<String, String>, k: &str) -> bool {
     matches!(q.get(k).map(String::as_str), Some("true" | "1"))
 }
@@ -287,16 +305,7 @@ async fn v1_get(
                 .map(|r| json!({o.v1_one_key: r}))
         }
         V1Op::Batch => {
-            let ids: Vec<String> = q
-                .get("ids")
-                .map(|s| {
-                    s.split(',')
-                        .map(str::trim)
-                        .filter(|s| !s.is_empty())
-                        .map(String::from)
-                        .collect()
-                })
-                .unwrap_or_default();
+            let ids = q.get("ids").map(|s| split_ids(s)).unwrap_or_default();
             crm.batch(&conn, o, Generation::V1, &ids, &view)
                 .await
                 .map(|(found, invalid)| json!({o.v1_list_key: found, "invalidIds": invalid}))
@@ -384,25 +393,8 @@ async fn user_associations(
             "objectType must be one of account, contact, deal, note, email, event, task, call",
         )
     })?;
-    let ids: Vec<String> = match input.get("ids") {
-        Some(Value::Array(a)) if a.iter().all(Value::is_string) => a
-            .iter()
-            .filter_map(Value::as_str)
-            .map(String::from)
-            .collect(),
-        Some(Value::String(s)) => s
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(String::from)
-            .collect(),
-        _ => {
-            return Err(ApiError::bad_request(
-                "INVALID_IDS",
-                "ids must be an array of user ids",
-            ));
-        }
-    };
+    let ids = ids_of(input.get("ids"))
+        .ok_or_else(|| ApiError::bad_request("INVALID_IDS", "ids must be an array of user ids"))?;
     let cursor = input
         .get("cursor")
         .and_then(Value::as_str)
@@ -528,20 +520,7 @@ async fn v1_write(
                 .map(|(items, next)| json!({o.v1_list_key: items, "nextPageCursor": next}))
         }
         (V1Op::Batch, false) => {
-            let ids: Vec<String> = match input.get("ids") {
-                Some(Value::Array(a)) => a
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .map(String::from)
-                    .collect(),
-                Some(Value::String(s)) => s
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(String::from)
-                    .collect(),
-                _ => Vec::new(),
-            };
+            let ids = ids_of(input.get("ids")).unwrap_or_default();
             crm.batch(&conn, o, Generation::V1, &ids, &view)
                 .await
                 .map(|(found, invalid)| json!({o.v1_list_key: found, "invalidIds": invalid}))

@@ -147,6 +147,22 @@ impl Crm {
         o.ok_or_else(|| CrmError::NotFound(format!("unknown CRM object `{name}`")))
     }
 
+    /// The store sequence a signed cursor of `scope` stands for (0: from
+    /// the start).
+    pub(crate) fn store_position(&self, scope: &str, cursor: Option<&str>) -> Result<i64> {
+        match cursor.filter(|c| !c.is_empty()) {
+            None => Ok(0),
+            Some(c) => self
+                .platform
+                .cursors()
+                .decode(scope, c)
+                .map_err(|e| CrmError::BadRequest {
+                    code: "INVALID_CURSOR",
+                    message: e.to_string(),
+                }),
+        }
+    }
+
     /// The connector of the connection's integration (whatever its sync
     /// status: metadata and account info need no synced data).
     pub(crate) fn connector(conn: &Connection) -> Result<&'static dyn CrmConnector> {
@@ -271,15 +287,7 @@ impl Crm {
                 .list_live(conn, connector, o, generation, args, view, &filter, &scope)
                 .await;
         }
-        let mut after: i64 = match args.cursor.as_deref().filter(|c| !c.is_empty()) {
-            None => 0,
-            Some(c) => cursors
-                .decode(&scope, c)
-                .map_err(|e| CrmError::BadRequest {
-                    code: "INVALID_CURSOR",
-                    message: e.to_string(),
-                })?,
-        };
+        let mut after = self.store_position(&scope, args.cursor.as_deref())?;
         let mut out = Vec::new();
         let mut scanned = 0usize;
         let chunk = if filter.is_empty() { limit + 1 } else { 500 };

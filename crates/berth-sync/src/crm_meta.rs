@@ -227,15 +227,7 @@ impl Crm {
             &crm::content_hash(&json!(sorted), &Value::Null)[..12]
         );
         let cursors = self.platform.cursors();
-        let mut after: i64 = match cursor.filter(|c| !c.is_empty()) {
-            None => 0,
-            Some(c) => cursors
-                .decode(&scope, c)
-                .map_err(|e| CrmError::BadRequest {
-                    code: "INVALID_CURSOR",
-                    message: e.to_string(),
-                })?,
-        };
+        let mut after = self.store_position(&scope, cursor)?;
         let mut found = 0usize;
         let mut scanned = 0usize;
         let next = loop {
