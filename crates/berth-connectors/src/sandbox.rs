@@ -5,7 +5,8 @@
 use serde_json::{Map, Value, json};
 
 use crate::{
-    ConnectorError, CrmConnector, ListRequest, NativeRecord, Page, Provider, Request, Response, ms,
+    ConnectorError, CrmConnector, ListRequest, NativeRecord, OrgInfo, Page, Provider, Request,
+    Response, ms,
 };
 
 pub struct Sandbox;
@@ -493,6 +494,21 @@ impl CrmConnector for Sandbox {
         } else {
             Err(failed(&resp))
         }
+    }
+
+    async fn info(&self, p: &dyn Provider, known: &OrgInfo) -> Result<OrgInfo, ConnectorError> {
+        let resp = p.send(Request::get("/me")).await?;
+        if !(200..300).contains(&resp.status) {
+            return Err(failed(&resp));
+        }
+        let me = resp.json()?;
+        let text = |v: &Value| v.as_str().map(String::from);
+        Ok(OrgInfo {
+            url: known.url.clone().or_else(|| text(&me["org"]["url"])),
+            org_id: known.org_id.clone().or_else(|| text(&me["org"]["id"])),
+            user_id: known.user_id.clone().or_else(|| text(&me["user"]["id"])),
+            currency: text(&me["org"]["currency"]),
+        })
     }
 }
 

@@ -149,7 +149,7 @@ async fn me(State(s): State<Sandbox>, headers: HeaderMap) -> Response {
             .unwrap_or(Value::Null);
         Json(json!({
             "user": owner,
-            "org": {"id": "sandbox-org", "name": "Sandbox Inc.", "url": "https://sandbox.berth.invalid"},
+            "org": {"id": "sandbox-org", "name": "Sandbox Inc.", "url": "https://sandbox.berth.invalid", "currency": "USD"},
         }))
         .into_response()
     })

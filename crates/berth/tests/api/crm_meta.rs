@@ -377,11 +377,12 @@ async fn salesforce_custom_fields_through_the_tooling_api_details_and_info() {
 }
 
 /// `POST /connections/update {id, syncIntervalSeconds}` over a
-/// per-integration interval from the providers file.
+/// per-integration interval from the providers file; then the sandbox's
+/// account info.
 #[tokio::test]
 async fn sync_intervals_per_integration_and_per_connection() {
     let app = app_with_catalog("[integrations.sandbox]\nsync_interval_secs = 600\n".into()).await;
-    let (conn, _) = app.connect_sandbox(&app.dev_token, "meta-key").await;
+    let (conn, access) = app.connect_sandbox(&app.dev_token, "meta-key").await;
     let api = [("x-vessel-api-token", app.dev_token.as_str())];
     let interval = || async {
         let r = app
@@ -457,4 +458,14 @@ async fn sync_intervals_per_integration_and_per_connection() {
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.body["result"]["custom"], false);
     assert_eq!(interval().await, 600, "back to the integration's");
+
+    // The sandbox's account info comes from its `/me` (no synced data
+    // needed).
+    let r = app
+        .post("/unifications/crm/info", &app.v2h(&access), json!({}))
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["result"]["currency"], "USD", "{r:?}");
+    assert_eq!(r.body["result"]["orgId"], "sandbox-org", "{r:?}");
+    assert!(r.body["result"]["userId"].is_string(), "{r:?}");
 }
