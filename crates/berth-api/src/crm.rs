@@ -181,10 +181,16 @@ fn split_ids(s: &str) -> Vec<String> {
         .collect()
 }
 
-/// v1 `ids` in a body: an array of strings or a comma-separated string.
+/// v1 `ids` in a body: an array (its strings, as batch always read it) or
+/// a comma-separated string.
 fn ids_of(v: Option<&Value>) -> Option<Vec<String>> {
     match v? {
-        Value::Array(a) => a.iter().map(|v| v.as_str().map(String::from)).collect(),
+        Value::Array(a) => Some(
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(String::from)
+                .collect(),
+        ),
         Value::String(s) => Some(split_ids(s)),
         _ => None,
     }
