@@ -107,6 +107,22 @@ fn ok(v: Value) -> Resp {
     Json(v).into_response()
 }
 
+/// A rendered list page (JSON bytes) or the family's error.
+fn page<F: Family>(r: Result<bytes::Bytes, CrmError>) -> Resp {
+    use axum::response::IntoResponse;
+    match r {
+        Ok(body) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                axum::http::HeaderValue::from_static("application/json"),
+            )],
+            body,
+        )
+            .into_response(),
+        Err(e) => crm_error::<F>(e),
+    }
+}
+
 fn err<F: Family>(e: ApiError<F>) -> Resp {
     use axum::response::IntoResponse;
     e.into_response()
@@ -283,7 +299,7 @@ async fn v1_get(
         Ok(c) => c,
         Err(e) => return err(e),
     };
-    let crm = Crm::new(state.platform.clone());
+    let crm = state.sync.crm();
     let view = View {
         raw: flag(&q, "allFields"),
         associations: None,
@@ -300,9 +316,18 @@ async fn v1_get(
                 filters: list_filters(o, &q),
                 live: false,
             };
-            crm.list(&conn, o, Generation::V1, &args, &view)
-                .await
-                .map(|(items, next)| json!({o.v1_list_key: items, "nextPageCursor": next}))
+            return page::<V1>(
+                crm.list_bytes(
+                    &conn,
+                    o,
+                    Generation::V1,
+                    &args,
+                    &view,
+                    "v1",
+                    |items, next| json!({o.v1_list_key: items, "nextPageCursor": next}),
+                )
+                .await,
+            );
         }
         V1Op::One => {
             let id = q.get("id").cloned().unwrap_or_default();
@@ -496,7 +521,7 @@ async fn v1_write(
         Ok(c) => c,
         Err(e) => return err(e),
     };
-    let crm = Crm::new(state.platform.clone());
+    let crm = state.sync.crm();
     let Some((o, op)) = route else {
         return v1_special(&crm, &conn, &parts, method, &input, &q).await;
     };
@@ -521,9 +546,18 @@ async fn v1_write(
                 filters: input.get("filters").cloned().unwrap_or(Value::Null),
                 live: false,
             };
-            crm.list(&conn, o, Generation::V1, &args, &view)
-                .await
-                .map(|(items, next)| json!({o.v1_list_key: items, "nextPageCursor": next}))
+            return page::<V1>(
+                crm.list_bytes(
+                    &conn,
+                    o,
+                    Generation::V1,
+                    &args,
+                    &view,
+                    "v1",
+                    |items, next| json!({o.v1_list_key: items, "nextPageCursor": next}),
+                )
+                .await,
+            );
         }
         (V1Op::Batch, false) => {
             let ids = ids_of(input.get("ids")).unwrap_or_default();
@@ -617,7 +651,7 @@ pub(crate) async fn v2_info(State(state): State<AppState>, access: AccessConnect
 }
 
 async fn info(state: &AppState, conn: &Connection) -> Resp {
-    match Crm::new(state.platform.clone()).info(conn).await {
+    match state.sync.crm().info(conn).await {
         Ok(i) => ok(json!({"result": {
             "url": i.url, "orgId": i.org_id, "userId": i.user_id, "currency": i.currency,
         }})),
@@ -641,10 +675,7 @@ async fn v2_custom_field(state: &AppState, conn: &Connection, input: &Map<String
             "the body needs `customField`",
         ));
     };
-    match Crm::new(state.platform.clone())
-        .create_custom_field(conn, o, field)
-        .await
-    {
+    match state.sync.crm().create_custom_field(conn, o, field).await {
         Ok(k) => ok(json!({"result": {"key": k}})),
         Err(e) => crm_error::<V2>(e),
     }
@@ -689,7 +720,7 @@ pub(crate) async fn v2_op(
         Err(e) => return crm_error::<V2>(e),
     };
     let conn = &access.connection;
-    let crm = Crm::new(state.platform.clone());
+    let crm = state.sync.crm();
     let raw = input
         .get("include")
         .and_then(|i| i.get("$native"))
@@ -759,9 +790,18 @@ pub(crate) async fn v2_op(
                 filters: input.get("filters").cloned().unwrap_or(Value::Null),
                 live,
             };
-            crm.list(conn, o, Generation::V2, &args, &view)
-                .await
-                .map(|(items, next)| json!({o.name: items, "nextPageCursor": next}))
+            return page::<V2>(
+                crm.list_bytes(
+                    conn,
+                    o,
+                    Generation::V2,
+                    &args,
+                    &view,
+                    "v2",
+                    |items, next| json!({"result": {o.name: items, "nextPageCursor": next}}),
+                )
+                .await,
+            );
         }
         "find" => {
             let id = str_of("id").unwrap_or_default();

@@ -5,7 +5,7 @@
 //! Decision: the log is observability data, not customer data. Entries are
 //! queued in memory (bounded; overflow is dropped and counted in
 //! `berth_outbound_request_logs_dropped_total`) and a crash loses at most
-//! the last batch not yet written (≤ 100 ms in steady state). Listing
+//! the last batch not yet written (≤ 50 ms of calls in steady state). Listing
 //! flushes first, so a caller always sees the calls it already got answers
 //! for.
 
@@ -18,6 +18,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{Platform, PlatformError, Result};
 
 const BATCH: usize = 1000;
+/// How long the writer waits for more entries before writing a batch.
+const LINGER: Duration = Duration::from_millis(50);
 
 pub(crate) enum Msg {
     Flush(oneshot::Sender<()>),
@@ -42,6 +44,28 @@ pub(crate) fn spawn_writer(
                     Some(Msg::Flush(done)) => flush = Some(done),
                     None => break,
                 },
+            }
+            // Linger a little so one transaction carries many entries:
+            // on SQLite every write transaction takes the one write lock,
+            // and a log write per provider call would make sync pages
+            // wait for it.
+            if flush.is_none() && !batch.is_empty() {
+                let deadline = tokio::time::Instant::now() + LINGER;
+                while batch.len() < BATCH {
+                    tokio::select! {
+                        e = entries.recv() => match e {
+                            Some(e) => batch.push(row(e)),
+                            None => break,
+                        },
+                        m = control.recv() => {
+                            if let Some(Msg::Flush(done)) = m {
+                                flush = Some(done);
+                            }
+                            break;
+                        }
+                        _ = tokio::time::sleep_until(deadline) => break,
+                    }
+                }
             }
             // Take whatever else is queued, up to a batch.
             while batch.len() < BATCH {

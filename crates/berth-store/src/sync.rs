@@ -141,6 +141,10 @@ pub struct PageWrite<'a> {
     pub high_water: Option<i64>,
     pub total: Option<i64>,
     pub now: i64,
+    /// The job lease to renew with the page, in the same transaction:
+    /// (job id, owner, lease until). A lost lease writes nothing
+    /// ([`StoreError::LeaseLost`]).
+    pub lease: Option<(&'a str, &'a str, i64)>,
 }
 
 /// What a page changed.
@@ -527,6 +531,14 @@ impl Store {
                 if r.rows_affected() != 1 {
                     return Err(StoreError::RunFenced);
                 }
+                if let Some((job, owner, until)) = w.lease {
+                    let r = sqlx::query(
+                        "UPDATE jobs SET lease_until = $3 WHERE id = $1 AND lease_owner = $2 AND state = 'running'"
+                    ).bind(job).bind(owner).bind(until).execute(&mut *tx).await?;
+                    if r.rows_affected() != 1 {
+                        return Err(StoreError::LeaseLost);
+                    }
+                }
             } else {
                 // Still write first: the lock serialises this with a sync
                 // run's page of the same object.
@@ -604,6 +616,9 @@ impl Store {
                 qb.push(")");
                 qb.build().execute(&mut *tx).await?;
             }
+            if !changed.is_empty() {
+                crate::changes::NoteChange::note(&mut *tx, w.connection_id, Some(w.object), w.now).await?;
+            }
             if let Some(prefix) = w.event_prefix {
                 for (r, action) in &changed {
                     let event_type = format!("{prefix}.{action}");
@@ -619,6 +634,9 @@ impl Store {
                 }
             }
             tx.commit().await?;
+            if !changed.is_empty() {
+                self.records_changed(w.connection_id, Some(w.object));
+            }
         });
         if wrote_events {
             self.events_committed();
@@ -679,7 +697,13 @@ impl Store {
             for e in events {
                 insert_event(&mut *tx, e).await?;
             }
+            if !native_ids.is_empty() {
+                crate::changes::NoteChange::note(&mut *tx, connection_id, Some(object), now).await?;
+            }
             tx.commit().await?;
+            if !native_ids.is_empty() {
+                self.records_changed(connection_id, Some(object));
+            }
         });
         if !events.is_empty() {
             self.events_committed();

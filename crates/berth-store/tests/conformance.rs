@@ -693,16 +693,26 @@ async fn pages_write_records_checkpoint_and_events_together() {
             high_water: Some(50),
             total: None,
             now: 30,
+            lease: None,
         };
         let p1: &'static [RecordWrite] =
             Box::leak(Box::new([rec("1", "a", false), rec("2", "a", false)]));
         let mut w = page(p1, "run1", Some("object.crm.contacts"), Some("cur2"));
         w.environment_id = Box::leak(dev.id.clone().into_boxed_str());
+        let v0 = s.record_version("c1", "contacts");
         let out = s.apply_page(&w).await.unwrap();
         assert_eq!((out.created, out.updated, out.unchanged), (2, 0, 0));
+        let v1 = s.record_version("c1", "contacts");
+        assert!(v1 > v0, "a page that changed records moves the version");
+        assert_eq!(
+            s.record_version("c1", "deals"),
+            v0,
+            "other objects keep theirs"
+        );
         // Re-applying the same page (a crash before the next checkpoint) changes nothing.
         let out = s.apply_page(&w).await.unwrap();
         assert_eq!((out.created, out.updated, out.unchanged), (0, 0, 2));
+        assert_eq!(s.record_version("c1", "contacts"), v1, "nothing changed");
         let st = s.sync_states("c1").await.unwrap();
         assert_eq!(st[0].cursor.as_deref(), Some("cur2"));
         assert_eq!(st[0].high_water, Some(50));
@@ -713,6 +723,8 @@ async fn pages_write_records_checkpoint_and_events_together() {
         w2.environment_id = w.environment_id;
         let out = s.apply_page(&w2).await.unwrap();
         assert_eq!((out.updated, out.deleted), (1, 1));
+        let v2 = s.record_version("c1", "contacts");
+        assert!(v2 > v1);
         let events: Vec<String> = s
             .list_events(&dev.id, 0, 100)
             .await
@@ -788,6 +800,10 @@ async fn pages_write_records_checkpoint_and_events_together() {
         )
         .await
         .unwrap();
+        assert!(
+            s.record_version("c1", "deals") > v2,
+            "deleting a connection moves every object's version"
+        );
         assert!(s.sync_states("c1").await.unwrap().is_empty());
         let left = s
             .list_records(&RecordPage {

@@ -10,6 +10,11 @@ use berth_unified::crm::{self, Object, RecordView};
 use berth_unified::{Filter, FilterError};
 use serde_json::{Map, Value};
 
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::pages::Pages;
 use crate::{ConnProvider, record_write};
 
 /// Which API generation is asking (ids, field names, shapes differ).
@@ -131,11 +136,17 @@ struct LiveCursor {
 #[derive(Clone)]
 pub struct Crm {
     pub(crate) platform: Platform,
+    pages: Arc<Pages>,
 }
 
 impl Crm {
-    pub fn new(platform: Platform) -> Self {
-        Self { platform }
+    /// The service with a rendered-page cache of up to `page_cache_bytes`
+    /// (0: none).
+    pub fn new(platform: Platform, page_cache_bytes: u64) -> Self {
+        Self {
+            platform,
+            pages: Arc::new(Pages::new(page_cache_bytes)),
+        }
     }
 
     /// The unified object named by a path, or a clear 404.
@@ -325,6 +336,47 @@ impl Crm {
                 return Ok((out, Some(cursors.encode(&scope, &after))));
             }
         }
+    }
+
+    /// A list page as JSON bytes, shaped by `shape` (which `kind` names:
+    /// the same kind must always shape the same way). Store reads are
+    /// served from the page cache while the object's records are
+    /// unchanged; live reads never are.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn list_bytes(
+        &self,
+        conn: &Connection,
+        o: &'static Object,
+        generation: Generation,
+        args: &ListArgs,
+        view: &View,
+        kind: &'static str,
+        shape: impl FnOnce(Vec<Value>, Option<String>) -> Value,
+    ) -> Result<Bytes> {
+        if args.live {
+            let (items, next) = self.list(conn, o, generation, args, view).await?;
+            return Ok(to_bytes(&shape(items, next)));
+        }
+        self.ready(conn).await?;
+        // Read before the rows (see `pages`).
+        let version = self.platform.store().record_version(&conn.id, o.name);
+        let key = format!(
+            "{}\u{1f}{}\u{1f}{kind}\u{1f}{generation:?}\u{1f}{}\u{1f}{:?}\u{1f}{}\u{1f}{:?}\u{1f}{}",
+            conn.id,
+            o.name,
+            view.raw,
+            view.associations,
+            args.cursor.as_deref().unwrap_or(""),
+            args.limit,
+            args.filters,
+        );
+        if let Some(body) = self.pages.get(&key, version) {
+            return Ok(body);
+        }
+        let (items, next) = self.list(conn, o, generation, args, view).await?;
+        let body = to_bytes(&shape(items, next));
+        self.pages.put(key, version, body.clone());
+        Ok(body)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -600,7 +652,7 @@ impl Crm {
     /// Writes a record the provider returned into the store (with its
     /// change event) so a read right after the write sees it.
     async fn store_written(&self, conn: &Connection, o: &Object, r: &NativeRecord) -> Result<()> {
-        let w = record_write(conn, o.name, r);
+        let w = record_write(conn, o.name, r, true);
         let prefix = o.event_prefix();
         self.platform
             .store()
@@ -615,6 +667,7 @@ impl Crm {
                 high_water: None,
                 total: None,
                 now: now_ms(),
+                lease: None,
             })
             .await?;
         Ok(())
@@ -660,4 +713,9 @@ fn shown_id(o: &Object, conn: &Connection, native_id: &str, generation: Generati
         Generation::V1 => crm::v1_id(o.v1_type, &crm::uid(&conn.id, o.name, native_id)),
         Generation::V2 => native_id.to_string(),
     }
+}
+
+fn to_bytes(v: &Value) -> Bytes {
+    // Serialising a `Value` cannot fail (its keys are strings).
+    Bytes::from(serde_json::to_vec(v).unwrap_or_default())
 }

@@ -15,6 +15,7 @@
 
 pub mod crm;
 mod crm_meta;
+pub mod pages;
 mod provider;
 
 use std::sync::Arc;
@@ -46,6 +47,8 @@ pub struct SyncConfig {
     pub lease: Duration,
     /// How often the queue and the schedule are polled when nothing wakes them.
     pub poll: Duration,
+    /// Bytes of rendered list pages kept in memory (0: none).
+    pub page_cache_bytes: u64,
 }
 
 impl Default for SyncConfig {
@@ -57,6 +60,7 @@ impl Default for SyncConfig {
             concurrency: 4,
             lease: Duration::from_secs(120),
             poll: Duration::from_millis(500),
+            page_cache_bytes: pages::DEFAULT_BYTES,
         }
     }
 }
@@ -72,6 +76,7 @@ pub struct Engine {
 
 struct Inner {
     platform: Platform,
+    crm: Crm,
     config: SyncConfig,
     node: String,
     wake: Notify,
@@ -91,6 +96,7 @@ impl Engine {
     pub fn new(platform: Platform, config: SyncConfig) -> Self {
         Self {
             inner: Arc::new(Inner {
+                crm: Crm::new(platform.clone(), config.page_cache_bytes),
                 platform,
                 config,
                 node: secrets::new_id("worker"),
@@ -101,6 +107,11 @@ impl Engine {
 
     pub fn platform(&self) -> &Platform {
         &self.inner.platform
+    }
+
+    /// The unified CRM service (it shares this engine's page cache).
+    pub fn crm(&self) -> Crm {
+        self.inner.crm.clone()
     }
 
     pub fn config(&self) -> &SyncConfig {
@@ -416,60 +427,70 @@ impl Engine {
         let unified = berth_unified::crm::object(object);
         let incremental = st.phase == "incremental";
         let prefix = unified.map(|o| o.event_prefix()).filter(|_| incremental);
-        let mut cursor = st.cursor.clone();
         let mut counts = (0, 0, 0);
         // Records written through the API while this listing runs may sort
         // before its cursor or arrive after its end; the sweep must not take
         // them for deleted.
         let listing_started = now_ms();
+        let include_deleted = incremental && connector.tombstones(object);
+        let list = |cursor: Option<String>| {
+            let provider = &provider;
+            async move {
+                let req = ListRequest {
+                    since: st.run_since,
+                    cursor,
+                    include_deleted,
+                };
+                connector.list(provider, object, &req).await
+            }
+        };
+        let mut page = list(st.cursor.clone()).await?;
         loop {
-            let page = connector
-                .list(
-                    &provider,
-                    object,
-                    &ListRequest {
-                        since: st.run_since,
-                        cursor: cursor.clone(),
-                        include_deleted: incremental && connector.tombstones(object),
-                    },
-                )
-                .await?;
+            let next_cursor = page.next_cursor.clone();
+            // The page is turned into rows and written on its own task
+            // while this one fetches and parses the next page: provider
+            // latency, parsing and the store's write use both cores. The
+            // checkpoint still moves page by page (a crash resumes from
+            // the last page written), and a page fetched ahead of a
+            // failed write is dropped.
             let writes: Vec<RecordWrite> = page
                 .records
                 .iter()
-                .map(|r| record_write(conn, object, r))
+                .map(|r| record_write(conn, object, r, prefix.is_some()))
                 .collect();
-            let high = page.records.iter().filter_map(|r| r.modified_time).max();
-            let out = store
-                .apply_page(&PageWrite {
-                    environment_id: &conn.environment_id,
-                    connection_id: &conn.id,
-                    object,
-                    run_id: Some(&run_id),
-                    records: &writes,
-                    event_prefix: prefix.as_deref(),
-                    next_cursor: page.next_cursor.as_deref(),
-                    high_water: high,
-                    total: page.total,
-                    now: now_ms(),
-                })
-                .await
-                .map_err(|e| match e {
-                    berth_store::StoreError::RunFenced => RunError::LeaseLost,
-                    e => RunError::Store(e),
-                })?;
+            let write = tokio::spawn(write_page(PageJob {
+                store: store.clone(),
+                conn: conn.clone(),
+                object: object.to_string(),
+                run_id: run_id.clone(),
+                prefix: prefix.clone(),
+                job_id: job.id.clone(),
+                node: self.inner.node.clone(),
+                lease: self.inner.config.lease,
+                high_water: page.records.iter().filter_map(|r| r.modified_time).max(),
+                next_cursor: page.next_cursor,
+                total: page.total,
+                writes,
+            }));
+            let next = match next_cursor {
+                Some(c) => Some(list(Some(c)).await),
+                None => None,
+            };
+            let out = match write.await {
+                Ok(out) => out,
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            };
+            let out = out.map_err(|e| match e {
+                berth_store::StoreError::RunFenced | berth_store::StoreError::LeaseLost => {
+                    RunError::LeaseLost
+                }
+                e => RunError::Store(e),
+            })?;
             counts.0 += out.created;
             counts.1 += out.updated;
             counts.2 += out.deleted;
-            let until = now_ms() + self.inner.config.lease.as_millis() as i64;
-            if !store
-                .heartbeat_job(&job.id, &self.inner.node, until)
-                .await?
-            {
-                return Err(RunError::LeaseLost);
-            }
-            match page.next_cursor {
-                Some(c) => cursor = Some(c),
+            match next {
+                Some(next) => page = next?,
                 None => break,
             }
         }
@@ -664,44 +685,93 @@ fn retry_delay_ms(attempts: i32, e: &RunError) -> i64 {
 }
 
 /// A provider record → the row written, with its event payload.
+/// One listed page on its way into the store.
+struct PageJob {
+    store: berth_store::Store,
+    conn: Connection,
+    object: String,
+    run_id: String,
+    prefix: Option<String>,
+    job_id: String,
+    node: String,
+    lease: Duration,
+    writes: Vec<RecordWrite>,
+    high_water: Option<i64>,
+    next_cursor: Option<String>,
+    total: Option<i64>,
+}
+
+/// Writes a listed page with the run's checkpoint and the job's lease.
+async fn write_page(j: PageJob) -> Result<berth_store::PageOutcome, berth_store::StoreError> {
+    let now = now_ms();
+    j.store
+        .apply_page(&PageWrite {
+            environment_id: &j.conn.environment_id,
+            connection_id: &j.conn.id,
+            object: &j.object,
+            run_id: Some(&j.run_id),
+            records: &j.writes,
+            event_prefix: j.prefix.as_deref(),
+            next_cursor: j.next_cursor.as_deref(),
+            high_water: j.high_water,
+            total: j.total,
+            now,
+            lease: Some((&j.job_id, &j.node, now + j.lease.as_millis() as i64)),
+        })
+        .await
+}
+
 pub fn record_write(
     conn: &Connection,
     object: &str,
     r: &berth_connectors::NativeRecord,
+    with_event: bool,
 ) -> RecordWrite {
     let uid = berth_unified::crm::uid(&conn.id, object, &r.native_id);
-    let data = Value::Object(r.data.clone());
-    let hash = berth_unified::crm::content_hash(&data, &r.native);
-    let (v1_id, record) = match berth_unified::crm::object(object) {
-        Some(o) => {
-            let view = berth_unified::crm::RecordView {
-                connection_id: &conn.id,
-                native_id: &r.native_id,
-                uid: &uid,
-                data: &r.data,
-                native: &r.native,
-                created_time: r.created_time,
-                modified_time: r.modified_time,
-            };
-            (
-                berth_unified::crm::v1_id(o.v1_type, &uid),
-                berth_unified::crm::render_v1(o, &view, false),
-            )
-        }
-        None => (uid.clone(), Value::Null),
+    // Serialised once: stored as is and hashed as is.
+    let data = serde_json::to_string(&r.data).unwrap_or_default();
+    let native = r.native.to_string();
+    let hash = berth_unified::crm::content_hash_of(&data, &native);
+    // The event payload is built only for writes that may emit one
+    // (incremental runs and API writes); a backfill of a million records
+    // would otherwise render each of them once more for nothing.
+    let (event_id, event_payload) = if with_event {
+        let (v1_id, record) = match berth_unified::crm::object(object) {
+            Some(o) => {
+                let view = berth_unified::crm::RecordView {
+                    connection_id: &conn.id,
+                    native_id: &r.native_id,
+                    uid: &uid,
+                    data: &r.data,
+                    native: &r.native,
+                    created_time: r.created_time,
+                    modified_time: r.modified_time,
+                };
+                (
+                    berth_unified::crm::v1_id(o.v1_type, &uid),
+                    berth_unified::crm::render_v1(o, &view, false),
+                )
+            }
+            None => (uid.clone(), Value::Null),
+        };
+        (
+            secrets::new_id("evt"),
+            json!({"id": r.native_id, "nativeId": r.native_id, "v1Id": v1_id, "record": record})
+                .to_string(),
+        )
+    } else {
+        (String::new(), String::new())
     };
     RecordWrite {
         native_id: r.native_id.clone(),
         hash,
-        data: data.to_string(),
-        native: r.native.to_string(),
+        data,
+        native,
         created_time: r.created_time,
         modified_time: r.modified_time,
         deleted: r.deleted,
-        event_id: secrets::new_id("evt"),
-        event_payload:
-            json!({"id": r.native_id, "nativeId": r.native_id, "v1Id": v1_id, "record": record})
-                .to_string(),
+        event_id,
+        event_payload,
         uid,
     }
 }

@@ -540,10 +540,15 @@ pub fn parse_v1_id<'a>(v1_type: &str, id: &'a str) -> Option<&'a str> {
 
 /// The content hash that decides whether a record changed.
 pub fn content_hash(data: &Value, native: &Value) -> String {
+    content_hash_of(&data.to_string(), &native.to_string())
+}
+
+/// [`content_hash`] of the two already serialised.
+pub fn content_hash_of(data: &str, native: &str) -> String {
     let mut h = Sha256::new();
-    h.update(data.to_string().as_bytes());
+    h.update(data.as_bytes());
     h.update([0]);
-    h.update(native.to_string().as_bytes());
+    h.update(native.as_bytes());
     hex::encode(&h.finalize()[..16])
 }
 

@@ -101,6 +101,9 @@ pub struct ServeArgs {
     /// worker died is taken over after this (renewed after every page).
     #[arg(long, env = "BERTH_SYNC_LEASE_SECS")]
     pub sync_lease_secs: Option<u64>,
+    /// Memory for rendered CRM list pages, in MiB (0 turns the cache off).
+    #[arg(long, env = "BERTH_PAGE_CACHE_MB")]
+    pub page_cache_mb: Option<u64>,
     /// Serve the API only; run sync workers elsewhere with `berth worker`.
     #[arg(long, env = "BERTH_NO_WORKERS", value_parser = clap::builder::BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true")]
     pub no_workers: Option<bool>,
@@ -145,6 +148,7 @@ struct FileConfig {
     sync_concurrency: Option<usize>,
     sync_max_delete_percent: Option<u8>,
     sync_lease_secs: Option<u64>,
+    page_cache_mb: Option<u64>,
     no_workers: Option<bool>,
     #[serde(default)]
     oauth_apps: std::collections::BTreeMap<String, OAuthAppConfig>,
@@ -360,6 +364,14 @@ impl Config {
             bail!("the sync lease must be between 5 and 3600 seconds");
         }
         sync.lease = Duration::from_secs(sl);
+        let pc = serve
+            .page_cache_mb
+            .or(file.page_cache_mb)
+            .unwrap_or(berth_sync::pages::DEFAULT_BYTES >> 20);
+        if pc > 64 * 1024 {
+            bail!("the page cache must be between 0 and 65536 MiB");
+        }
+        sync.page_cache_bytes = pc << 20;
         let no_workers = serve.no_workers.or(file.no_workers).unwrap_or(false);
         let mut oauth_apps = std::collections::BTreeMap::new();
         for (id, app) in file.oauth_apps {

@@ -167,6 +167,12 @@ impl App {
         let housekeeping = tokio::spawn(housekeeping(self.platform.clone(), cancel.clone()));
         let dispatcher = berth_webhooks::Dispatcher::spawn(self.webhooks.clone(), cancel.clone());
         let workers = self.run_workers.then(|| self.sync.spawn(cancel.clone()));
+        // Rendered list pages must notice writes made by other processes.
+        let changes = {
+            let store = self.platform.store().clone();
+            let cancel = cancel.clone();
+            tokio::spawn(async move { store.follow_record_changes(cancel.cancelled()).await })
+        };
         let router = berth_api::router(
             AppState {
                 platform: self.platform.clone(),
@@ -181,6 +187,7 @@ impl App {
         cancel.cancel();
         let _ = housekeeping.await;
         let _ = dispatcher.await;
+        let _ = changes.await;
         if let Some(w) = workers {
             let _ = w.await;
         }

@@ -192,6 +192,7 @@ async fn main() -> anyhow::Result<()> {
         .bytes()
         .await?;
     anyhow::ensure!(page.len() > 1000, "the list page is too small");
+    let page_check = page.clone();
     let bare_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let bare_url = format!("http://{}/crm/contacts", bare_listener.local_addr()?);
     let router = axum::Router::new().route(
@@ -205,17 +206,47 @@ async fn main() -> anyhow::Result<()> {
     let header = format!("vessel-api-token: {token}");
     let berth_rps = wrk(&list_url, Some(&header), wrk_secs).await?;
     let bare_rps = wrk(&bare_url, None, wrk_secs).await?;
+    // The same list from a second Berth on the same store with its page
+    // cache off: every request reads and renders the 100 records.
+    let mut cold_config = config.clone();
+    cold_config.no_workers = true;
+    cold_config.sync.page_cache_bytes = 0;
+    let cold = berth::App::build(&cold_config).await?;
+    let cold_url = format!(
+        "http://{}/crm/contacts?accessToken={access}&limit=100",
+        cold.addr
+    );
+    let (cold_tx, cold_rx) = tokio::sync::oneshot::channel::<()>();
+    let cold_server = tokio::spawn(cold.run_until_stopped(async move {
+        let _ = cold_rx.await;
+    }));
+    let cold_page = client
+        .get(&cold_url)
+        .header("vessel-api-token", &token)
+        .send()
+        .await?
+        .bytes()
+        .await?;
+    anyhow::ensure!(
+        cold_page == page_check,
+        "the uncached page differs from the cached one"
+    );
+    let cold_rps = wrk(&cold_url, Some(&header), wrk_secs).await?;
+    let _ = cold_tx.send(());
+    let _ = cold_server.await;
 
     let rps = stored as f64 / ingest.as_secs_f64();
     println!(
-        "| {label} | {stored} | {provider_calls} | {:.1} | {:.0} | {:.0} | {:.2}x | {:.0} | {:.0} | {:.2}x |",
+        "| {label} | {stored} | {provider_calls} | {:.1} | {:.0} | {:.0} | {:.2}x | {:.0} | {:.0} | {:.2}x | {:.0} | {:.3}x |",
         ingest.as_secs_f64(),
         rps,
         bare,
         rps / bare,
         berth_rps,
         bare_rps,
-        berth_rps / bare_rps
+        berth_rps / bare_rps,
+        cold_rps,
+        cold_rps / bare_rps
     );
     let _ = stop_tx.send(());
     let _ = server.await;

@@ -10,6 +10,7 @@ mod integrations;
 mod link_v1;
 mod oauth;
 mod openapi;
+mod pages;
 mod providers;
 mod proxy;
 mod sync;
