@@ -260,7 +260,7 @@ pub(crate) async fn v1_get_1(
         ("cursor" = Option<String>, Query, description = "nextPageCursor of the previous page"),
         ("limit" = Option<i64>, Query, description = "Page size, 1 to 1000 (default 100)"),
         ("allFields" = Option<bool>, Query, description = "Add the provider's raw fields as `additional` (details: all of the provider's fields)"),
-        ("id" = Option<String>, Query, description = "One record's v1 id or native id (contacts: also an email)"),
+        ("id" = Option<String>, Query, description = "Deal details: a deal's v1 or native id (the stage options of its pipeline) or a pipeline id"),
         ("ids" = Option<String>, Query, description = "Batch: comma-separated ids"),
         ("object" = String, Path, description = "A singular (`contact`) or `event`"),
         ("op" = String, Path, description = "details, batch, attendees, attendee"),
@@ -341,7 +341,10 @@ async fn v1_get(
                 .await
                 .map(|(found, invalid)| json!({o.v1_list_key: found, "invalidIds": invalid}))
         }
-        V1Op::Details => details(&crm, &conn, o, Generation::V1, flag(&q, "allFields")).await,
+        V1Op::Details => {
+            let deal = q.get("id").map(String::as_str);
+            details(&crm, &conn, o, Generation::V1, flag(&q, "allFields"), deal).await
+        }
         V1Op::Search => {
             return err(ApiError::<V1>::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -374,8 +377,9 @@ async fn details(
     o: &'static berth_unified::crm::Object,
     g: Generation,
     all_fields: bool,
+    deal: Option<&str>,
 ) -> Result<Value, CrmError> {
-    let fields = crm.details(conn, o, g, all_fields).await?;
+    let fields = crm.details(conn, o, g, all_fields, deal).await?;
     Ok(json!({"fields": fields, "nextPageCursor": null}))
 }
 
@@ -854,7 +858,8 @@ pub(crate) async fn v2_op(
                 .get("allFields")
                 .and_then(Value::as_bool)
                 .unwrap_or(false);
-            details(&crm, conn, o, Generation::V2, all).await
+            let deal = str_of("id");
+            details(&crm, conn, o, Generation::V2, all, deal.as_deref()).await
         }
         other => {
             return err(ApiError::<V2>::not_found(format!(

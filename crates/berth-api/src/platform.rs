@@ -452,6 +452,8 @@ pub(crate) async fn sync_progress(
                 "lastError": s.last_error,
                 "percent": percent,
                 "lastSyncedAt": s.last_synced_at.map(iso),
+                "lastFullSyncAt": s.full_at.map(iso),
+                "fullListing": s.run_state == "running" && s.phase != "initial" && s.run_since.is_none(),
             }),
         );
     }

@@ -141,6 +141,7 @@ fn extra_props(object: &str) -> &'static [&'static str] {
             "hs_attachment_ids",
         ],
         "events" => &["hs_timestamp"],
+        "deals" => &["pipeline"],
         _ => &[],
     }
 }
@@ -1049,6 +1050,43 @@ impl CrmConnector for HubSpot {
             .filter(|p| !p["hidden"].as_bool().unwrap_or(false))
             .filter_map(field_meta)
             .collect())
+    }
+
+    fn deal_pipeline(&self, native: &Value) -> Option<String> {
+        native["properties"]["pipeline"].as_str().map(String::from)
+    }
+
+    async fn deal_stages(
+        &self,
+        p: &dyn Provider,
+        pipeline: Option<&str>,
+    ) -> Result<Option<Vec<(String, String)>>, ConnectorError> {
+        let pipelines = match pipeline {
+            Some(id) => {
+                let path = format!("/crm/v3/pipelines/deals/{}", crate::segment(id));
+                vec![ok(send(p, Request::get(path)).await?)?]
+            }
+            None => {
+                let body = ok(send(p, Request::get("/crm/v3/pipelines/deals")).await?)?;
+                body["results"].as_array().cloned().unwrap_or_default()
+            }
+        };
+        let mut out: Vec<(String, String)> = Vec::new();
+        for pl in &pipelines {
+            for st in pl["stages"].as_array().into_iter().flatten() {
+                if st["archived"].as_bool().unwrap_or(false) {
+                    continue;
+                }
+                let (Some(id), Some(label)) = (st["id"].as_str(), st["label"].as_str()) else {
+                    continue;
+                };
+                // Stage ids are unique across a portal's pipelines.
+                if !out.iter().any(|(k, _)| k == id) {
+                    out.push((id.to_string(), label.to_string()));
+                }
+            }
+        }
+        Ok(Some(out))
     }
 
     async fn create_custom_field(

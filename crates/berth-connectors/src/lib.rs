@@ -286,6 +286,22 @@ pub trait CrmConnector: Send + Sync {
         Ok(Vec::new())
     }
 
+    /// The deal stages `(key, label)` of `pipeline` (every pipeline's when
+    /// `None`), for the `stage` options of the deal details; `None` when the
+    /// provider has no such notion. An unknown pipeline is `NotFound`.
+    async fn deal_stages(
+        &self,
+        _p: &dyn Provider,
+        _pipeline: Option<&str>,
+    ) -> Result<Option<Vec<(String, String)>>, ConnectorError> {
+        Ok(None)
+    }
+
+    /// The pipeline a synced deal's raw record says it is in.
+    fn deal_pipeline(&self, _native: &Value) -> Option<String> {
+        None
+    }
+
     /// Creates a custom field on `object`; returns its key.
     async fn create_custom_field(
         &self,

@@ -138,7 +138,7 @@ fn extra(object: &str) -> &'static [&'static str] {
             "OwnerId",
         ],
         "contacts" => &["AccountId", "OwnerId"],
-        "deals" => &["Probability", "AccountId", "OwnerId"],
+        "deals" => &["Probability", "AccountId", "OwnerId", "RecordTypeId"],
         "leads" => &["ConvertedAccountId", "ConvertedContactId", "OwnerId"],
         "notes" => &["Title", "ParentId", "OwnerId"],
         "calls" => &["CallType", "ActivityDate", "WhoId", "WhatId", "OwnerId"],
@@ -777,6 +777,53 @@ impl CrmConnector for Salesforce {
             .flatten()
             .filter_map(field_meta)
             .collect())
+    }
+
+    /// A pipeline is a record type's sales process: its stages come from
+    /// the UI API's picklist values for that record type; without one,
+    /// from the `StageName` picklist of the describe.
+    fn deal_pipeline(&self, native: &Value) -> Option<String> {
+        native["RecordTypeId"].as_str().map(String::from)
+    }
+
+    async fn deal_stages(
+        &self,
+        p: &dyn Provider,
+        pipeline: Option<&str>,
+    ) -> Result<Option<Vec<(String, String)>>, ConnectorError> {
+        let values = match pipeline {
+            Some(rt) => {
+                let path = format!(
+                    "/ui-api/object-info/Opportunity/picklist-values/{}/StageName",
+                    crate::segment(rt)
+                );
+                let body = ok(p.send(Request::get(path)).await?)?;
+                body["values"].as_array().cloned().unwrap_or_default()
+            }
+            None => {
+                let body = ok(p
+                    .send(Request::get("/sobjects/Opportunity/describe"))
+                    .await?)?;
+                body["fields"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|f| f["name"] == "StageName")
+                    .and_then(|f| f["picklistValues"].as_array().cloned())
+                    .unwrap_or_default()
+            }
+        };
+        Ok(Some(
+            values
+                .iter()
+                .filter(|v| v["active"].as_bool().unwrap_or(true))
+                .filter_map(|v| {
+                    let value = v["value"].as_str()?;
+                    let label = v["label"].as_str().unwrap_or(value);
+                    Some((value.to_string(), label.to_string()))
+                })
+                .collect(),
+        ))
     }
 
     async fn create_custom_field(

@@ -147,7 +147,7 @@ fn builtin_props(t: &str) -> Vec<(&'static str, &'static str, PType)> {
         "deals" => vec![
             ("dealname", "Deal Name", Str),
             ("dealstage", "Deal Stage", Enum(DEAL_STAGES)),
-            ("pipeline", "Pipeline", Enum(&["default"])),
+            ("pipeline", "Pipeline", Enum(&["default", "partner"])),
             ("amount", "Amount", Number),
             ("closedate", "Close Date", DateTime),
             ("deal_currency_code", "Currency", Str),
@@ -430,6 +430,7 @@ impl HubSpot {
             )
             .route("/crm/v3/objects/{t}", get(list).post(create))
             .route("/crm/v3/objects/{t}/search", post(search))
+            .route("/crm/v3/objects/{t}/gdpr-delete", post(gdpr_delete))
             .route(
                 "/crm/v3/objects/{t}/{id}",
                 get(read).patch(update).delete(archive),
@@ -444,6 +445,7 @@ impl HubSpot {
             )
             .route("/account-info/v3/details", get(account_details))
             .route("/crm/v3/pipelines/{t}", get(pipelines))
+            .route("/crm/v3/pipelines/{t}/{id}", get(pipeline))
             .route(
                 "/crm/v4/associations/{from}/{to}/batch/read",
                 post(assoc_batch_read),
@@ -1174,6 +1176,51 @@ async fn archive(State(h): State<HubSpot>, Path((t, id)): Path<(String, String)>
     StatusCode::NO_CONTENT.into_response()
 }
 
+/// `POST /crm/v3/objects/contacts/gdpr-delete`: the contact is erased, and
+/// unlike an archive it leaves no tombstone for `archived=true` to list.
+async fn gdpr_delete(
+    State(h): State<HubSpot>,
+    Path(t): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    if type_of(&t) != Some("contacts") {
+        return bad_type(&t);
+    }
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let Some(id) = body["objectId"].as_str() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "VALIDATION_ERROR",
+            "objectId is required",
+            vec![],
+        );
+    };
+    let mut db = h.lock();
+    let contacts = db.objects.get_mut("contacts");
+    let found = match body["idProperty"].as_str() {
+        Some("email") => contacts.and_then(|m| {
+            let k = m
+                .iter()
+                .find(|(_, r)| r.props.get("email").map(String::as_str) == Some(id))
+                .map(|(k, _)| *k)?;
+            m.remove(&k)
+        }),
+        _ => id
+            .parse::<u64>()
+            .ok()
+            .and_then(|id| contacts.and_then(|m| m.remove(&id))),
+    };
+    match found {
+        Some(_) => StatusCode::NO_CONTENT.into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "OBJECT_NOT_FOUND",
+            "resource not found",
+            vec![],
+        ),
+    }
+}
+
 fn filter_matches(r: &Rec, t: &str, f: &Value) -> Result<bool, String> {
     let name = f["propertyName"]
         .as_str()
@@ -1576,17 +1623,60 @@ async fn account_details(State(_h): State<HubSpot>) -> Response {
     .into_response()
 }
 
+/// The portal's deal pipelines: the default one over `DEAL_STAGES`, and a
+/// partner pipeline whose stages (ids unique across pipelines, as at
+/// HubSpot) no generated deal uses.
+fn deal_pipelines() -> Vec<Value> {
+    let stage = |i: usize, id: &str, label: &str, p: f64, closed: bool| {
+        json!({"id": id, "label": label, "displayOrder": i, "archived": false,
+            "metadata": {"probability": format!("{p:.1}"), "isClosed": closed.to_string()}})
+    };
+    let default: Vec<Value> = DEAL_STAGES
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let p = match *s {
+                "closedwon" => 1.0,
+                "closedlost" => 0.0,
+                _ => (i as f64 + 1.0) / 10.0,
+            };
+            stage(i, s, s, p, s.starts_with("closed"))
+        })
+        .collect();
+    let partner = vec![
+        stage(0, "partner_sourced", "Partner sourced", 0.2, false),
+        stage(1, "partner_negotiation", "Negotiation", 0.6, false),
+        stage(2, "partner_won", "Won through partner", 1.0, true),
+    ];
+    vec![
+        json!({"id": "default", "label": "Sales Pipeline", "displayOrder": 0, "archived": false, "stages": default}),
+        json!({"id": "partner", "label": "Partner Pipeline", "displayOrder": 1, "archived": false, "stages": partner}),
+    ]
+}
+
 async fn pipelines(State(_h): State<HubSpot>, Path(t): Path<String>) -> Response {
     if t != "deals" {
         return bad_type(&t);
     }
-    let stages: Vec<Value> = DEAL_STAGES
-        .iter()
-        .enumerate()
-        .map(|(i, s)| json!({"id": s, "label": s, "displayOrder": i, "archived": false,
-            "metadata": {"probability": format!("{:.1}", match *s { "closedwon" => 1.0, "closedlost" => 0.0, _ => (i as f64 + 1.0) / 10.0 }), "isClosed": s.starts_with("closed").to_string()}}))
-        .collect();
-    Json(json!({"results": [{"id": "default", "label": "Sales Pipeline", "displayOrder": 0, "archived": false, "stages": stages}]})).into_response()
+    Json(json!({"results": deal_pipelines()})).into_response()
+}
+
+async fn pipeline(State(_h): State<HubSpot>, Path((t, id)): Path<(String, String)>) -> Response {
+    if t != "deals" {
+        return bad_type(&t);
+    }
+    match deal_pipelines()
+        .into_iter()
+        .find(|p| p["id"] == id.as_str())
+    {
+        Some(p) => Json(p).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "OBJECT_NOT_FOUND",
+            &format!("Unable to find pipeline {id}"),
+            vec![],
+        ),
+    }
 }
 
 async fn assoc_batch_read(

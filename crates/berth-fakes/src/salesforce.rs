@@ -176,6 +176,7 @@ fn sobject(name: &str) -> Option<(&'static str, &'static str, Vec<Field>)> {
                 ro("IsWon", "Won", Bool),
                 ro("IsClosed", "Closed", Bool),
                 fld("AccountId", "Account ID", Ref(&["Account"])),
+                fld("RecordTypeId", "Record Type ID", Ref(&["RecordType"])),
                 Field {
                     writable: true,
                     ..common_owner
@@ -515,6 +516,10 @@ impl Salesforce {
             .route("/limits", get(limits))
             .route("/sobjects/{t}", post(create))
             .route("/sobjects/{t}/describe", get(describe))
+            .route(
+                "/ui-api/object-info/{t}/picklist-values/{rt}/{field}",
+                get(picklist_values),
+            )
             .route("/sobjects/{t}/{id}", get(read).patch(update).delete(delete))
             .route("/tooling/sobjects/CustomField", post(tooling_create))
             .route(
@@ -682,6 +687,7 @@ fn generate(db: &mut Db, o: &Options) {
             ("IsWon", json!(stage == "Closed Won")),
             ("IsClosed", json!(stage.starts_with("Closed"))),
             ("AccountId", acct),
+            ("RecordTypeId", json!(MASTER_RECORD_TYPE)),
         ]);
         add(db, &mut g, &mut ids, "Opportunity", fields);
     }
@@ -1546,6 +1552,39 @@ async fn tooling_update(
 async fn limits(State(s): State<Salesforce>) -> Response {
     let used = s.lock().api_used;
     Json(json!({"DailyApiRequests": {"Max": s.opts.daily_limit, "Remaining": s.opts.daily_limit.saturating_sub(used)}})).into_response()
+}
+
+/// The master record type (every org has it) and a second Opportunity
+/// record type whose sales process uses only some stages.
+pub const MASTER_RECORD_TYPE: &str = "012000000000000AAA";
+pub const RENEWAL_RECORD_TYPE: &str = "0125e000000RenwAAA";
+
+/// `GET …/ui-api/object-info/{T}/picklist-values/{recordTypeId}/{field}`.
+async fn picklist_values(
+    State(_s): State<Salesforce>,
+    Path((_v, t, rt, field)): Path<(String, String, String, String)>,
+) -> Response {
+    let not_found = || {
+        sf_error(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "The requested resource does not exist",
+            &[],
+        )
+    };
+    if t != "Opportunity" || field != "StageName" {
+        return not_found();
+    }
+    let stages: Vec<&str> = match rt.as_str() {
+        MASTER_RECORD_TYPE => STAGES.to_vec(),
+        RENEWAL_RECORD_TYPE => vec!["Negotiation/Review", "Closed Won", "Closed Lost"],
+        _ => return not_found(),
+    };
+    let values: Vec<Value> = stages
+        .iter()
+        .map(|v| json!({"label": v, "value": v, "validFor": [], "attributes": null}))
+        .collect();
+    Json(json!({"controllerValues": {}, "defaultValue": null, "eTag": "fake", "url": format!("/services/data/v60.0/ui-api/object-info/{t}/picklist-values/{rt}/{field}"), "values": values})).into_response()
 }
 
 async fn describe(State(s): State<Salesforce>, Path((_v, t)): Path<(String, String)>) -> Response {

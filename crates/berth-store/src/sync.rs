@@ -26,7 +26,7 @@ macro_rules! record_cols {
 macro_rules! state_cols {
     () => {
         "connection_id, object, environment_id, phase, run_state, run_id, run_since, cursor, \
-         high_water, records_synced, pages, total, last_error, last_synced_at, updated_at"
+         high_water, records_synced, pages, total, last_error, last_synced_at, updated_at, full_at"
     };
 }
 
@@ -84,6 +84,8 @@ pub struct SyncState {
     pub last_error: Option<String>,
     pub last_synced_at: Option<i64>,
     pub updated_at: i64,
+    /// When the object last finished a full listing (backfill or re-sync).
+    pub full_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -481,18 +483,21 @@ impl Store {
         Ok(())
     }
 
-    /// Ends the run of an object and moves it to `next_phase`.
+    /// Ends the run of an object and moves it to `next_phase`; `full`
+    /// says the run listed everything (its `full_at` becomes `now`).
     pub async fn finish_sync_run(
         &self,
         connection_id: &str,
         object: &str,
         next_phase: &str,
+        full: bool,
         now: i64,
     ) -> Result<()> {
         with_db!(self, p => sqlx::query(
             "UPDATE sync_states SET run_state = 'done', phase = $3, cursor = NULL, last_synced_at = $4, \
-             updated_at = $4 WHERE connection_id = $1 AND object = $2"
-        ).bind(connection_id).bind(object).bind(next_phase).bind(now).execute(p).await.map(|_| ()))?;
+             updated_at = $4, full_at = CASE WHEN $5 THEN $4 ELSE full_at END \
+             WHERE connection_id = $1 AND object = $2"
+        ).bind(connection_id).bind(object).bind(next_phase).bind(now).bind(full).execute(p).await.map(|_| ()))?;
         Ok(())
     }
 

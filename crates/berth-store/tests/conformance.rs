@@ -777,9 +777,12 @@ async fn pages_write_records_checkpoint_and_events_together() {
             .unwrap();
         assert!(other.is_empty());
         // A run that was taken over writes nothing.
-        s.finish_sync_run("c1", "contacts", "incremental", 40)
+        s.finish_sync_run("c1", "contacts", "incremental", true, 40)
             .await
             .unwrap();
+        let st = s.sync_states("c1").await.unwrap();
+        let st = st.iter().find(|s| s.object == "contacts").unwrap();
+        assert_eq!(st.full_at, Some(40), "a full run records when it ended");
         s.start_sync_run("c1", "contacts", "run2", Some(50), 41)
             .await
             .unwrap();

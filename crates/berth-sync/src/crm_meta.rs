@@ -115,10 +115,25 @@ impl Crm {
         o: &'static Object,
         generation: Generation,
         all_fields: bool,
+        deal: Option<&str>,
     ) -> Result<Vec<Value>> {
         let connector = Self::connector(conn)?;
         let mut out = crm::details(o, generation == Generation::V2);
         let provider = ConnProvider::new(&self.platform, conn);
+        if o.name == "deals" {
+            let stages = self
+                .deal_stages(conn, o, connector, &provider, generation, deal)
+                .await?;
+            if let Some(stages) = stages
+                && let Some(f) = out.iter_mut().find(|f| f["name"] == "stage")
+            {
+                f["type"] = json!("singleselect");
+                f["options"] = stages
+                    .into_iter()
+                    .map(|(key, name)| json!({"key": key, "name": name}))
+                    .collect();
+            }
+        }
         for f in connector.fields(&provider, o.name).await? {
             if !(f.custom || all_fields) {
                 continue;
@@ -135,6 +150,45 @@ impl Crm {
             }));
         }
         Ok(out)
+    }
+
+    /// The stages a deal may take: those of the pipeline of the deal `id`
+    /// (a v1 or native id of a synced deal), or of the pipeline with that
+    /// id, or of every pipeline when there is no `id`.
+    async fn deal_stages(
+        &self,
+        conn: &Connection,
+        o: &'static Object,
+        connector: &'static dyn berth_connectors::CrmConnector,
+        provider: &ConnProvider<'_>,
+        generation: Generation,
+        id: Option<&str>,
+    ) -> Result<Option<Vec<(String, String)>>> {
+        let id = id.map(str::trim).filter(|i| !i.is_empty());
+        let pipeline = match id {
+            None => None,
+            Some(id) => {
+                let found = self.lookup(conn, o, generation, &[id.to_string()]).await?;
+                match found.into_iter().next().and_then(|(_, r)| r) {
+                    Some(r) => {
+                        let native: Value = serde_json::from_str(&r.native).unwrap_or_default();
+                        // A deal with no pipeline of its own: every stage.
+                        match connector.deal_pipeline(&native) {
+                            Some(p) => Some(p),
+                            None => return Ok(connector.deal_stages(provider, None).await?),
+                        }
+                    }
+                    None => Some(id.to_string()),
+                }
+            }
+        };
+        match connector.deal_stages(provider, pipeline.as_deref()).await {
+            Err(berth_connectors::ConnectorError::NotFound) => Err(CrmError::NotFound(format!(
+                "no deal or pipeline with id `{}`",
+                id.unwrap_or_default()
+            ))),
+            r => Ok(r?),
+        }
     }
 
     /// Creates a custom field on `o` at the provider; returns its key.

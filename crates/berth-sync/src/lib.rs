@@ -49,6 +49,10 @@ pub struct SyncConfig {
     pub poll: Duration,
     /// Bytes of rendered list pages kept in memory (0: none).
     pub page_cache_bytes: u64,
+    /// An object whose last full listing is older than this is listed in
+    /// full again (with mark-and-sweep) instead of incrementally; `None`:
+    /// never after the backfill.
+    pub full_resync: Option<Duration>,
 }
 
 impl Default for SyncConfig {
@@ -61,6 +65,7 @@ impl Default for SyncConfig {
             lease: Duration::from_secs(120),
             poll: Duration::from_millis(500),
             page_cache_bytes: pages::DEFAULT_BYTES,
+            full_resync: Some(Duration::from_secs(24 * 3600)),
         }
     }
 }
@@ -408,6 +413,11 @@ impl Engine {
         let since = match st.phase.as_str() {
             "initial" => Some(now - self.inner.config.initial_window.as_millis() as i64),
             "backfill" => None,
+            // Incremental runs miss what a provider forgets without a
+            // tombstone (HubSpot GDPR deletes, Salesforce records purged
+            // from the recycle bin, merges) and records re-dated into the
+            // past; a periodic full listing with mark-and-sweep catches them.
+            _ if self.full_due(st, now) => None,
             // A little overlap: records modified in the same millisecond
             // as the mark are read again (and found unchanged).
             _ => st.high_water.map(|h| h - 1000),
@@ -426,13 +436,19 @@ impl Engine {
         let provider = ConnProvider::new(&self.inner.platform, conn);
         let unified = berth_unified::crm::object(object);
         let incremental = st.phase == "incremental";
+        // A run without `since` lists everything: the backfill, an
+        // incremental run of an object that had nothing yet, and a periodic
+        // full re-sync (also when a crashed one resumes).
+        let full = st.phase != "initial" && st.run_since.is_none();
         let prefix = unified.map(|o| o.event_prefix()).filter(|_| incremental);
         let mut counts = (0, 0, 0);
         // Records written through the API while this listing runs may sort
         // before its cursor or arrive after its end; the sweep must not take
         // them for deleted.
         let listing_started = now_ms();
-        let include_deleted = incremental && connector.tombstones(object);
+        // The sweep finds a full listing's deletes; tombstones are for
+        // runs that only see changes.
+        let include_deleted = incremental && !full && connector.tombstones(object);
         let list = |cursor: Option<String>| {
             let provider = &provider;
             async move {
@@ -494,7 +510,7 @@ impl Engine {
                 None => break,
             }
         }
-        if st.phase == "backfill" {
+        if full {
             counts.2 += self
                 .sweep(conn, object, &run_id, listing_started, incremental)
                 .await?;
@@ -504,9 +520,18 @@ impl Engine {
             _ => "incremental",
         };
         store
-            .finish_sync_run(&conn.id, object, next, now_ms())
+            .finish_sync_run(&conn.id, object, next, full, now_ms())
             .await?;
         Ok(counts)
+    }
+
+    /// Whether an incremental object is due for a full listing.
+    fn full_due(&self, st: &SyncState, now: i64) -> bool {
+        match (self.inner.config.full_resync, st.full_at) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(every), Some(at)) => now - at >= every.as_millis() as i64,
+        }
     }
 
     /// Mark and sweep after a full listing: live records the run did not

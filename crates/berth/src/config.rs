@@ -101,6 +101,10 @@ pub struct ServeArgs {
     /// worker died is taken over after this (renewed after every page).
     #[arg(long, env = "BERTH_SYNC_LEASE_SECS")]
     pub sync_lease_secs: Option<u64>,
+    /// Hours between full re-syncs of each object (mark-and-sweep finds
+    /// deletes incremental runs cannot see); 0 turns them off.
+    #[arg(long, env = "BERTH_SYNC_FULL_RESYNC_HOURS")]
+    pub sync_full_resync_hours: Option<u64>,
     /// Memory for rendered CRM list pages, in MiB (0 turns the cache off).
     #[arg(long, env = "BERTH_PAGE_CACHE_MB")]
     pub page_cache_mb: Option<u64>,
@@ -148,6 +152,7 @@ struct FileConfig {
     sync_concurrency: Option<usize>,
     sync_max_delete_percent: Option<u8>,
     sync_lease_secs: Option<u64>,
+    sync_full_resync_hours: Option<u64>,
     page_cache_mb: Option<u64>,
     no_workers: Option<bool>,
     #[serde(default)]
@@ -364,6 +369,14 @@ impl Config {
             bail!("the sync lease must be between 5 and 3600 seconds");
         }
         sync.lease = Duration::from_secs(sl);
+        let fr = serve
+            .sync_full_resync_hours
+            .or(file.sync_full_resync_hours)
+            .unwrap_or(24);
+        if fr > 24 * 366 {
+            bail!("the full re-sync interval must be between 0 (off) and 8784 hours");
+        }
+        sync.full_resync = (fr > 0).then(|| Duration::from_secs(fr * 3600));
         let pc = serve
             .page_cache_mb
             .or(file.page_cache_mb)

@@ -110,6 +110,47 @@ async fn hubspot_custom_fields_details_info_and_user_associations() {
     .await;
     assert_eq!(field(&d, "hs_object_id").unwrap()["updatable"], false);
 
+    // Deal details: `stage` offers the stages of every pipeline, of the
+    // pipeline a given deal is in, or of a pipeline named by its id.
+    let d = get(&app, &format!("/crm/deal/details?accessToken={access}")).await;
+    assert_eq!(d.status, 200, "{d:?}");
+    let all = option_keys(field(&d, "stage").unwrap());
+    assert!(
+        all.contains(&"closedwon") && all.contains(&"partner_won"),
+        "{all:?}"
+    );
+    let deal = hs.live_ids("deals")[0].clone();
+    let d = get(
+        &app,
+        &format!("/crm/deal/details?accessToken={access}&id={deal}"),
+    )
+    .await;
+    assert_eq!(d.status, 200, "{d:?}");
+    let of_deal = option_keys(field(&d, "stage").unwrap());
+    assert!(of_deal.contains(&"closedwon"), "{of_deal:?}");
+    assert!(
+        !of_deal.iter().any(|k| k.starts_with("partner_")),
+        "only the deal's pipeline: {of_deal:?}"
+    );
+    let d = app
+        .post(
+            "/unifications/crm/deals/details",
+            &app.v2h(&access),
+            json!({"id": "partner"}),
+        )
+        .await;
+    assert_eq!(d.status, 200, "{d:?}");
+    assert_eq!(
+        option_keys(field(&d, "stage").unwrap()),
+        ["partner_sourced", "partner_negotiation", "partner_won"]
+    );
+    let d = get(
+        &app,
+        &format!("/crm/deal/details?accessToken={access}&id=nope"),
+    )
+    .await;
+    assert_eq!(d.status, 404, "{d:?}");
+
     // v2: a number field; the same name again is HubSpot's 409.
     let create =
         json!({"objectType": "contacts", "customField": {"name": "NPS", "type": "number"}});
@@ -277,6 +318,38 @@ async fn salesforce_custom_fields_through_the_tooling_api_details_and_info() {
     )
     .await;
     assert_eq!(field(&d, "Company").unwrap()["required"], true, "{d:?}");
+
+    // Deal details: the stages of a deal's record type (its sales
+    // process), or of a record type named by id.
+    let d = get(&app, &format!("/crm/deal/details?accessToken={access}")).await;
+    let all = option_keys(field(&d, "stage").unwrap());
+    assert_eq!(all.len(), 7, "{all:?}");
+    let deals = crate::sync::v1_all(&app, &app.dev_token, &access, "deals", "deals").await;
+    let deal = deals[0]["id"].as_str().unwrap();
+    let d = get(
+        &app,
+        &format!("/crm/deal/details?accessToken={access}&id={deal}"),
+    )
+    .await;
+    assert_eq!(option_keys(field(&d, "stage").unwrap()), all, "{d:?}");
+    let d = get(
+        &app,
+        &format!(
+            "/crm/deal/details?accessToken={access}&id={}",
+            salesforce::RENEWAL_RECORD_TYPE
+        ),
+    )
+    .await;
+    assert_eq!(
+        option_keys(field(&d, "stage").unwrap()),
+        ["Negotiation/Review", "Closed Won", "Closed Lost"]
+    );
+    let d = get(
+        &app,
+        &format!("/crm/deal/details?accessToken={access}&id=012000000000001AAA"),
+    )
+    .await;
+    assert_eq!(d.status, 404, "{d:?}");
 
     // A number on leads and a picklist on contacts, then one more value.
     let r = v1(

@@ -15,6 +15,13 @@ use crate::helpers::*;
 use crate::sync::{events_of, last_job_done, status_of, until, v1_all};
 
 pub(crate) async fn app_with_catalog(toml: String) -> TestApp {
+    app_with_catalog_and(toml, |_| {}).await
+}
+
+pub(crate) async fn app_with_catalog_and(
+    toml: String,
+    tweak: impl FnOnce(&mut berth::config::Config),
+) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("providers.toml");
     std::fs::write(&file, toml).unwrap();
@@ -22,6 +29,7 @@ pub(crate) async fn app_with_catalog(toml: String) -> TestApp {
         c.providers_file = Some(file);
         c.no_workers = false;
         std::mem::forget(dir);
+        tweak(c);
     })
     .await
 }
@@ -398,6 +406,86 @@ async fn a_hubspot_connection_syncs_detects_changes_and_writes_back() {
         .await;
     assert_eq!(r.status, 200, "{r:?}");
     assert!(!r.body["result"]["accounts"].as_array().unwrap().is_empty());
+}
+
+/// HubSpot's GDPR delete leaves no tombstone, so incremental runs cannot
+/// see it; the periodic full re-sync (here due on every run) lists
+/// everything and sweeps what is gone.
+#[tokio::test]
+async fn a_full_resync_finds_deletes_that_leave_no_tombstone() {
+    let token = "pat-na1-33333333-4444";
+    let hs = hubspot::HubSpot::new(hubspot::Options {
+        tokens: vec![token.into()],
+        ..Default::default()
+    });
+    let base = berth_fakes::serve(hs.router()).await.unwrap();
+    let app = app_with_catalog_and(
+        format!("[integrations.hubspot]\nbase_url = \"{base}\"\n"),
+        |c| c.sync.full_resync = Some(Duration::ZERO),
+    )
+    .await;
+    let (conn, access) = app.connect_api_key("hubspot", token).await;
+    let o = hubspot::Options::default();
+    synced_with_exact_counts(
+        &app,
+        &conn,
+        &access,
+        &[("contacts", "contacts", o.contacts)],
+    )
+    .await;
+
+    let erased = hs.live_ids("contacts")[2].clone();
+    let client = reqwest::Client::new();
+    let r = client
+        .post(format!("{base}/crm/v3/objects/contacts/gdpr-delete"))
+        .header("authorization", format!("Bearer {token}"))
+        .json(&json!({"objectId": erased}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let r = client
+        .get(format!(
+            "{base}/crm/v3/objects/contacts?archived=true&limit=100"
+        ))
+        .header("authorization", format!("Bearer {token}"))
+        .send()
+        .await
+        .unwrap();
+    let tombstones: Value = r.json().await.unwrap();
+    assert!(
+        !tombstones.to_string().contains(&format!("\"{erased}\"")),
+        "an erased contact is not among the archived"
+    );
+
+    let pages_before = hs.list_pages("contacts");
+    let before = object_events(&events_of(&app, &conn).await).len();
+    app.sync_now_and_wait(&conn).await;
+    assert!(
+        hs.list_pages("contacts") > pages_before,
+        "a full listing ran"
+    );
+    let new = object_events(&events_of(&app, &conn).await)[before..].to_vec();
+    let contact_events: Vec<_> = new
+        .iter()
+        .filter(|(t, _)| t.starts_with("object.crm.contacts."))
+        .cloned()
+        .collect();
+    assert_eq!(
+        contact_events,
+        [("object.crm.contacts.deleted".to_string(), erased.clone())],
+        "the sweep announces exactly the erased contact"
+    );
+    // The records it was associated with lost that association (a real
+    // change, found because the full listing re-reads them).
+    assert!(
+        new.iter()
+            .all(|(t, _)| t.ends_with(".updated") || t == "object.crm.contacts.deleted"),
+        "{new:?}"
+    );
+    let contacts = v1_all(&app, &app.dev_token, &access, "contacts", "contacts").await;
+    assert_eq!(contacts.len(), o.contacts - 1);
+    assert!(!contacts.iter().any(|c| c["nativeId"] == erased.as_str()));
 }
 
 #[tokio::test]
