@@ -460,21 +460,17 @@ impl Engine {
                 connector.list(provider, object, &req).await
             }
         };
-        let mut page = list(st.cursor.clone()).await?;
-        loop {
-            let next_cursor = page.next_cursor.clone();
-            // The page is turned into rows and written on its own task
-            // while this one fetches and parses the next page: provider
-            // latency, parsing and the store's write use both cores. The
-            // checkpoint still moves page by page (a crash resumes from
-            // the last page written), and a page fetched ahead of a
-            // failed write is dropped.
-            let writes: Vec<RecordWrite> = page
-                .records
-                .iter()
-                .map(|r| record_write(conn, object, r, prefix.is_some()))
-                .collect();
-            let write = tokio::spawn(write_page(PageJob {
+        // Pages go to a writer task while this one fetches and parses the
+        // next: provider latency, parsing and the store's write use both
+        // cores. When the writer falls behind, the pages waiting for it are
+        // written in one transaction (group commit): SQLite's WAL then
+        // writes each touched index page once per group instead of once
+        // per page. The checkpoint moves with every transaction, so a
+        // crash resumes after the last group written; pages fetched ahead
+        // of a failed write are dropped.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Batch>(WRITE_AHEAD_PAGES);
+        let writer = tokio::spawn(write_pages(
+            PageJob {
                 store: store.clone(),
                 conn: conn.clone(),
                 object: object.to_string(),
@@ -483,33 +479,58 @@ impl Engine {
                 job_id: job.id.clone(),
                 node: self.inner.node.clone(),
                 lease: self.inner.config.lease,
+            },
+            rx,
+        ));
+        let mut cursor = st.cursor.clone();
+        let mut fetch_error = None;
+        loop {
+            let page = match list(cursor.take()).await {
+                Ok(p) => p,
+                Err(e) => {
+                    fetch_error = Some(e);
+                    break;
+                }
+            };
+            let writes: Vec<RecordWrite> = page
+                .records
+                .iter()
+                .map(|r| record_write(conn, object, r, prefix.is_some()))
+                .collect();
+            let next = page.next_cursor.clone();
+            let batch = Batch {
                 high_water: page.records.iter().filter_map(|r| r.modified_time).max(),
                 next_cursor: page.next_cursor,
                 total: page.total,
                 writes,
-            }));
-            let next = match next_cursor {
-                Some(c) => Some(list(Some(c)).await),
-                None => None,
             };
-            let out = match write.await {
-                Ok(out) => out,
-                Err(e) => std::panic::resume_unwind(e.into_panic()),
-            };
-            let out = out.map_err(|e| match e {
-                berth_store::StoreError::RunFenced | berth_store::StoreError::LeaseLost => {
-                    RunError::LeaseLost
-                }
-                e => RunError::Store(e),
-            })?;
-            counts.0 += out.created;
-            counts.1 += out.updated;
-            counts.2 += out.deleted;
+            // A closed channel means the writer failed; its error is
+            // returned below.
+            if tx.send(batch).await.is_err() {
+                break;
+            }
             match next {
-                Some(next) => page = next?,
+                Some(c) => cursor = Some(c),
                 None => break,
             }
         }
+        drop(tx);
+        let written = match writer.await {
+            Ok(out) => out,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
+        let written = written.map_err(|e| match e {
+            berth_store::StoreError::RunFenced | berth_store::StoreError::LeaseLost => {
+                RunError::LeaseLost
+            }
+            e => RunError::Store(e),
+        })?;
+        if let Some(e) = fetch_error {
+            return Err(e.into());
+        }
+        counts.0 += written.created;
+        counts.1 += written.updated;
+        counts.2 += written.deleted;
         if full {
             counts.2 += self
                 .sweep(conn, object, &run_id, listing_started, incremental)
@@ -709,8 +730,12 @@ fn retry_delay_ms(attempts: i32, e: &RunError) -> i64 {
     (base as f64 * jitter) as i64
 }
 
-/// A provider record → the row written, with its event payload.
-/// One listed page on its way into the store.
+/// Listed pages queued for the writer; beyond this the fetcher waits.
+const WRITE_AHEAD_PAGES: usize = 32;
+/// A writer transaction takes queued pages up to this many records.
+const GROUP_RECORDS: usize = 4000;
+
+/// What a run's writer needs besides the pages.
 struct PageJob {
     store: berth_store::Store,
     conn: Connection,
@@ -720,32 +745,72 @@ struct PageJob {
     job_id: String,
     node: String,
     lease: Duration,
+}
+
+/// One listed page (or several merged), with the checkpoint after it.
+struct Batch {
     writes: Vec<RecordWrite>,
     high_water: Option<i64>,
     next_cursor: Option<String>,
     total: Option<i64>,
 }
 
-/// Writes a listed page with the run's checkpoint and the job's lease.
-async fn write_page(j: PageJob) -> Result<berth_store::PageOutcome, berth_store::StoreError> {
-    let now = now_ms();
-    j.store
-        .apply_page(&PageWrite {
-            environment_id: &j.conn.environment_id,
-            connection_id: &j.conn.id,
-            object: &j.object,
-            run_id: Some(&j.run_id),
-            records: &j.writes,
-            event_prefix: j.prefix.as_deref(),
-            next_cursor: j.next_cursor.as_deref(),
-            high_water: j.high_water,
-            total: j.total,
-            now,
-            lease: Some((&j.job_id, &j.node, now + j.lease.as_millis() as i64)),
-        })
-        .await
+impl Batch {
+    /// Appends a later page: its checkpoint wins, and a record listed
+    /// twice (providers re-list records sharing a modified time across a
+    /// page boundary) is written once, as last listed.
+    fn merge(&mut self, later: Batch) {
+        let ids: std::collections::HashSet<&str> =
+            later.writes.iter().map(|w| w.native_id.as_str()).collect();
+        self.writes.retain(|w| !ids.contains(w.native_id.as_str()));
+        self.writes.extend(later.writes);
+        self.high_water = self.high_water.max(later.high_water);
+        self.next_cursor = later.next_cursor;
+        self.total = later.total.or(self.total);
+    }
 }
 
+/// The writer of one run: each transaction writes what has queued up
+/// (at least one page, up to `GROUP_RECORDS` records) with the run's
+/// checkpoint and the job's lease.
+async fn write_pages(
+    j: PageJob,
+    mut rx: tokio::sync::mpsc::Receiver<Batch>,
+) -> Result<berth_store::PageOutcome, berth_store::StoreError> {
+    let mut total = berth_store::PageOutcome::default();
+    while let Some(mut b) = rx.recv().await {
+        while b.writes.len() < GROUP_RECORDS {
+            match rx.try_recv() {
+                Ok(more) => b.merge(more),
+                Err(_) => break,
+            }
+        }
+        let now = now_ms();
+        let out = j
+            .store
+            .apply_page(&PageWrite {
+                environment_id: &j.conn.environment_id,
+                connection_id: &j.conn.id,
+                object: &j.object,
+                run_id: Some(&j.run_id),
+                records: &b.writes,
+                event_prefix: j.prefix.as_deref(),
+                next_cursor: b.next_cursor.as_deref(),
+                high_water: b.high_water,
+                total: b.total,
+                now,
+                lease: Some((&j.job_id, &j.node, now + j.lease.as_millis() as i64)),
+            })
+            .await?;
+        total.created += out.created;
+        total.updated += out.updated;
+        total.deleted += out.deleted;
+        total.unchanged += out.unchanged;
+    }
+    Ok(total)
+}
+
+/// A provider record → the row written, with its event payload.
 pub fn record_write(
     conn: &Connection,
     object: &str,
