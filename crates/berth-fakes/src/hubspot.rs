@@ -295,6 +295,10 @@ struct Db {
     calls: u64,
     /// `GET /crm/v3/objects/{type}` pages served, per type.
     list_pages: HashMap<&'static str, u64>,
+    /// Moves on every change to records or associations.
+    version: u64,
+    /// The last search's (version, query, sorted hit ids).
+    search_cache: Option<(u64, String, std::sync::Arc<Vec<u64>>)>,
 }
 
 /// How big and how strict the fake is.
@@ -369,6 +373,8 @@ impl HubSpot {
             search: HashMap::new(),
             calls: 0,
             list_pages: HashMap::new(),
+            version: 0,
+            search_cache: None,
         };
         generate(&mut db, &opts);
         Self {
@@ -1043,6 +1049,7 @@ async fn create(
         return bad_body("Invalid input JSON: `properties` is required");
     };
     let mut db = h.lock();
+    db.version += 1;
     let props = match validate(&db, t, props, true) {
         Ok(p) => p,
         Err(e) => return invalid(e),
@@ -1127,6 +1134,7 @@ async fn update(
         return bad_body("Invalid input JSON: `properties` is required");
     };
     let mut db = h.lock();
+    db.version += 1;
     let Some(id) = id.parse::<u64>().ok().filter(|id| {
         db.objects[t]
             .get(id)
@@ -1162,6 +1170,7 @@ async fn archive(State(h): State<HubSpot>, Path((t, id)): Path<(String, String)>
         return bad_type(&t);
     };
     let mut db = h.lock();
+    db.version += 1;
     // Archiving an archived or unknown id is a 204 at HubSpot too.
     if let Some(r) = id
         .parse::<u64>()
@@ -1196,6 +1205,7 @@ async fn gdpr_delete(
         );
     };
     let mut db = h.lock();
+    db.version += 1;
     let contacts = db.objects.get_mut("contacts");
     let found = match body["idProperty"].as_str() {
         Some("email") => contacts.and_then(|m| {
@@ -1363,7 +1373,7 @@ async fn search(
         );
     }
     page_delay(&h).await;
-    let db = h.lock();
+    let mut db = h.lock();
     let known = |n: &str| db.schemas[t].iter().any(|p| p.name == n);
     let groups = body
         .get("filterGroups")
@@ -1380,10 +1390,63 @@ async fn search(
             }
         }
     }
+    // The sorted hits of a query are kept while no record changes, so the
+    // pages of one search cost a slice each, not a scan of every record
+    // (a benchmark pages incremental searches through tens of thousands of
+    // hits; the fake should not be the slow part of it).
+    let key = json!([t, groups, body.get("sorts")]).to_string();
+    let cached = db
+        .search_cache
+        .as_ref()
+        .filter(|c| c.0 == db.version && c.1 == key)
+        .map(|c| c.2.clone());
+    let ids = match cached {
+        Some(ids) => ids,
+        None => match search_ids(&db, t, &groups, &body) {
+            Ok(ids) => {
+                let ids = std::sync::Arc::new(ids);
+                let version = db.version;
+                db.search_cache = Some((version, key, ids.clone()));
+                ids
+            }
+            Err(r) => return r,
+        },
+    };
+    let total = ids.len();
+    let hits: Vec<&Rec> = ids
+        .iter()
+        .skip(after)
+        .take(limit)
+        .filter_map(|id| db.objects[t].get(id))
+        .collect();
+    let props: Option<Vec<String>> = body
+        .get("properties")
+        .and_then(Value::as_array)
+        .map(|ps| {
+            ps.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .filter(|p: &Vec<String>| !p.is_empty());
+    let results: Vec<Value> = hits
+        .iter()
+        .map(|r| render(&db, t, r, props.as_deref(), &[]))
+        .collect();
+    let mut out = json!({"total": total, "results": results});
+    if after + limit < total {
+        out["paging"] = json!({"next": {"after": (after + limit).to_string()}});
+    }
+    Json(out).into_response()
+}
+
+/// The ids of the records a search matches, in its order.
+fn search_ids(db: &Db, t: &str, groups: &[Value], body: &Value) -> Result<Vec<u64>, Response> {
+    let known = |n: &str| db.schemas[t].iter().any(|p| p.name == n);
     let mut hits: Vec<&Rec> = Vec::new();
     for r in db.objects[t].values().filter(|r| r.archived_at.is_none()) {
         let mut any = groups.is_empty();
-        for g in &groups {
+        for g in groups {
             let mut all = true;
             for f in g["filters"].as_array().into_iter().flatten() {
                 match filter_matches(r, t, f) {
@@ -1392,7 +1455,7 @@ async fn search(
                         all = false;
                         break;
                     }
-                    Err(e) => return bad_body(&e),
+                    Err(e) => return Err(bad_body(&e)),
                 }
             }
             if all {
@@ -1405,7 +1468,7 @@ async fn search(
         }
     }
     // Sorts: strings (`-name` descending) or {propertyName, direction}.
-    let sorted_total = if let Some(s) = body
+    if let Some(s) = body
         .get("sorts")
         .and_then(Value::as_array)
         .and_then(|s| s.first())
@@ -1418,7 +1481,7 @@ async fn search(
             ),
         };
         if !known(&name) {
-            return bad_body(&format!("Property \"{name}\" does not exist"));
+            return Err(bad_body(&format!("Property \"{name}\" does not exist")));
         }
         let key = |r: &Rec| -> (i64, String) {
             match name.as_str() {
@@ -1432,42 +1495,9 @@ async fn search(
             let o = key(a).cmp(&key(b)).then(a.id.cmp(&b.id));
             if desc { o.reverse() } else { o }
         };
-        // Only the requested window needs its order: pick the first
-        // `after + limit` hits, then sort just those (a benchmark pages an
-        // incremental search through tens of thousands of hits).
-        let total = hits.len();
-        let need = (after + limit).min(total);
-        if need < total {
-            hits.select_nth_unstable_by(need, order);
-            hits.truncate(need);
-        }
         hits.sort_by(order);
-        total
-    } else {
-        hits.len()
-    };
-    let total = sorted_total;
-    let props: Option<Vec<String>> = body
-        .get("properties")
-        .and_then(Value::as_array)
-        .map(|ps| {
-            ps.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect()
-        })
-        .filter(|p: &Vec<String>| !p.is_empty());
-    let results: Vec<Value> = hits
-        .iter()
-        .skip(after)
-        .take(limit)
-        .map(|r| render(&db, t, r, props.as_deref(), &[]))
-        .collect();
-    let mut out = json!({"total": total, "results": results});
-    if after + limit < total {
-        out["paging"] = json!({"next": {"after": (after + limit).to_string()}});
     }
-    Json(out).into_response()
+    Ok(hits.iter().map(|r| r.id).collect())
 }
 
 async fn properties(State(h): State<HubSpot>, Path(t): Path<String>) -> Response {
@@ -1542,6 +1572,7 @@ async fn create_property(
         _ => return bad_body(&format!("Unsupported property type {ty}")),
     };
     let mut db = h.lock();
+    db.version += 1;
     let Some(schema) = db.schemas.get_mut(t) else {
         return bad_type(t);
     };
@@ -1592,6 +1623,7 @@ async fn update_property(
         return bad_body("Invalid input JSON on line 1");
     };
     let mut db = h.lock();
+    db.version += 1;
     let Some(p) = db
         .schemas
         .get_mut(t)
@@ -1750,6 +1782,7 @@ async fn associate(
         return bad_body("Unknown object type");
     };
     let mut db = h.lock();
+    db.version += 1;
     let live = |db: &Db, t: &'static str, id: &str| -> Option<u64> {
         let id = id.parse::<u64>().ok()?;
         db.objects[t]

@@ -6,8 +6,9 @@
 //! `READY` → incremental runs from each object's high-water mark, on the
 //! connection's interval or on demand.
 //!
-//! Crash safety: every page of records is written with the checkpoint that
-//! follows it, in one transaction (`Store::apply_page`). A killed job's
+//! Crash safety: every page (or group of pages) of records is written with
+//! the checkpoint that follows it, in one transaction
+//! (`Store::apply_page`). A killed job's
 //! lease expires, another worker claims it, and the run goes on from the
 //! last committed checkpoint; records are keyed by native id, so the page
 //! that was in flight is written again without duplicates or events.
