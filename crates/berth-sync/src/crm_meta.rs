@@ -165,12 +165,14 @@ impl Crm {
         id: Option<&str>,
     ) -> Result<Option<Vec<(String, String)>>> {
         let id = id.map(str::trim).filter(|i| !i.is_empty());
+        let mut deal_found = false;
         let pipeline = match id {
             None => None,
             Some(id) => {
                 let found = self.lookup(conn, o, generation, &[id.to_string()]).await?;
                 match found.into_iter().next().and_then(|(_, r)| r) {
                     Some(r) => {
+                        deal_found = true;
                         let native: Value = serde_json::from_str(&r.native).unwrap_or_default();
                         // A deal with no pipeline of its own: every stage.
                         match connector.deal_pipeline(&native) {
@@ -182,11 +184,16 @@ impl Crm {
                 }
             }
         };
-        match connector.deal_stages(provider, pipeline.as_deref()).await {
-            Err(berth_connectors::ConnectorError::NotFound) => Err(CrmError::NotFound(format!(
+        let unknown = || {
+            CrmError::NotFound(format!(
                 "no deal or pipeline with id `{}`",
                 id.unwrap_or_default()
-            ))),
+            ))
+        };
+        match connector.deal_stages(provider, pipeline.as_deref()).await {
+            Err(berth_connectors::ConnectorError::NotFound) => Err(unknown()),
+            // A provider without pipelines knows no pipeline ids either.
+            Ok(None) if id.is_some() && !deal_found => Err(unknown()),
             r => Ok(r?),
         }
     }

@@ -283,6 +283,24 @@ async fn a_sandbox_connection_syncs_and_serves_the_unified_crm() {
         )
         .await;
     assert_eq!(r.body["result"]["deal"]["id"], d0["id"], "{r:?}");
+    // The sandbox has no pipelines: a synced deal's id is accepted, any
+    // other id is unknown.
+    let r = app
+        .post(
+            "/unifications/crm/deals/details",
+            &v2h,
+            json!({"id": d0["id"]}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = app
+        .post(
+            "/unifications/crm/deals/details",
+            &v2h,
+            json!({"id": "nope"}),
+        )
+        .await;
+    assert_eq!(r.status, 404, "{r:?}");
     let r = app
         .post("/unifications/crm/contacts/details", &v2h, json!({}))
         .await;
