@@ -2,6 +2,8 @@
 # Berth's proxy overhead, side by side in one run on one machine:
 #   direct       wrk -> upstream
 #   nginx        wrk -> nginx (2 workers, adds the auth header) -> upstream
+#   bare-proxy   wrk -> a bare hyper proxy on Berth's stack (adds the auth
+#                header, nothing else: the floor of what Berth can cost)
 #   berth-proxy  wrk -> Berth ANY /proxy/{path} (streaming) -> upstream
 #   berth-json   wrk -> Berth POST /passthrough (JSON)       -> upstream
 # The upstream is a minimal hyper server (crates/berth-bench). Load is wrk
@@ -53,11 +55,14 @@ wait_port() {
   done
   echo "nothing listens on $1" >&2; return 1
 }
-UP=$(free_port); NG=$(free_port); BP=$(free_port)
+UP=$(free_port); NG=$(free_port); BP=$(free_port); XP=$(free_port)
 
 "$BIN/bench-upstream" "127.0.0.1:$UP" 1 >"$WORK/upstream.log" 2>&1 &
 pids+=($!)
 wait_port "$UP"
+"$BIN/bench-bareproxy" "127.0.0.1:$XP" "127.0.0.1:$UP" >"$WORK/bareproxy.log" 2>&1 &
+pids+=($!)
+wait_port "$XP"
 
 mkdir -p "$WORK/nginx/tmp"
 cat >"$WORK/nginx.conf" <<EOF
@@ -114,6 +119,7 @@ ACCESS=$(curl -sf -X POST "$B/auth/access-token" -H "x-vessel-api-token: $API" -
 check() { grep -q '"auth":true' <<<"$1" || { echo "bad answer from $2: $1" >&2; exit 1; }; }
 check "$(curl -sf -H 'Authorization: Bearer bench-key' "http://127.0.0.1:$UP/x")" direct
 check "$(curl -sf "http://127.0.0.1:$NG/x")" nginx
+check "$(curl -sf "http://127.0.0.1:$XP/x")" bare-proxy
 check "$(curl -sf -H "x-vessel-api-token: $API" -H "x-vessel-access-token: $ACCESS" "$B/proxy/x")" berth-proxy
 check "$(curl -sf -X POST -H "x-vessel-api-token: $API" -H "x-vessel-access-token: $ACCESS" -d '{"method":"GET","path":"/x"}' "$B/passthrough")" berth-json
 
@@ -131,6 +137,7 @@ run() { # name conns -> "rps p50 p99"
   case $name in
     direct) args=(-H "Authorization: Bearer bench-key" "http://127.0.0.1:$UP/x") ;;
     nginx) args=("http://127.0.0.1:$NG/x") ;;
+    bare-proxy) args=("http://127.0.0.1:$XP/x") ;;
     berth-proxy) args=(-H "x-vessel-api-token: $API" -H "x-vessel-access-token: $ACCESS" "$B/proxy/x") ;;
     berth-json) args=(-s "$WORK/post.lua" -H "x-vessel-api-token: $API" -H "x-vessel-access-token: $ACCESS" "$B/passthrough") ;;
   esac
@@ -158,12 +165,12 @@ mkdir -p "$(dirname "$OUT")"
 } >"$WORK/table.md"
 for c in $CONNS; do
   declare -A R=()
-  for t in direct nginx berth-proxy berth-json; do
+  for t in direct nginx bare-proxy berth-proxy berth-json; do
     R[$t]=$(run "$t" "$c")
     echo "c=$c $t: ${R[$t]}" >&2
   done
   read -r nrps np50 np99 <<<"${R[nginx]}"
-  for t in direct nginx berth-proxy berth-json; do
+  for t in direct nginx bare-proxy berth-proxy berth-json; do
     read -r rps p50 p99 <<<"${R[$t]}"
     awk -v c="$c" -v t="$t" -v rps="$rps" -v p50="$p50" -v p99="$p99" -v nr="$nrps" -v n50="$np50" -v n99="$np99" \
       'BEGIN { printf "| %s | %s | %.0f | %.3f | %.3f | %.2fx | %+.3f | %+.3f |\n", c, t, rps, p50, p99, rps/nr, p50-n50, p99-n99 }' >>"$WORK/table.md"

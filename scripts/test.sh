@@ -7,8 +7,11 @@
 #  4. the end-to-end connect suite (tests/e2e): a real OAuth2 server
 #     (oidc-provider), Debian's Chromium driven by playwright-core, and
 #     Vessel's own client packages, on SQLite and on PostgreSQL
+#  5. the HubSpot connector's calls checked against HubSpot's official
+#     OpenAPI specs through Stoplight Prism's validating proxy
 # It installs what it needs (postgresql, chromium, the e2e node packages,
-# and the Python standardwebhooks package the webhook tests verify with).
+# the Python standardwebhooks package the webhook tests verify with, and
+# Stoplight Prism from npm).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,3 +46,6 @@ cargo build --locked -p berth
 export BERTH_BIN="$PWD/target/debug/berth"
 (cd tests/e2e && BERTH_TEST_BACKEND=sqlite node run.mjs)
 (cd tests/e2e && BERTH_TEST_BACKEND=postgres node run.mjs)
+
+echo "== HubSpot connector against HubSpot's official specs (Prism)"
+scripts/prism-check.sh

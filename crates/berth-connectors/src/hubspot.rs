@@ -817,15 +817,14 @@ impl CrmConnector for HubSpot {
         match cur.m.as_str() {
             "search" => {
                 let offset: usize = cur.a.parse().unwrap_or(0);
-                let mut body = json!({
+                // HubSpot's spec makes `after` required; "0" is the start.
+                let body = json!({
                     "filterGroups": [{"filters": [{"propertyName": modified_prop(t), "operator": "GTE", "value": cur.s.to_string()}]}],
                     "sorts": [{"propertyName": modified_prop(t), "direction": "ASCENDING"}],
                     "properties": properties(object),
                     "limit": PAGE,
+                    "after": offset.to_string(),
                 });
-                if offset > 0 {
-                    body["after"] = json!(offset.to_string());
-                }
                 let v = ok(send(
                     p,
                     Request::with_body("POST", format!("/crm/v3/objects/{t}/search"), body),

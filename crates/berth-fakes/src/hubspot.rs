@@ -1668,12 +1668,16 @@ async fn account_details(State(_h): State<HubSpot>) -> Response {
     .into_response()
 }
 
+/// When the portal's built-in definitions (pipelines, owners) were made.
+const PORTAL_CREATED: &str = "2024-01-02T09:00:00.000Z";
+
 /// The portal's deal pipelines: the default one over `DEAL_STAGES`, and a
 /// partner pipeline whose stages (ids unique across pipelines, as at
 /// HubSpot) no generated deal uses.
 fn deal_pipelines() -> Vec<Value> {
     let stage = |i: usize, id: &str, label: &str, p: f64, closed: bool| {
         json!({"id": id, "label": label, "displayOrder": i, "archived": false,
+            "createdAt": PORTAL_CREATED, "updatedAt": PORTAL_CREATED,
             "metadata": {"probability": format!("{p:.1}"), "isClosed": closed.to_string()}})
     };
     let default: Vec<Value> = DEAL_STAGES
@@ -1694,8 +1698,10 @@ fn deal_pipelines() -> Vec<Value> {
         stage(2, "partner_won", "Won through partner", 1.0, true),
     ];
     vec![
-        json!({"id": "default", "label": "Sales Pipeline", "displayOrder": 0, "archived": false, "stages": default}),
-        json!({"id": "partner", "label": "Partner Pipeline", "displayOrder": 1, "archived": false, "stages": partner}),
+        json!({"id": "default", "label": "Sales Pipeline", "displayOrder": 0, "archived": false,
+            "createdAt": PORTAL_CREATED, "updatedAt": PORTAL_CREATED, "stages": default}),
+        json!({"id": "partner", "label": "Partner Pipeline", "displayOrder": 1, "archived": false,
+            "createdAt": PORTAL_CREATED, "updatedAt": PORTAL_CREATED, "stages": partner}),
     ]
 }
 
@@ -1795,7 +1801,9 @@ async fn associate(
     };
     link(&mut db, (t, a), (to, b));
     let type_id = association_type_id(t, to).unwrap_or(0);
+    let at = iso(now_ms());
     Json(json!({"status": "COMPLETE", "results": [{"from": {"id": a.to_string()}, "to": {"id": b.to_string()},
-        "associationSpec": {"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": type_id}}]}))
+        "associationSpec": {"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": type_id}}],
+        "startedAt": at, "completedAt": at}))
     .into_response()
 }
