@@ -783,6 +783,13 @@ impl CrmConnector for HubSpot {
         object != "users"
     }
 
+    fn two_way(&self, object: &str, key: &str) -> bool {
+        // The association lists of contacts, companies and deals are read
+        // from each end (`associations`); engagements only name theirs.
+        matches!(object, "contacts" | "accounts" | "deals")
+            && associations(object).iter().any(|(k, _)| *k == key)
+    }
+
     async fn list(
         &self,
         p: &dyn Provider,

@@ -237,6 +237,15 @@ pub trait CrmConnector: Send + Sync {
     /// are found by mark and sweep on full runs).
     fn tombstones(&self, object: &str) -> bool;
 
+    /// Whether the provider fills association `key` of `object` on both
+    /// sides itself (HubSpot reads contact↔company from either end). Other
+    /// associations are shown on the other side too by deriving reverse
+    /// links in the store (a Salesforce Note's ParentId becomes the
+    /// contact's `noteIds`).
+    fn two_way(&self, _object: &str, _key: &str) -> bool {
+        false
+    }
+
     async fn list(
         &self,
         p: &dyn Provider,

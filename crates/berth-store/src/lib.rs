@@ -475,6 +475,7 @@ impl Store {
             // Deletion erases the connection's synced data (DOMAIN: deletion
             // erases credentials and records) and its queued work.
             sqlx::query("DELETE FROM records WHERE connection_id = $1").bind(id).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM record_links WHERE connection_id = $1").bind(id).execute(&mut *tx).await?;
             changes::NoteChange::note(&mut *tx, id, None, now).await?;
             sqlx::query("DELETE FROM sync_states WHERE connection_id = $1").bind(id).execute(&mut *tx).await?;
             sqlx::query("DELETE FROM jobs WHERE connection_id = $1 AND state = 'queued'").bind(id).execute(&mut *tx).await?;

@@ -123,6 +123,18 @@ pub struct RecordWrite {
     pub event_id: String,
     /// The event payload (`{id, nativeId, v1Id, record}`).
     pub event_payload: String,
+    /// The links this record implies on other records (its reverse
+    /// associations), replacing those it implied before.
+    pub links: Vec<RecordLink>,
+}
+
+/// "Record `native_id` of `object` lists `from_native_id` under `key`"
+/// (from the record being written).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordLink {
+    pub object: &'static str,
+    pub native_id: String,
+    pub key: &'static str,
 }
 
 /// A page of one sync run and the checkpoint after it.
@@ -147,6 +159,9 @@ pub struct PageWrite<'a> {
     /// (job id, owner, lease until). A lost lease writes nothing
     /// ([`StoreError::LeaseLost`]).
     pub lease: Option<(&'a str, &'a str, i64)>,
+    /// Rewrite the links of unchanged records too (full listings, so links
+    /// of records stored before they were derived appear).
+    pub refresh_links: bool,
 }
 
 /// What a page changed.
@@ -520,6 +535,7 @@ impl Store {
     pub async fn apply_page(&self, w: &PageWrite<'_>) -> Result<PageOutcome> {
         let mut out = PageOutcome::default();
         let mut wrote_events = false;
+        let mut linked_targets: Vec<String> = Vec::new();
         with_db!(self, p => {
             let mut tx = p.begin().await?;
             // Write first (invariant 4); also fences a stale run: a job
@@ -621,6 +637,52 @@ impl Store {
                 qb.push(")");
                 qb.build().execute(&mut *tx).await?;
             }
+            // Links: replaced for every record written (and every record
+            // seen, on a refresh); only records that existed can have old
+            // ones, and a deleted record implies none.
+            let mut relinked: Vec<&RecordWrite> = changed.iter().map(|(r, _)| *r).collect();
+            if w.refresh_links {
+                let seen_set: std::collections::HashSet<&str> = seen.iter().copied().collect();
+                relinked.extend(w.records.iter().filter(|r| seen_set.contains(r.native_id.as_str())));
+            }
+            let stale: Vec<&str> = relinked.iter().map(|r| r.native_id.as_str())
+                .filter(|n| existing.contains_key(*n)).collect();
+            for chunk in stale.chunks(500) {
+                let mut qb = sqlx::QueryBuilder::new("DELETE FROM record_links WHERE connection_id = ");
+                qb.push_bind(w.connection_id).push(" AND from_object = ").push_bind(w.object)
+                    .push(" AND from_native_id IN (");
+                let mut sep = qb.separated(", ");
+                for n in chunk {
+                    sep.push_bind(n.to_string());
+                }
+                qb.push(")");
+                qb.build().execute(&mut *tx).await?;
+            }
+            let links: Vec<(&RecordWrite, &RecordLink)> = relinked.iter()
+                .filter(|r| !r.deleted)
+                .flat_map(|r| r.links.iter().map(move |l| (*r, l)))
+                .collect();
+            for chunk in links.chunks(200) {
+                let mut qb = sqlx::QueryBuilder::new(
+                    "INSERT INTO record_links (connection_id, object, native_id, key, from_object, from_native_id) ",
+                );
+                qb.push_values(chunk, |mut b, (r, l)| {
+                    b.push_bind(w.connection_id).push_bind(l.object).push_bind(l.native_id.clone())
+                        .push_bind(l.key).push_bind(w.object).push_bind(r.native_id.clone());
+                });
+                qb.push(" ON CONFLICT DO NOTHING");
+                qb.build().execute(&mut *tx).await?;
+            }
+            if !links.is_empty() || !stale.is_empty() {
+                // The targets render differently now.
+                let mut targets: Vec<&str> = links.iter().map(|(_, l)| l.object).collect();
+                targets.sort_unstable();
+                targets.dedup();
+                for t in &targets {
+                    crate::changes::NoteChange::note(&mut *tx, w.connection_id, Some(t), w.now).await?;
+                }
+                linked_targets = targets.into_iter().map(str::to_string).collect();
+            }
             if !changed.is_empty() {
                 crate::changes::NoteChange::note(&mut *tx, w.connection_id, Some(w.object), w.now).await?;
             }
@@ -642,9 +704,43 @@ impl Store {
             if !changed.is_empty() {
                 self.records_changed(w.connection_id, Some(w.object));
             }
+            for t in &linked_targets {
+                self.records_changed(w.connection_id, Some(t));
+            }
         });
         if wrote_events {
             self.events_committed();
+        }
+        Ok(out)
+    }
+
+    /// The links other live records imply on records `native_ids` of
+    /// `object`: (native id, key, source native id), in source store
+    /// order.
+    pub async fn reverse_links(
+        &self,
+        connection_id: &str,
+        object: &str,
+        native_ids: &[&str],
+    ) -> Result<Vec<(String, String, String)>> {
+        let mut out = Vec::new();
+        for chunk in native_ids.chunks(500) {
+            let part: Vec<(String, String, String)> = with_db!(self, p => {
+                let mut qb = sqlx::QueryBuilder::new(
+                    "SELECT l.native_id, l.key, l.from_native_id FROM record_links l JOIN records r \
+                     ON r.connection_id = l.connection_id AND r.object = l.from_object \
+                     AND r.native_id = l.from_native_id WHERE r.deleted_at IS NULL AND l.connection_id = ",
+                );
+                qb.push_bind(connection_id).push(" AND l.object = ").push_bind(object)
+                    .push(" AND l.native_id IN (");
+                let mut sep = qb.separated(", ");
+                for n in chunk {
+                    sep.push_bind(n.to_string());
+                }
+                qb.push(") ORDER BY r.seq");
+                qb.build_query_as().fetch_all(p).await
+            })?;
+            out.extend(part);
         }
         Ok(out)
     }

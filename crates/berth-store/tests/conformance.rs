@@ -678,6 +678,7 @@ async fn pages_write_records_checkpoint_and_events_together() {
             deleted,
             event_id: format!("e-{n}-{hash}-{deleted}"),
             event_payload: "{}".into(),
+            links: vec![],
         };
         let page = |records: &'static [RecordWrite],
                     run: &'static str,
@@ -694,6 +695,7 @@ async fn pages_write_records_checkpoint_and_events_together() {
             total: None,
             now: 30,
             lease: None,
+            refresh_links: false,
         };
         let p1: &'static [RecordWrite] =
             Box::leak(Box::new([rec("1", "a", false), rec("2", "a", false)]));
@@ -820,5 +822,124 @@ async fn pages_write_records_checkpoint_and_events_together() {
             .await
             .unwrap();
         assert!(left.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn reverse_links_follow_their_sources() {
+    for (s, dev, _) in bootstrapped().await {
+        connect(&s, &dev.id, "s1", "c1", None).await.unwrap();
+        let link = |target: &str| RecordLink {
+            object: "contacts",
+            native_id: target.into(),
+            key: "noteIds",
+        };
+        let note = |n: &str, hash: &str, deleted: bool, links: Vec<RecordLink>| RecordWrite {
+            native_id: n.into(),
+            uid: format!("uid{n}"),
+            hash: hash.into(),
+            data: "{}".into(),
+            native: "{}".into(),
+            created_time: Some(1),
+            modified_time: Some(50),
+            deleted,
+            event_id: format!("e-{n}-{hash}"),
+            event_payload: "{}".into(),
+            links,
+        };
+        let apply = |records: Vec<RecordWrite>, refresh: bool| {
+            let s = s.clone();
+            let env = dev.id.clone();
+            async move {
+                s.apply_page(&PageWrite {
+                    environment_id: &env,
+                    connection_id: "c1",
+                    object: "notes",
+                    run_id: None,
+                    records: &records,
+                    event_prefix: None,
+                    next_cursor: None,
+                    high_water: None,
+                    total: None,
+                    now: 30,
+                    lease: None,
+                    refresh_links: refresh,
+                })
+                .await
+                .unwrap()
+            }
+        };
+        let v0 = s.record_version("c1", "contacts");
+        apply(
+            vec![
+                note("n1", "a", false, vec![link("k1"), link("k2")]),
+                note("n2", "a", false, vec![link("k1")]),
+            ],
+            false,
+        )
+        .await;
+        assert!(
+            s.record_version("c1", "contacts") > v0,
+            "the targets render differently"
+        );
+        let got = s
+            .reverse_links("c1", "contacts", &["k1", "k2", "k3"])
+            .await
+            .unwrap();
+        assert_eq!(
+            got,
+            [
+                ("k1".into(), "noteIds".into(), "n1".into()),
+                ("k2".into(), "noteIds".into(), "n1".into()),
+                ("k1".into(), "noteIds".into(), "n2".into()),
+            ]
+        );
+        // A changed source replaces its links; an unchanged one keeps them
+        // unless the page refreshes links.
+        apply(vec![note("n1", "b", false, vec![link("k3")])], false).await;
+        apply(vec![note("n2", "a", false, vec![])], false).await;
+        let got = s
+            .reverse_links("c1", "contacts", &["k1", "k2", "k3"])
+            .await
+            .unwrap();
+        assert_eq!(
+            got,
+            [
+                ("k3".into(), "noteIds".into(), "n1".into()),
+                ("k1".into(), "noteIds".into(), "n2".into()),
+            ]
+        );
+        apply(vec![note("n2", "a", false, vec![])], true).await;
+        let got = s
+            .reverse_links("c1", "contacts", &["k1", "k3"])
+            .await
+            .unwrap();
+        assert_eq!(got, [("k3".into(), "noteIds".into(), "n1".into())]);
+        // A deleted source (tombstone, or marked deleted by a sweep) links
+        // nothing.
+        s.mark_records_deleted("c1", "notes", &["n1".into()], &[], 40)
+            .await
+            .unwrap();
+        assert!(
+            s.reverse_links("c1", "contacts", &["k3"])
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        apply(vec![note("n1", "c", false, vec![link("k2")])], false).await;
+        assert_eq!(
+            s.reverse_links("c1", "contacts", &["k2"])
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        apply(vec![note("n1", "c", true, vec![link("k2")])], false).await;
+        assert!(
+            s.reverse_links("c1", "contacts", &["k2"])
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 }

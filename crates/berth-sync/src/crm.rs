@@ -209,8 +209,16 @@ impl Crm {
         r: &StoredRecord,
         generation: Generation,
         view: &View,
+        reverse: &Reverse,
     ) -> Value {
-        let data: Map<String, Value> = serde_json::from_str(&r.data).unwrap_or_default();
+        let mut data: Map<String, Value> = serde_json::from_str(&r.data).unwrap_or_default();
+        if let Some(links) = reverse.get(&r.native_id) {
+            let links: Vec<(&str, &str)> = links
+                .iter()
+                .map(|(k, f)| (k.as_str(), f.as_str()))
+                .collect();
+            crm::merge_reverse(&mut data, &links);
+        }
         // The raw record is the larger half of a row and is shown only on
         // request (`allFields` / `$native`): parse it only then.
         let native: Value = if view.raw {
@@ -228,6 +236,30 @@ impl Crm {
             modified_time: r.modified_time,
         };
         show(o, &rv, generation, view)
+    }
+
+    /// The reverse associations of stored records (see
+    /// [`crm::reverse_links`]), by native id.
+    async fn reverse(
+        &self,
+        conn: &Connection,
+        o: &Object,
+        rows: &[StoredRecord],
+    ) -> Result<Reverse> {
+        let mut out = Reverse::new();
+        if rows.is_empty() || crm::reverse_sources(o).is_empty() {
+            return Ok(out);
+        }
+        let ids: Vec<&str> = rows.iter().map(|r| r.native_id.as_str()).collect();
+        for (native_id, key, from) in self
+            .platform
+            .store()
+            .reverse_links(&conn.id, o.name, &ids)
+            .await?
+        {
+            out.entry(native_id).or_default().push((key, from));
+        }
+        Ok(out)
     }
 
     fn render_native(
@@ -316,9 +348,10 @@ impl Crm {
                 })
                 .await?;
             let exhausted = (rows.len() as i64) < chunk;
+            let reverse = self.reverse(conn, o, &rows).await?;
             for r in &rows {
                 scanned += 1;
-                let v = self.render(o, conn, r, generation, view);
+                let v = self.render(o, conn, r, generation, view, &reverse);
                 let pass = filter.is_empty() || v.as_object().is_some_and(|m| filter.matches(m));
                 if pass {
                     if out.len() as i64 == limit {
@@ -359,7 +392,13 @@ impl Crm {
         }
         self.ready(conn).await?;
         // Read before the rows (see `pages`).
-        let version = self.platform.store().record_version(&conn.id, o.name);
+        // Records of other objects add reverse associations to these.
+        let store = self.platform.store();
+        let version = crm::reverse_sources(o)
+            .into_iter()
+            .fold(store.record_version(&conn.id, o.name), |v, s| {
+                v.wrapping_add(store.record_version(&conn.id, s))
+            });
         let key = format!(
             "{}\u{1f}{}\u{1f}{kind}\u{1f}{generation:?}\u{1f}{}\u{1f}{:?}\u{1f}{}\u{1f}{:?}\u{1f}{}",
             conn.id,
@@ -491,7 +530,8 @@ impl Crm {
         }
         let found = self.lookup(conn, o, generation, &[id.to_string()]).await?;
         if let Some((_, Some(r))) = found.first() {
-            return Ok(self.render(o, conn, r, generation, view));
+            let reverse = self.reverse(conn, o, std::slice::from_ref(r)).await?;
+            return Ok(self.render(o, conn, r, generation, view, &reverse));
         }
         if o.name == "contacts" && id.contains('@') {
             let filters = serde_json::json!({"email": {"equals": id, "mode": "insensitive"}});
@@ -533,9 +573,12 @@ impl Crm {
         }
         let mut found = Vec::new();
         let mut invalid = Vec::new();
-        for (id, r) in self.lookup(conn, o, generation, ids).await? {
+        let looked = self.lookup(conn, o, generation, ids).await?;
+        let rows: Vec<StoredRecord> = looked.iter().filter_map(|(_, r)| r.clone()).collect();
+        let reverse = self.reverse(conn, o, &rows).await?;
+        for (id, r) in looked {
             match r {
-                Some(r) => found.push(self.render(o, conn, &r, generation, view)),
+                Some(r) => found.push(self.render(o, conn, &r, generation, view, &reverse)),
                 None => invalid.push(id),
             }
         }
@@ -557,7 +600,7 @@ impl Crm {
             .map_err(invalid_input)?;
         let provider = ConnProvider::new(&self.platform, conn);
         let r = connector.create(&provider, o.name, &canonical).await?;
-        self.store_written(conn, o, &r).await?;
+        self.store_written(conn, connector, o, &r).await?;
         Ok(shown_id(o, conn, &r.native_id, generation))
     }
 
@@ -578,7 +621,7 @@ impl Crm {
         let r = connector
             .update(&provider, o.name, &native_id, &canonical)
             .await?;
-        self.store_written(conn, o, &r).await?;
+        self.store_written(conn, connector, o, &r).await?;
         Ok(shown_id(o, conn, &r.native_id, generation))
     }
 
@@ -651,8 +694,14 @@ impl Crm {
 
     /// Writes a record the provider returned into the store (with its
     /// change event) so a read right after the write sees it.
-    async fn store_written(&self, conn: &Connection, o: &Object, r: &NativeRecord) -> Result<()> {
-        let w = record_write(conn, o.name, r, true);
+    async fn store_written(
+        &self,
+        conn: &Connection,
+        connector: &dyn CrmConnector,
+        o: &Object,
+        r: &NativeRecord,
+    ) -> Result<()> {
+        let w = record_write(conn, connector, o.name, r, true);
         let prefix = o.event_prefix();
         self.platform
             .store()
@@ -668,11 +717,15 @@ impl Crm {
                 total: None,
                 now: now_ms(),
                 lease: None,
+                refresh_links: false,
             })
             .await?;
         Ok(())
     }
 }
+
+/// Native id → (key, source native id) of reverse associations.
+type Reverse = std::collections::HashMap<String, Vec<(String, String)>>;
 
 fn show(o: &Object, rv: &RecordView<'_>, generation: Generation, view: &View) -> Value {
     match generation {

@@ -480,6 +480,7 @@ impl Engine {
                 job_id: job.id.clone(),
                 node: self.inner.node.clone(),
                 lease: self.inner.config.lease,
+                refresh_links: incremental && full,
             },
             rx,
         ));
@@ -496,7 +497,7 @@ impl Engine {
             let writes: Vec<RecordWrite> = page
                 .records
                 .iter()
-                .map(|r| record_write(conn, object, r, prefix.is_some()))
+                .map(|r| record_write(conn, connector, object, r, prefix.is_some()))
                 .collect();
             let next = page.next_cursor.clone();
             let batch = Batch {
@@ -746,6 +747,8 @@ struct PageJob {
     job_id: String,
     node: String,
     lease: Duration,
+    /// A periodic full re-sync rewrites every listed record's links.
+    refresh_links: bool,
 }
 
 /// One listed page (or several merged), with the checkpoint after it.
@@ -801,6 +804,7 @@ async fn write_pages(
                 total: b.total,
                 now,
                 lease: Some((&j.job_id, &j.node, now + j.lease.as_millis() as i64)),
+                refresh_links: j.refresh_links,
             })
             .await?;
         total.created += out.created;
@@ -814,6 +818,7 @@ async fn write_pages(
 /// A provider record → the row written, with its event payload.
 pub fn record_write(
     conn: &Connection,
+    connector: &dyn CrmConnector,
     object: &str,
     r: &berth_connectors::NativeRecord,
     with_event: bool,
@@ -864,5 +869,15 @@ pub fn record_write(
         event_id,
         event_payload,
         uid,
+        links: berth_unified::crm::reverse_links(object, &r.data, |key| {
+            connector.two_way(object, key)
+        })
+        .into_iter()
+        .map(|l| berth_store::RecordLink {
+            object: l.object,
+            native_id: l.native_id,
+            key: l.key,
+        })
+        .collect(),
     }
 }

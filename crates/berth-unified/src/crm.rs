@@ -512,6 +512,127 @@ pub fn association_object(key: &str) -> Option<&'static str> {
     })
 }
 
+/// The association key that lists records of `object` (`notes` →
+/// `noteIds`).
+fn ids_key(object: &str) -> Option<&'static str> {
+    Some(match object {
+        "accounts" => "accountIds",
+        "contacts" => "contactIds",
+        "deals" => "dealIds",
+        "leads" => "leadIds",
+        "notes" => "noteIds",
+        "tasks" => "taskIds",
+        "events" => "eventIds",
+        "attendees" => "eventAttendeeIds",
+        "emails" => "emailIds",
+        "calls" => "callIds",
+        _ => return None,
+    })
+}
+
+fn shows(o: &Object, key: &str) -> bool {
+    o.v1_associations.contains(&key) || o.v2_associations.contains(&key)
+}
+
+/// A link a record of `source` implies on another record: record
+/// `native_id` of `object` lists it under `key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReverseLink {
+    pub object: &'static str,
+    pub native_id: String,
+    pub key: &'static str,
+}
+
+/// The reverse associations of a `source` record: for each association of
+/// `data` (`associations.accountIds`, `associations.eventId`, ...) whose
+/// target object shows a key for `source` (a note's `contactIds` → the
+/// contacts' `noteIds`), one link per target. `two_way(key)` names the
+/// keys the provider already fills on both sides, which need none.
+pub fn reverse_links(
+    source: &str,
+    data: &Map<String, Value>,
+    two_way: impl Fn(&str) -> bool,
+) -> Vec<ReverseLink> {
+    let Some(back) = ids_key(source) else {
+        return Vec::new();
+    };
+    let Some(assoc) = assoc_of(data) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (key, v) in assoc {
+        if key == "ownerUserId" || key == "associationId" || two_way(key) {
+            continue;
+        }
+        let Some(target) = association_object(key).and_then(object) else {
+            continue;
+        };
+        if !shows(target, back) {
+            continue;
+        }
+        let ids: Vec<&str> = match v {
+            Value::String(s) => vec![s.as_str()],
+            Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+            _ => continue,
+        };
+        for id in ids.into_iter().filter(|s| !s.is_empty()) {
+            let link = ReverseLink {
+                object: target.name,
+                native_id: id.to_string(),
+                key: back,
+            };
+            if !out.contains(&link) {
+                out.push(link);
+            }
+        }
+    }
+    out
+}
+
+/// The objects whose records can add reverse associations to `target`'s
+/// (so its rendered records change when theirs do).
+pub fn reverse_sources(target: &Object) -> Vec<&'static str> {
+    let Some(key) = ids_key(target.name) else {
+        return Vec::new();
+    };
+    OBJECTS
+        .iter()
+        .filter(|s| {
+            ids_key(s.name).is_some_and(|back| shows(target, back))
+                && (shows(s, key) || (target.name == "events" && shows(s, "eventId")))
+        })
+        .map(|s| s.name)
+        .collect()
+}
+
+/// Adds reverse associations (`(key, source native id)`) to a record's
+/// `data.associations`, after its own, without duplicates.
+pub fn merge_reverse(data: &mut Map<String, Value>, links: &[(&str, &str)]) {
+    if links.is_empty() {
+        return;
+    }
+    let assoc = data
+        .entry("associations")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if !assoc.is_object() {
+        *assoc = Value::Object(Map::new());
+    }
+    let Value::Object(assoc) = assoc else { return };
+    for (key, id) in links {
+        let e = assoc
+            .entry((*key).to_string())
+            .or_insert_with(|| Value::Array(Vec::new()));
+        if !e.is_array() {
+            *e = Value::Array(Vec::new());
+        }
+        if let Value::Array(a) = e
+            && !a.iter().any(|x| x.as_str() == Some(id))
+        {
+            a.push(Value::String((*id).to_string()));
+        }
+    }
+}
+
 /// The 32-hex uid of a record, stable for (connection, object, native id),
 /// so association ids can be shown as v1 ids without a lookup.
 pub fn uid(connection_id: &str, object: &str, native_id: &str) -> String {
@@ -817,6 +938,59 @@ pub fn describe(kind: Kind) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reverse_links_name_the_key_the_target_shows() {
+        let data = serde_json::json!({"associations": {
+            "contactIds": ["c1", "c2", "c1"], "accountIds": ["a1"], "ownerUserId": "u1",
+        }});
+        let links = reverse_links("notes", data.as_object().unwrap(), |_| false);
+        let got: Vec<(&str, &str, &str)> = links
+            .iter()
+            .map(|l| (l.object, l.native_id.as_str(), l.key))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("accounts", "a1", "noteIds"),
+                ("contacts", "c1", "noteIds"),
+                ("contacts", "c2", "noteIds"),
+            ],
+            "owners are not linked back; duplicates collapse"
+        );
+        // Keys the provider fills on both sides need no link.
+        assert!(
+            reverse_links("notes", data.as_object().unwrap(), |k| k != "accountIds")
+                .iter()
+                .all(|l| l.object == "accounts")
+        );
+        // An attendee's scalar eventId lists it on the event.
+        let a = serde_json::json!({"associations": {"eventId": "e1"}});
+        let got = reverse_links("attendees", a.as_object().unwrap(), |_| false);
+        assert_eq!(
+            (got[0].object, got[0].native_id.as_str(), got[0].key),
+            ("events", "e1", "eventAttendeeIds")
+        );
+        // Lists show contacts; contacts show no lists.
+        let l = serde_json::json!({"associations": {"contactIds": ["c1"]}});
+        assert!(reverse_links("lists", l.as_object().unwrap(), |_| false).is_empty());
+    }
+
+    #[test]
+    fn reverse_sources_feed_each_target() {
+        let contacts = reverse_sources(object("contacts").unwrap());
+        for s in [
+            "accounts", "deals", "leads", "notes", "tasks", "events", "emails", "calls",
+        ] {
+            assert!(contacts.contains(&s), "{s} in {contacts:?}");
+        }
+        assert!(reverse_sources(object("events").unwrap()).contains(&"attendees"));
+        // A provider that fills contact.noteIds alone still shows the
+        // note's contactIds.
+        assert!(reverse_sources(object("notes").unwrap()).contains(&"contacts"));
+        assert!(reverse_sources(object("lists").unwrap()).is_empty());
+        assert!(reverse_sources(object("users").unwrap()).is_empty());
+    }
 
     #[test]
     fn v1_ids_round_trip() {

@@ -665,3 +665,140 @@ async fn a_salesforce_connection_over_oauth_syncs_detects_changes_and_writes_bac
     assert_eq!(r.status, 200, "{r:?}");
     assert!(!sf.live_ids("Opportunity", None).contains(&deal));
 }
+
+/// Salesforce records a link on one side only (a Note's ParentId, a
+/// Contact's AccountId); the unified records show it on both: the
+/// contact's `noteIds`, the account's `contactIds`. Reverse links follow
+/// deletes and API writes, also through the list page cache.
+#[tokio::test]
+async fn salesforce_associations_show_on_both_sides() {
+    let sf = salesforce::Salesforce::new(salesforce::Options::default());
+    let base = sf.serve().await.unwrap();
+    let (app, conn, access) = salesforce_app(&base).await;
+    let o = salesforce::Options::default();
+    synced_with_exact_counts(
+        &app,
+        &conn,
+        &access,
+        &[
+            ("contacts", "contacts", o.contacts),
+            ("accounts", "accounts", o.accounts),
+            ("notes", "notes", o.activities),
+        ],
+    )
+    .await;
+    let notes = v1_all(&app, &app.dev_token, &access, "notes", "notes").await;
+    let note = &notes[0];
+    let note_native = note["nativeId"].as_str().unwrap().to_string();
+    let note_v1 = note["id"].as_str().unwrap().to_string();
+    let parent = sf.field("Note", &note_native, "ParentId").unwrap();
+    let parent = parent.as_str().unwrap().to_string();
+    let note_ids_of = |contacts: &[Value], native: &str| -> Vec<String> {
+        let c = contacts
+            .iter()
+            .find(|c| c["nativeId"] == native)
+            .expect("the contact is listed");
+        c["associations"]["noteIds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect()
+    };
+    let contacts = v1_all(&app, &app.dev_token, &access, "contacts", "contacts").await;
+    assert!(
+        note_ids_of(&contacts, &parent).contains(&note_v1),
+        "the note's parent contact lists it (v1 ids)"
+    );
+    let expected: usize = sf
+        .live_ids("Note", None)
+        .iter()
+        .filter(|n| {
+            sf.field("Note", n, "ParentId")
+                .and_then(|p| p.as_str().map(str::to_string))
+                == Some(parent.clone())
+        })
+        .count();
+    assert_eq!(note_ids_of(&contacts, &parent).len(), expected);
+
+    // v2: an account lists the contacts whose AccountId names it.
+    let account = sf.field("Contact", &parent, "AccountId").unwrap();
+    let account = account.as_str().unwrap().to_string();
+    let r = app
+        .post(
+            "/unifications/crm/accounts/find",
+            &app.v2h(&access),
+            json!({"id": account, "associations": ["contacts"]}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let listed: Vec<&str> = r.body["result"]["account"]["associations"]["contactIds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(listed.contains(&parent.as_str()), "{listed:?}");
+    let mut want: Vec<String> = sf
+        .live_ids("Contact", None)
+        .into_iter()
+        .filter(|c| {
+            sf.field("Contact", c, "AccountId")
+                .and_then(|a| a.as_str().map(str::to_string))
+                == Some(account.clone())
+        })
+        .collect();
+    let mut got: Vec<String> = listed.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    got.sort();
+    assert_eq!(got, want);
+
+    // Deleting the note through Berth drops it from the contact's list
+    // (the cached page of contacts is not served stale).
+    let r = app
+        .post(
+            "/unifications/crm/notes/delete",
+            &app.v2h(&access),
+            json!({"id": note_native}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let contacts = v1_all(&app, &app.dev_token, &access, "contacts", "contacts").await;
+    assert!(!note_ids_of(&contacts, &parent).contains(&note_v1));
+    assert_eq!(note_ids_of(&contacts, &parent).len(), expected - 1);
+
+    // A note created through Berth shows on its contact at once.
+    let r = app
+        .post(
+            "/unifications/crm/notes/create",
+            &app.v2h(&access),
+            json!({"note": {"contentText": "Two-way", "contactId": parent}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let created = r.body["result"]["id"].as_str().unwrap().to_string();
+    let notes = v1_all(&app, &app.dev_token, &access, "notes", "notes").await;
+    let created_v1 = notes
+        .iter()
+        .find(|n| n["nativeId"] == created.as_str())
+        .expect("the new note is stored")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = app
+        .send(
+            "GET",
+            &format!("/crm/contact?accessToken={access}&id={parent}"),
+            &[("vessel-api-token", app.dev_token.as_str())],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let ids = r.body["contact"]["associations"]["noteIds"]
+        .as_array()
+        .unwrap();
+    assert!(
+        ids.iter().any(|i| i == created_v1.as_str()),
+        "{ids:?} has {created_v1}"
+    );
+}
