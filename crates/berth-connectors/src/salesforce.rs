@@ -24,7 +24,17 @@ use crate::{
 pub struct Salesforce;
 
 const OBJECTS: &[&str] = &[
-    "users", "accounts", "contacts", "deals", "leads", "notes", "tasks", "events", "calls",
+    "users",
+    "accounts",
+    "contacts",
+    "deals",
+    "leads",
+    "notes",
+    "tasks",
+    "events",
+    "attendees",
+    "emails",
+    "calls",
 ];
 
 /// (sObject, extra WHERE clause) of a unified object.
@@ -39,6 +49,10 @@ fn sobject(object: &str) -> Option<(&'static str, Option<&'static str>)> {
         "tasks" => ("Task", Some("TaskSubtype != 'Call'")),
         "events" => ("Event", None),
         "calls" => ("Task", Some("TaskSubtype = 'Call'")),
+        // EventRelation also holds rows for the event's own WhoId/WhatId;
+        // only invitees are attendees.
+        "attendees" => ("EventRelation", Some("IsInvitee = true")),
+        "emails" => ("EmailMessage", None),
         _ => return None,
     })
 }
@@ -121,6 +135,17 @@ fn fields(object: &str) -> &'static [(&'static str, &'static str, K)] {
             ("disposition", "CallDisposition", V),
             ("duration", "CallDurationInSeconds", V),
         ],
+        "attendees" => &[("status", "Status", V)],
+        "emails" => &[
+            ("from", "FromAddress", V),
+            ("subject", "Subject", V),
+            ("body", "TextBody", V),
+            ("bodyHtml", "HtmlBody", V),
+            ("messageDate", "MessageDate", T),
+            ("isIncoming", "Incoming", V),
+            ("hasAttachment", "HasAttachment", V),
+            ("isBounced", "IsBounced", V),
+        ],
         _ => &[],
     }
 }
@@ -142,6 +167,14 @@ fn extra(object: &str) -> &'static [&'static str] {
         "leads" => &["ConvertedAccountId", "ConvertedContactId", "OwnerId"],
         "notes" => &["Title", "ParentId", "OwnerId"],
         "calls" => &["CallType", "ActivityDate", "WhoId", "WhatId", "OwnerId"],
+        "attendees" => &["EventId", "RelationId"],
+        "emails" => &[
+            "ToAddress",
+            "CcAddress",
+            "BccAddress",
+            "Status",
+            "RelatedToId",
+        ],
         _ => &["WhoId", "WhatId", "OwnerId"],
     }
 }
@@ -169,6 +202,23 @@ fn rfc(v: &Value) -> Value {
     sf_time(v).map_or(Value::Null, |t| {
         json!(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
     })
+}
+
+/// EmailMessage `Status` codes and the words for them.
+const EMAIL_STATUS: &[(&str, &str)] = &[
+    ("0", "new"),
+    ("1", "read"),
+    ("2", "replied"),
+    ("3", "sent"),
+    ("4", "forwarded"),
+    ("5", "draft"),
+];
+
+fn email_status(code: &str) -> Option<&'static str> {
+    EMAIL_STATUS
+        .iter()
+        .find(|(c, _)| *c == code)
+        .map(|(_, w)| *w)
 }
 
 /// Which association a record id belongs to, by its key prefix.
@@ -245,6 +295,46 @@ fn to_record(object: &str, mut v: Value) -> Result<NativeRecord, ConnectorError>
         "events" if data["type"].is_null() => {
             data.insert("type".into(), json!("meeting"));
         }
+        "attendees" => {
+            let relation = v["RelationId"].as_str().unwrap_or_default();
+            data.insert(
+                "associatedObjectType".into(),
+                json!(match relation.get(..3) {
+                    Some("00Q") => "lead",
+                    Some("005") => "user",
+                    _ => "contact",
+                }),
+            );
+            data.insert(
+                "status".into(),
+                v["Status"]
+                    .as_str()
+                    .map_or(Value::Null, |s| json!(s.to_lowercase())),
+            );
+            data.insert("email".into(), Value::Null);
+        }
+        "emails" => {
+            let split = |f: &str| -> Value {
+                v[f].as_str().map_or(json!([]), |s| {
+                    json!(
+                        s.split([';', ','])
+                            .map(str::trim)
+                            .filter(|a| !a.is_empty())
+                            .collect::<Vec<_>>()
+                    )
+                })
+            };
+            data.insert("to".into(), split("ToAddress"));
+            data.insert("cc".into(), split("CcAddress"));
+            data.insert("bcc".into(), split("BccAddress"));
+            data.insert(
+                "status".into(),
+                v["Status"]
+                    .as_str()
+                    .and_then(email_status)
+                    .map_or(Value::Null, |s| json!(s)),
+            );
+        }
         "calls" => {
             data.insert(
                 "direction".into(),
@@ -262,7 +352,10 @@ fn to_record(object: &str, mut v: Value) -> Result<NativeRecord, ConnectorError>
         _ => {}
     }
     let mut assoc = Map::new();
-    if object != "users" {
+    if object == "attendees" {
+        assoc.insert("eventId".into(), v["EventId"].clone());
+        assoc.insert("associationId".into(), v["RelationId"].clone());
+    } else if object != "users" {
         if let Some(o) = v["OwnerId"].as_str() {
             assoc.insert("ownerUserId".into(), json!(o));
         }
@@ -282,7 +375,7 @@ fn to_record(object: &str, mut v: Value) -> Result<NativeRecord, ConnectorError>
         if let Some(c) = v["ConvertedContactId"].as_str() {
             push("contactIds", c);
         }
-        for f in ["WhoId", "WhatId", "ParentId"] {
+        for f in ["WhoId", "WhatId", "ParentId", "RelatedToId"] {
             if let Some(id) = v[f].as_str()
                 && let Some(key) = by_prefix(id)
             {
@@ -374,6 +467,64 @@ fn to_native(object: &str, input: &Map<String, Value>, creating: bool) -> Map<St
                 }
             }
         }
+        "attendees" => {
+            if let Some(e) = input.get("eventId") {
+                out.insert("EventId".into(), e.clone());
+            }
+            if let Some(r) = input.get("associationId") {
+                out.insert("RelationId".into(), r.clone());
+            }
+            if let Some(Value::String(st)) = input.get("status") {
+                let mut c = st.chars();
+                let cap = c
+                    .next()
+                    .map(|f| f.to_uppercase().collect::<String>() + &c.as_str().to_lowercase())
+                    .unwrap_or_default();
+                out.insert("Status".into(), json!(cap));
+            }
+            if creating {
+                out.insert("IsInvitee".into(), json!(true));
+            }
+        }
+        "emails" => {
+            for (canon, f) in [
+                ("to", "ToAddress"),
+                ("cc", "CcAddress"),
+                ("bcc", "BccAddress"),
+            ] {
+                match input.get(canon) {
+                    Some(Value::Array(a)) => {
+                        let joined: Vec<&str> = a.iter().filter_map(Value::as_str).collect();
+                        out.insert(f.into(), json!(joined.join("; ")));
+                    }
+                    Some(Value::String(a)) => {
+                        out.insert(f.into(), json!(a));
+                    }
+                    _ => {}
+                }
+            }
+            match input.get("status").and_then(Value::as_str) {
+                Some(st) => {
+                    let code = EMAIL_STATUS
+                        .iter()
+                        .find(|(_, w)| w.eq_ignore_ascii_case(st))
+                        .map_or(st, |(c, _)| c);
+                    out.insert("Status".into(), json!(code));
+                }
+                None if creating => {
+                    // Logged mail is sent mail unless it says otherwise.
+                    let incoming = input.get("isIncoming").and_then(Value::as_bool) == Some(true);
+                    out.insert("Status".into(), json!(if incoming { "1" } else { "3" }));
+                }
+                None => {}
+            }
+            if let Some(id) = input.get("dealId").or(input.get("accountId")) {
+                out.insert("RelatedToId".into(), id.clone());
+            }
+            // Salesforce derives these.
+            out.remove("HasAttachment");
+            out.remove("IsBounced");
+        }
         "tasks" | "events" | "calls" => {
             if let Some(id) = input.get("contactId").or(input.get("leadId")) {
                 out.insert("WhoId".into(), id.clone());
@@ -415,7 +566,10 @@ fn to_native(object: &str, input: &Map<String, Value>, creating: bool) -> Map<St
         }
         _ => {}
     }
-    if let Some(o) = input.get("ownerUserId") {
+    // EmailMessage and EventRelation have no owner.
+    if let Some(o) = input.get("ownerUserId")
+        && !matches!(object, "emails" | "attendees")
+    {
         out.insert("OwnerId".into(), o.clone());
     }
     if let Some(Value::Object(raw)) = input.get("$native") {

@@ -286,6 +286,51 @@ fn sobject(name: &str) -> Option<(&'static str, &'static str, Vec<Field>)> {
                 },
             ],
         ),
+        // An email logged against records (Enhanced Email). No OwnerId:
+        // it belongs to whoever created it.
+        "EmailMessage" => (
+            "EmailMessage",
+            "02s",
+            vec![
+                fld("FromAddress", "From Address", Email),
+                fld("FromName", "From Name", Str),
+                fld("ToAddress", "To Address", Str),
+                fld("CcAddress", "CC Address", Str),
+                fld("BccAddress", "BCC Address", Str),
+                fld("Subject", "Subject", Str),
+                fld("TextBody", "Text Body", Str),
+                fld("HtmlBody", "HTML Body", Str),
+                fld("MessageDate", "Message Date", DateTime),
+                fld("Incoming", "Is Incoming", Bool),
+                ro("HasAttachment", "Has Attachment", Bool),
+                ro("IsBounced", "Is Bounced", Bool),
+                req("Status", "Status", Pick(&["0", "1", "2", "3", "4", "5"])),
+                fld(
+                    "RelatedToId",
+                    "Related To ID",
+                    Ref(&["Account", "Opportunity"]),
+                ),
+            ],
+        ),
+        // Who an event involves: invitees (`IsInvitee`), and the rows
+        // Salesforce keeps for the event's WhoId/WhatId (`IsParent`,
+        // `IsWhat`). No OwnerId.
+        "EventRelation" => (
+            "EventRelation",
+            "0RE",
+            vec![
+                req("EventId", "Event ID", Ref(&["Event"])),
+                req(
+                    "RelationId",
+                    "Relation ID",
+                    Ref(&["Contact", "Lead", "User"]),
+                ),
+                fld("Status", "Status", Pick(&["New", "Accepted", "Declined"])),
+                fld("IsInvitee", "Is Invitee", Bool),
+                fld("IsParent", "Is Parent", Bool),
+                fld("IsWhat", "Is What", Bool),
+            ],
+        ),
         "Organization" => (
             "Organization",
             "00D",
@@ -308,6 +353,8 @@ const SOBJECTS: &[&str] = &[
     "Task",
     "Event",
     "Note",
+    "EmailMessage",
+    "EventRelation",
 ];
 
 fn system_fields() -> [Field; 7] {
@@ -497,6 +544,18 @@ impl Salesforce {
             .collect()
     }
 
+    /// Live rows of `t` whose `field` equals `value`.
+    pub fn live_ids_where(&self, t: &str, field: &str, value: &Value) -> Vec<String> {
+        let db = self.lock();
+        db.rows
+            .get(t)
+            .into_iter()
+            .flat_map(|m| m.values())
+            .filter(|r| !r.deleted && r.fields.get(field) == Some(value))
+            .map(|r| r.id.clone())
+            .collect()
+    }
+
     /// A field of a row, as the org holds it.
     pub fn field(&self, t: &str, id: &str, f: &str) -> Option<Value> {
         self.lock().rows.get(t)?.get(id)?.fields.get(f).cloned()
@@ -575,9 +634,10 @@ fn generate(db: &mut Db, o: &Options) {
         let modstamp = created + g.below((now - 60_000 - created).max(1) as u64) as i64;
         let prefix = sobject(t).map(|s| s.1).unwrap_or("000");
         let id = new_id(db, prefix);
-        if t != "User"
-            && let Some(us) = ids.get("User").filter(|u| !u.is_empty())
-        {
+        let owned = all_fields(&Custom::new(), t)
+            .iter()
+            .any(|f| f.name == "OwnerId");
+        if owned && let Some(us) = ids.get("User").filter(|u| !u.is_empty()) {
             f.insert(
                 "OwnerId".into(),
                 json!(us[g.below(us.len() as u64) as usize]),
@@ -755,6 +815,77 @@ fn generate(db: &mut Db, o: &Options) {
             ("ParentId", parent),
         ]);
         add(db, &mut g, &mut ids, "Note", fields);
+    }
+    // Emails and event invitees come after the rest, so the records above
+    // are the same as before they existed.
+    for i in 0..o.activities {
+        let at = now - g.below(span) as i64;
+        let incoming = g.below(2) == 0;
+        let related = if i % 2 == 0 {
+            pick(&mut g, &ids, "Opportunity")
+        } else {
+            pick(&mut g, &ids, "Account")
+        };
+        let fields = m(vec![
+            (
+                "FromAddress",
+                json!(if incoming {
+                    "buyer@customer.example"
+                } else {
+                    "rep@org.example"
+                }),
+            ),
+            (
+                "ToAddress",
+                json!(if incoming {
+                    "rep@org.example"
+                } else {
+                    "buyer@customer.example; cfo@customer.example"
+                }),
+            ),
+            ("Subject", json!(format!("Proposal {i}"))),
+            ("TextBody", json!("Please find the proposal attached.")),
+            ("MessageDate", json!(sf_time(at))),
+            ("Incoming", json!(incoming)),
+            ("HasAttachment", json!(i % 3 == 0)),
+            ("IsBounced", json!(false)),
+            ("Status", json!(if incoming { "1" } else { "3" })),
+            ("RelatedToId", related),
+        ]);
+        add(db, &mut g, &mut ids, "EmailMessage", fields);
+    }
+    let events = ids.get("Event").cloned().unwrap_or_default();
+    for (i, event) in events.iter().enumerate() {
+        // The row Salesforce keeps for the event's own WhoId: not an
+        // invitee, so not an attendee.
+        let who = db
+            .rows
+            .get("Event")
+            .and_then(|m| m.get(event))
+            .and_then(|r| r.fields.get("WhoId").cloned())
+            .unwrap_or(Value::Null);
+        let fields = m(vec![
+            ("EventId", json!(event)),
+            ("RelationId", who),
+            ("IsInvitee", json!(false)),
+            ("IsParent", json!(true)),
+            ("IsWhat", json!(false)),
+        ]);
+        add(db, &mut g, &mut ids, "EventRelation", fields);
+        let (invitee, status) = if i % 3 == 2 {
+            (pick(&mut g, &ids, "Lead"), "New")
+        } else {
+            (pick(&mut g, &ids, "Contact"), "Accepted")
+        };
+        let fields = m(vec![
+            ("EventId", json!(event)),
+            ("RelationId", invitee),
+            ("Status", json!(status)),
+            ("IsInvitee", json!(true)),
+            ("IsParent", json!(false)),
+            ("IsWhat", json!(false)),
+        ]);
+        add(db, &mut g, &mut ids, "EventRelation", fields);
     }
 }
 

@@ -561,10 +561,21 @@ pub fn reverse_links(
     };
     let mut out = Vec::new();
     for (key, v) in assoc {
-        if key == "ownerUserId" || key == "associationId" || two_way(key) {
+        if key == "ownerUserId" || two_way(key) {
             continue;
         }
-        let Some(target) = association_object(key).and_then(object) else {
+        // An attendee's associationId is a contact or a lead, as its
+        // associatedObjectType says.
+        let target_name = if key == "associationId" {
+            match data.get("associatedObjectType").and_then(Value::as_str) {
+                Some("contact") => Some("contacts"),
+                Some("lead") => Some("leads"),
+                _ => None,
+            }
+        } else {
+            association_object(key)
+        };
+        let Some(target) = target_name.and_then(object) else {
             continue;
         };
         if !shows(target, back) {
@@ -964,12 +975,21 @@ mod tests {
                 .iter()
                 .all(|l| l.object == "accounts")
         );
-        // An attendee's scalar eventId lists it on the event.
-        let a = serde_json::json!({"associations": {"eventId": "e1"}});
-        let got = reverse_links("attendees", a.as_object().unwrap(), |_| false);
+        // An attendee's scalar eventId lists it on the event, and its
+        // associationId on the contact or lead it is.
+        let a = serde_json::json!({"associatedObjectType": "lead",
+            "associations": {"eventId": "e1", "associationId": "l1"}});
+        let links = reverse_links("attendees", a.as_object().unwrap(), |_| false);
+        let got: Vec<(&str, &str, &str)> = links
+            .iter()
+            .map(|l| (l.object, l.native_id.as_str(), l.key))
+            .collect();
         assert_eq!(
-            (got[0].object, got[0].native_id.as_str(), got[0].key),
-            ("events", "e1", "eventAttendeeIds")
+            got,
+            [
+                ("leads", "l1", "eventAttendeeIds"),
+                ("events", "e1", "eventAttendeeIds")
+            ]
         );
         // Lists show contacts; contacts show no lists.
         let l = serde_json::json!({"associations": {"contactIds": ["c1"]}});

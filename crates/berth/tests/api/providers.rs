@@ -802,3 +802,161 @@ async fn salesforce_associations_show_on_both_sides() {
         "{ids:?} has {created_v1}"
     );
 }
+
+/// Salesforce emails are EmailMessage rows; attendees are the invitee rows
+/// of EventRelation (the rows it keeps for an event's own WhoId are not
+/// attendees). Both sync, render, link both ways and write back.
+#[tokio::test]
+async fn salesforce_emails_and_event_attendees() {
+    let sf = salesforce::Salesforce::new(salesforce::Options::default());
+    let base = sf.serve().await.unwrap();
+    let (app, _conn_id, access) = salesforce_app(&base).await;
+    let o = salesforce::Options::default();
+    let invitees = sf.live_ids_where("EventRelation", "IsInvitee", &json!(true));
+    assert!(
+        sf.live_ids("EventRelation", None).len() > invitees.len(),
+        "the fake also has non-invitee rows to leave out"
+    );
+    synced_with_exact_counts(
+        &app,
+        &_conn_id,
+        &access,
+        &[
+            ("emails", "emails", o.activities),
+            ("event/attendees", "eventAttendees", invitees.len()),
+        ],
+    )
+    .await;
+
+    // Emails: addresses split, status in words, related record linked.
+    let emails = v1_all(&app, &app.dev_token, &access, "emails", "emails").await;
+    let sent = emails
+        .iter()
+        .find(|e| e["isIncoming"] == false)
+        .expect("an outgoing email");
+    assert_eq!(
+        sent["to"],
+        json!(["buyer@customer.example", "cfo@customer.example"])
+    );
+    assert_eq!(sent["status"], "sent");
+    let native = sent["nativeId"].as_str().unwrap();
+    let related = sf.field("EmailMessage", native, "RelatedToId").unwrap();
+    let related = related.as_str().unwrap();
+    let key = if related.starts_with("006") {
+        "dealIds"
+    } else {
+        "accountIds"
+    };
+    assert_eq!(
+        sent["associations"][key].as_array().unwrap().len(),
+        1,
+        "{sent}"
+    );
+
+    // Attendees: the invitee, its kind, its event; the event lists it.
+    let attendees = v1_all(
+        &app,
+        &app.dev_token,
+        &access,
+        "event/attendees",
+        "eventAttendees",
+    )
+    .await;
+    let a = attendees
+        .iter()
+        .find(|a| a["associatedObjectType"] == "lead")
+        .expect("a lead invitee");
+    assert_eq!(a["status"], "new");
+    let a_native = a["nativeId"].as_str().unwrap().to_string();
+    let event = sf.field("EventRelation", &a_native, "EventId").unwrap();
+    let event = event.as_str().unwrap().to_string();
+    let r = app
+        .post(
+            "/unifications/crm/events/find",
+            &app.v2h(&access),
+            json!({"id": event, "associations": ["attendees"]}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.body["result"]["event"]["associations"]["attendeeIds"],
+        json!([a_native]),
+        "{r:?}"
+    );
+    let r = app
+        .post(
+            "/unifications/crm/attendees/find",
+            &app.v2h(&access),
+            json!({"id": a_native}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let lead = sf.field("EventRelation", &a_native, "RelationId").unwrap();
+    assert_eq!(
+        r.body["result"]["attendee"]["associations"],
+        json!({"eventId": event, "associationId": lead}),
+        "{r:?}"
+    );
+
+    // Writes: an email logged against a deal, an attendee invited.
+    let deal = sf.live_ids("Opportunity", None)[0].clone();
+    let r = app
+        .post(
+            "/unifications/crm/emails/create",
+            &app.v2h(&access),
+            json!({"email": {"from": "rep@org.example", "to": ["a@x.example", "b@x.example"],
+                "subject": "Logged", "bodyText": "Hello", "dealId": deal}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let email = r.body["result"]["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        sf.field("EmailMessage", &email, "ToAddress"),
+        Some(json!("a@x.example; b@x.example"))
+    );
+    assert_eq!(sf.field("EmailMessage", &email, "Status"), Some(json!("3")));
+    assert_eq!(
+        sf.field("EmailMessage", &email, "TextBody"),
+        Some(json!("Hello"))
+    );
+    assert_eq!(
+        sf.field("EmailMessage", &email, "RelatedToId"),
+        Some(json!(deal))
+    );
+    let contact = sf.live_ids("Contact", None)[0].clone();
+    let r = app
+        .post(
+            "/unifications/crm/attendees/create",
+            &app.v2h(&access),
+            json!({"attendee": {"eventId": event, "associationId": contact,
+                "associatedObjectType": "contact", "status": "accepted"}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let invited = r.body["result"]["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        sf.field("EventRelation", &invited, "IsInvitee"),
+        Some(json!(true))
+    );
+    assert_eq!(
+        sf.field("EventRelation", &invited, "Status"),
+        Some(json!("Accepted"))
+    );
+    let r = app
+        .post(
+            "/unifications/crm/events/find",
+            &app.v2h(&access),
+            json!({"id": event, "associations": ["attendees"]}),
+        )
+        .await;
+    let mut listed: Vec<String> = r.body["result"]["event"]["associations"]["attendeeIds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    listed.sort();
+    let mut want = vec![a_native.clone(), invited.clone()];
+    want.sort();
+    assert_eq!(listed, want, "the new invitee shows on its event at once");
+}
