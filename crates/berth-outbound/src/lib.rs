@@ -274,28 +274,24 @@ fn causes(e: &reqwest::Error) -> String {
     }
 }
 
-fn build_client(config: &OutboundConfig) -> Result<reqwest::Client, OutboundError> {
-    reqwest::Client::builder()
-        .connect_timeout(config.connect_timeout)
-        .read_timeout(config.idle_timeout)
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(256)
-        .tcp_nodelay(true)
-        .user_agent(config.user_agent.clone())
-        // Provider redirects are answered to the caller, never followed:
-        // following one could carry credentials to another host.
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| OutboundError::InvalidUrl(causes(&e)))
-}
-
 enum Failure {
     Error(OutboundError, Attempt),
 }
 
 impl Outbound {
     pub fn new(config: &OutboundConfig) -> Result<Self, OutboundError> {
-        let client = build_client(config)?;
+        let client = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .read_timeout(config.idle_timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .tcp_nodelay(true)
+            .user_agent(config.user_agent.clone())
+            // Provider redirects are answered to the caller, never followed:
+            // following one could carry credentials to another host.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| OutboundError::InvalidUrl(causes(&e)))?;
         let (log_tx, log_rx) = mpsc::channel(LOG_QUEUE);
         Ok(Self {
             inner: Arc::new(Inner {
@@ -306,29 +302,6 @@ impl Outbound {
                 log_tx,
                 log_rx: Mutex::new(Some(log_rx)),
             }),
-        })
-    }
-
-    /// This thread's client: each thread keeps its own connection pool, so
-    /// a pooled provider connection is driven by the thread that uses it
-    /// (no cross-thread wake-ups on the proxy's hot path).
-    fn client(&self) -> reqwest::Client {
-        thread_local! {
-            static CLIENTS: std::cell::RefCell<Vec<(usize, reqwest::Client)>> = const { std::cell::RefCell::new(Vec::new()) };
-        }
-        if std::env::var_os("BERTH_SHARED_CLIENT").is_some() {
-            return self.inner.client.clone();
-        }
-        let key = Arc::as_ptr(&self.inner) as usize;
-        CLIENTS.with(|c| {
-            let mut c = c.borrow_mut();
-            if let Some((_, client)) = c.iter().find(|(k, _)| *k == key) {
-                return client.clone();
-            }
-            let client =
-                build_client(&self.inner.config).unwrap_or_else(|_| self.inner.client.clone());
-            c.push((key, client.clone()));
-            client
         })
     }
 
@@ -453,7 +426,7 @@ impl Outbound {
                 None => None,
             };
             let can_repeat = body.is_some();
-            let mut builder = self.client().request(method.clone(), url.clone());
+            let mut builder = self.inner.client.request(method.clone(), url.clone());
             for (k, v) in &headers {
                 builder = builder.header(k, v);
             }

@@ -181,50 +181,9 @@ impl App {
             },
             axum::Router::new().nest("/sandbox/api/v1", berth_sandbox::router()),
         );
-        let threads: usize = std::env::var("BERTH_HTTP_THREADS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let result = if threads == 0 {
-            axum::serve(self.listener, router)
-                .with_graceful_shutdown(shutdown)
-                .await
-        } else {
-            let std_listener = self.listener.into_std()?;
-            let stop = CancellationToken::new();
-            let mut joins = Vec::new();
-            for i in 0..threads {
-                let l = std_listener.try_clone()?;
-                let router = router.clone();
-                let stop = stop.clone();
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                std::thread::Builder::new()
-                    .name(format!("berth-http-{i}"))
-                    .spawn(move || {
-                        let rt = tokio::runtime::Builder::new_current_thread()
-                            .enable_all()
-                            .build()
-                            .expect("rt");
-                        let r = rt.block_on(async move {
-                            let l = TcpListener::from_std(l)?;
-                            axum::serve(l, router)
-                                .with_graceful_shutdown(stop.cancelled_owned())
-                                .await
-                        });
-                        let _ = tx.send(r);
-                    })?;
-                joins.push(rx);
-            }
-            shutdown.await;
-            stop.cancel();
-            let mut result = Ok(());
-            for j in joins {
-                if let Ok(Err(e)) = j.await {
-                    result = Err(e);
-                }
-            }
-            result
-        };
+        let result = axum::serve(self.listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await;
         cancel.cancel();
         let _ = housekeeping.await;
         let _ = dispatcher.await;
