@@ -582,6 +582,11 @@ struct Cursor {
     /// Search: the start time in use (moves when re-anchoring).
     #[serde(default)]
     s: i64,
+    /// The portal's custom properties of the object, read once when the
+    /// run starts and asked for on every page (HubSpot returns only the
+    /// properties named).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    p: Vec<String>,
 }
 
 impl Cursor {
@@ -591,6 +596,32 @@ impl Cursor {
 }
 
 impl HubSpot {
+    /// The names of the object's custom properties (not HubSpot-defined),
+    /// so their values come with the records (`additional`, `$native`).
+    async fn custom_properties(
+        &self,
+        p: &dyn Provider,
+        object: &str,
+    ) -> Result<Vec<String>, ConnectorError> {
+        let Ok(t) = property_type(object) else {
+            return Ok(Vec::new());
+        };
+        let body = ok(send(p, Request::get(format!("/crm/v3/properties/{t}"))).await?)?;
+        let standard = properties(object);
+        let mut names: Vec<String> = body["results"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| !p["hubspotDefined"].as_bool().unwrap_or(false))
+            .filter(|p| !p["calculated"].as_bool().unwrap_or(false))
+            .filter_map(|p| p["name"].as_str())
+            .filter(|n| !standard.contains(n))
+            .map(str::to_string)
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
     async fn owners(&self, p: &dyn Provider, req: &ListRequest) -> Result<Page, ConnectorError> {
         let mut r = Request::get("/crm/v3/owners/").query("limit", PAGE.to_string());
         if let Some(c) = &req.cursor {
@@ -663,8 +694,13 @@ impl HubSpot {
         id: &str,
     ) -> Result<NativeRecord, ConnectorError> {
         let assoc: Vec<&str> = associations(object).iter().map(|(_, t)| *t).collect();
+        // The same properties as a listing, so a record read back after a
+        // write hashes as the sync will see it.
+        let custom = self.custom_properties(p, object).await?;
+        let mut props: Vec<&str> = properties(object);
+        props.extend(custom.iter().map(String::as_str));
         let r = Request::get(format!("/crm/v3/objects/{t}/{}", crate::segment(id)))
-            .query("properties", properties(object).join(","))
+            .query("properties", props.join(","))
             .query("associations", assoc.join(","));
         to_record(object, ok(send(p, r).await?)?)
     }
@@ -814,12 +850,17 @@ impl CrmConnector for HubSpot {
                 m: "search".into(),
                 a: String::new(),
                 s: req.since.unwrap_or(0),
+                p: self.custom_properties(p, object).await?,
             },
             None => Cursor {
                 m: "list".into(),
+                p: self.custom_properties(p, object).await?,
                 ..Default::default()
             },
         };
+        let mut props: Vec<&str> = properties(object);
+        props.extend(cur.p.iter().map(String::as_str));
+        let props = props.join(",");
         let assoc: Vec<&str> = associations(object).iter().map(|(_, t)| *t).collect();
         match cur.m.as_str() {
             "search" => {
@@ -828,7 +869,7 @@ impl CrmConnector for HubSpot {
                 let body = json!({
                     "filterGroups": [{"filters": [{"propertyName": modified_prop(t), "operator": "GTE", "value": cur.s.to_string()}]}],
                     "sorts": [{"propertyName": modified_prop(t), "direction": "ASCENDING"}],
-                    "properties": properties(object),
+                    "properties": props.split(',').collect::<Vec<_>>(),
                     "limit": PAGE,
                     "after": offset.to_string(),
                 });
@@ -852,6 +893,7 @@ impl CrmConnector for HubSpot {
                         m: "search".into(),
                         a: n.to_string(),
                         s: cur.s,
+                        p: cur.p.clone(),
                     }),
                     Some(_) => {
                         // Re-anchor on the newest time seen; records sharing
@@ -865,12 +907,14 @@ impl CrmConnector for HubSpot {
                             m: "search".into(),
                             a: String::new(),
                             s: if last > cur.s { last } else { cur.s + 1 },
+                            p: cur.p.clone(),
                         })
                     }
                     None if req.include_deleted => Some(Cursor {
                         m: "archived".into(),
                         a: String::new(),
                         s: cur.s,
+                        p: cur.p.clone(),
                     }),
                     None => None,
                 };
@@ -884,7 +928,7 @@ impl CrmConnector for HubSpot {
                 let archived = mode == "archived";
                 let mut r = Request::get(format!("/crm/v3/objects/{t}"))
                     .query("limit", PAGE.to_string())
-                    .query("properties", properties(object).join(","));
+                    .query("properties", props.clone());
                 if !archived {
                     r = r.query("associations", assoc.join(","));
                 }
@@ -908,6 +952,7 @@ impl CrmConnector for HubSpot {
                     m: mode.into(),
                     a: a.into(),
                     s: cur.s,
+                    p: cur.p.clone(),
                 });
                 Ok(Page {
                     records,

@@ -181,6 +181,54 @@ async fn hubspot_custom_fields_details_info_and_user_associations() {
         .await;
     assert_eq!(field(&d, "nps").unwrap()["type"], "number", "{d:?}");
 
+    // Custom property values come with the records: read back after a
+    // write, and listed by the next sync (HubSpot sends only the
+    // properties asked for, so the connector asks for the custom ones).
+    let contact = hs.live_ids("contacts")[0].clone();
+    let r = app
+        .post(
+            "/unifications/crm/contacts/update",
+            &app.v2h(&access),
+            json!({"id": contact, "contact": {"$native": {"nps": "9"}}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = app
+        .post(
+            "/unifications/crm/contacts/find",
+            &app.v2h(&access),
+            json!({"id": contact, "include": {"$native": true}}),
+        )
+        .await;
+    assert_eq!(
+        r.body["result"]["contact"]["$native"]["properties"]["nps"], "9",
+        "{r:?}"
+    );
+    let other = hs.live_ids("contacts")[1].clone();
+    let r = app
+        .post(
+            "/passthrough",
+            &app.v2h(&access),
+            json!({"method": "PATCH", "path": format!("/crm/v3/objects/contacts/{other}"),
+                "body": {"properties": {"nps": "3"}}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    app.sync_now_and_wait(&conn).await;
+    let r = app
+        .send(
+            "GET",
+            &format!("/crm/contact?accessToken={access}&id={other}&allFields=true"),
+            &[("vessel-api-token", app.dev_token.as_str())],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.body["contact"]["additional"]["properties"]["nps"], "3",
+        "{r:?}"
+    );
+
     // Bad bodies are 400s that name the problem, and reach no provider.
     let calls = hs.calls();
     for (body, code) in [
