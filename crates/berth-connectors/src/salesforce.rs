@@ -734,6 +734,46 @@ fn value_set(options: &[(String, String)]) -> Value {
 }
 
 impl Salesforce {
+    /// The sObject's custom fields (`__c`, from describe), read with the
+    /// mapped ones so their values reach `additional` and `$native`.
+    async fn custom_fields(
+        &self,
+        p: &dyn Provider,
+        t: &str,
+    ) -> Result<Vec<String>, ConnectorError> {
+        let body = ok(p
+            .send(Request::get(format!("/sobjects/{t}/describe")))
+            .await?)?;
+        let mut names: Vec<String> = body["fields"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|f| f["custom"].as_bool() == Some(true))
+            .filter_map(|f| f["name"].as_str())
+            // Names go into SOQL and a query string: nothing but a field name.
+            .filter(|n| n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+            .map(str::to_string)
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// The fields read for `object`: the mapped ones and the custom ones.
+    async fn selected(
+        &self,
+        p: &dyn Provider,
+        object: &str,
+        t: &str,
+    ) -> Result<Vec<String>, ConnectorError> {
+        let mut fields: Vec<String> = select(object).into_iter().map(String::from).collect();
+        for c in self.custom_fields(p, t).await? {
+            if !fields.contains(&c) {
+                fields.push(c);
+            }
+        }
+        Ok(fields)
+    }
+
     async fn read_one(
         &self,
         p: &dyn Provider,
@@ -745,8 +785,9 @@ impl Salesforce {
         if !valid_id(id) {
             return Err(ConnectorError::NotFound);
         }
+        let fields = self.selected(p, object, t).await?;
         let r = Request::get(format!("/sobjects/{t}/{}", crate::segment(id)))
-            .query("fields", select(object).join(","));
+            .query("fields", fields.join(","));
         to_record(object, ok(p.send(r).await?)?)
     }
 }
@@ -789,7 +830,9 @@ impl CrmConnector for Salesforce {
                 if let Some(c) = clause {
                     conds.push(c.to_string());
                 }
-                let mut q = format!("SELECT {} FROM {t}", select(object).join(", "));
+                // Later pages follow the locator, which keeps the fields.
+                let fields = self.selected(p, object, t).await?;
+                let mut q = format!("SELECT {} FROM {t}", fields.join(", "));
                 if !conds.is_empty() {
                     q.push_str(" WHERE ");
                     q.push_str(&conds.join(" AND "));

@@ -479,6 +479,44 @@ async fn salesforce_custom_fields_through_the_tooling_api_details_and_info() {
         sf.field("Contact", &ids[0], "Tier__c"),
         Some(json!("silver"))
     );
+    // Custom field values come with the record (read back after the
+    // write, and selected by every sync).
+    let r = app
+        .post(
+            "/unifications/crm/contacts/find",
+            &app.v2h(&access),
+            json!({"id": ids[0], "include": {"$native": true}}),
+        )
+        .await;
+    assert_eq!(
+        r.body["result"]["contact"]["$native"]["Tier__c"], "silver",
+        "{r:?}"
+    );
+    let r = app
+        .post(
+            "/passthrough",
+            &app.v2h(&access),
+            json!({"method": "PATCH", "path": format!("/sobjects/Contact/{}", ids[1]),
+                "body": {"Tier__c": "silver"}}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{r:?}");
+    app.sync_now_and_wait(&conn).await;
+    let r = app
+        .send(
+            "GET",
+            &format!(
+                "/crm/contact?accessToken={access}&id={}&allFields=true",
+                ids[1]
+            ),
+            &[("vessel-api-token", app.dev_token.as_str())],
+            None,
+        )
+        .await;
+    assert_eq!(
+        r.body["contact"]["additional"]["Tier__c"], "silver",
+        "{r:?}"
+    );
 
     // Account info: the instance, the org and user of the identity URL,
     // the org's currency.
