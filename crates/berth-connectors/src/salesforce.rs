@@ -204,6 +204,12 @@ fn rfc(v: &Value) -> Value {
     })
 }
 
+/// Deal cursors of the roles phase start with this (a `nextRecordsUrl`
+/// never does).
+const ROLES_CURSOR: &str = "roles:";
+/// Role-changed opportunities read per page.
+const ROLE_PAGE: usize = 200;
+
 /// EmailMessage `Status` codes and the words for them.
 const EMAIL_STATUS: &[(&str, &str)] = &[
     ("0", "new"),
@@ -774,6 +780,125 @@ impl Salesforce {
         Ok(fields)
     }
 
+    /// Every row of a SOQL query, following `nextRecordsUrl`.
+    async fn query_all_rows(
+        &self,
+        p: &dyn Provider,
+        endpoint: &str,
+        q: String,
+    ) -> Result<Vec<Value>, ConnectorError> {
+        let mut rows = Vec::new();
+        let mut req = Request::get(endpoint.to_string()).query("q", q);
+        loop {
+            let body = ok(p.send(req).await?)?;
+            rows.extend(body["records"].as_array().cloned().unwrap_or_default());
+            match body["nextRecordsUrl"].as_str() {
+                Some(next) if body["done"].as_bool() == Some(false) => {
+                    let rel = next.find("/query").map_or(next, |i| &next[i..]);
+                    req = Request::get(rel.to_string());
+                }
+                _ => return Ok(rows),
+            }
+        }
+    }
+
+    /// A deal's contacts are its OpportunityContactRoles: read for every
+    /// listed or read-back opportunity, in role order.
+    async fn attach_contact_roles(
+        &self,
+        p: &dyn Provider,
+        records: &mut [NativeRecord],
+    ) -> Result<(), ConnectorError> {
+        let ids: Vec<&str> = records
+            .iter()
+            .filter(|r| !r.deleted)
+            .map(|r| r.native_id.as_str())
+            .filter(|id| valid_id(id))
+            .collect();
+        let mut by_opp: std::collections::HashMap<String, Vec<Value>> = Default::default();
+        for chunk in ids.chunks(100) {
+            let list: Vec<String> = chunk.iter().map(|id| format!("'{id}'")).collect();
+            let q = format!(
+                "SELECT OpportunityId, ContactId FROM OpportunityContactRole WHERE OpportunityId IN ({}) ORDER BY Id ASC",
+                list.join(", ")
+            );
+            for row in self.query_all_rows(p, "/query", q).await? {
+                if let (Some(o), Some(c)) =
+                    (row["OpportunityId"].as_str(), row["ContactId"].as_str())
+                {
+                    let e = by_opp.entry(o.to_string()).or_default();
+                    if !e.iter().any(|x| x == c) {
+                        e.push(json!(c));
+                    }
+                }
+            }
+        }
+        for r in records.iter_mut().filter(|r| !r.deleted) {
+            let contacts = by_opp.remove(&r.native_id).unwrap_or_default();
+            if let Some(Value::Object(a)) = r.data.get_mut("associations") {
+                a.insert("contactIds".into(), Value::Array(contacts));
+            }
+        }
+        Ok(())
+    }
+
+    /// Incremental runs of deals start with the opportunities whose contact
+    /// roles changed since `since` (a role change leaves the opportunity's
+    /// SystemModstamp alone); their ids, to read before the usual listing.
+    async fn role_changed_deals(
+        &self,
+        p: &dyn Provider,
+        since: i64,
+    ) -> Result<Vec<String>, ConnectorError> {
+        let q = format!(
+            "SELECT OpportunityId FROM OpportunityContactRole WHERE SystemModstamp >= {} ORDER BY SystemModstamp ASC, Id ASC",
+            soql_time(since)
+        );
+        let mut ids: Vec<String> = Vec::new();
+        for row in self.query_all_rows(p, "/queryAll", q).await? {
+            if let Some(o) = row["OpportunityId"].as_str().filter(|o| valid_id(o))
+                && !ids.iter().any(|x| x == o)
+            {
+                ids.push(o.to_string());
+            }
+        }
+        Ok(ids)
+    }
+
+    /// One page of the role-changed deals (`ROLES_CURSOR` phase).
+    async fn role_page(
+        &self,
+        p: &dyn Provider,
+        mut ids: Vec<String>,
+        since: i64,
+    ) -> Result<Page, ConnectorError> {
+        let rest = ids.split_off(ids.len().min(ROLE_PAGE));
+        let list: Vec<String> = ids.iter().map(|id| format!("'{id}'")).collect();
+        let fields = self.selected(p, "deals", "Opportunity").await?;
+        let q = format!(
+            "SELECT {} FROM Opportunity WHERE Id IN ({}) ORDER BY Id ASC",
+            fields.join(", "),
+            list.join(", ")
+        );
+        let mut records = self
+            .query_all_rows(p, "/queryAll", q)
+            .await?
+            .into_iter()
+            .map(|r| to_record("deals", r))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.attach_contact_roles(p, &mut records).await?;
+        let next = if rest.is_empty() {
+            json!({"after_roles": since})
+        } else {
+            json!({"roles": rest, "since": since})
+        };
+        Ok(Page {
+            records,
+            next_cursor: Some(format!("{ROLES_CURSOR}{next}")),
+            total: None,
+        })
+    }
+
     async fn read_one(
         &self,
         p: &dyn Provider,
@@ -788,7 +913,12 @@ impl Salesforce {
         let fields = self.selected(p, object, t).await?;
         let r = Request::get(format!("/sobjects/{t}/{}", crate::segment(id)))
             .query("fields", fields.join(","));
-        to_record(object, ok(p.send(r).await?)?)
+        let mut rec = to_record(object, ok(p.send(r).await?)?)?;
+        if object == "deals" {
+            self.attach_contact_roles(p, std::slice::from_mut(&mut rec))
+                .await?;
+        }
+        Ok(rec)
     }
 }
 
@@ -815,7 +945,40 @@ impl CrmConnector for Salesforce {
     ) -> Result<Page, ConnectorError> {
         let (t, clause) = sobject(object)
             .ok_or_else(|| ConnectorError::Unsupported(format!("Salesforce has no {object}")))?;
-        let r = match &req.cursor {
+        // Deals: the roles phase of an incremental run, then the listing.
+        let mut since = req.since;
+        let mut cursor = req.cursor.clone();
+        if object == "deals" {
+            match cursor.as_deref().and_then(|c| c.strip_prefix(ROLES_CURSOR)) {
+                Some(state) => {
+                    let v: Value = serde_json::from_str(state).map_err(|_| {
+                        ConnectorError::Decode("a deals cursor from another version".into())
+                    })?;
+                    if let Some(ids) = v["roles"].as_array() {
+                        let ids = ids
+                            .iter()
+                            .filter_map(Value::as_str)
+                            .map(String::from)
+                            .collect();
+                        return self
+                            .role_page(p, ids, v["since"].as_i64().unwrap_or(0))
+                            .await;
+                    }
+                    since = v["after_roles"].as_i64();
+                    cursor = None;
+                }
+                None if cursor.is_none() => {
+                    if let Some(s) = since {
+                        let ids = self.role_changed_deals(p, s).await?;
+                        if !ids.is_empty() {
+                            return self.role_page(p, ids, s).await;
+                        }
+                    }
+                }
+                None => {}
+            }
+        }
+        let r = match &cursor {
             // nextRecordsUrl is absolute from the host; the provider's base
             // already ends in /services/data/vXX.X.
             Some(next) => {
@@ -824,7 +987,7 @@ impl CrmConnector for Salesforce {
             }
             None => {
                 let mut conds: Vec<String> = Vec::new();
-                if let Some(since) = req.since {
+                if let Some(since) = since {
                     conds.push(format!("SystemModstamp >= {}", soql_time(since)));
                 }
                 if let Some(c) = clause {
@@ -853,10 +1016,13 @@ impl CrmConnector for Salesforce {
                 "a Salesforce query answer has no `records`".into(),
             ));
         };
-        let records = rows
+        let mut records = rows
             .iter()
             .map(|r| to_record(object, r.clone()))
             .collect::<Result<Vec<_>, _>>()?;
+        if object == "deals" {
+            self.attach_contact_roles(p, &mut records).await?;
+        }
         let next = if body["done"].as_bool() == Some(false) {
             body["nextRecordsUrl"].as_str().map(str::to_string)
         } else {
@@ -907,6 +1073,18 @@ impl CrmConnector for Salesforce {
         let id = v["id"].as_str().ok_or_else(|| {
             ConnectorError::Decode("Salesforce created a row without an id".into())
         })?;
+        // A deal's contact is a contact role, made after the deal.
+        if object == "deals"
+            && let Some(Value::String(contact)) = input.get("contactId")
+        {
+            let role = json!({"OpportunityId": id, "ContactId": contact, "IsPrimary": true});
+            ok(p.send(Request::with_body(
+                "POST",
+                "/sobjects/OpportunityContactRole",
+                role,
+            ))
+            .await?)?;
+        }
         self.read_one(p, object, id).await
     }
 

@@ -331,6 +331,28 @@ fn sobject(name: &str) -> Option<(&'static str, &'static str, Vec<Field>)> {
                 fld("IsWhat", "Is What", Bool),
             ],
         ),
+        // A contact's part in an opportunity. No OwnerId; changing one
+        // does not touch the opportunity's SystemModstamp.
+        "OpportunityContactRole" => (
+            "OpportunityContactRole",
+            "00K",
+            vec![
+                req("OpportunityId", "Opportunity ID", Ref(&["Opportunity"])),
+                req("ContactId", "Contact ID", Ref(&["Contact"])),
+                fld(
+                    "Role",
+                    "Role",
+                    Pick(&[
+                        "Decision Maker",
+                        "Economic Buyer",
+                        "Evaluator",
+                        "Influencer",
+                        "Other",
+                    ]),
+                ),
+                fld("IsPrimary", "Primary", Bool),
+            ],
+        ),
         "Organization" => (
             "Organization",
             "00D",
@@ -355,6 +377,7 @@ const SOBJECTS: &[&str] = &[
     "Note",
     "EmailMessage",
     "EventRelation",
+    "OpportunityContactRole",
 ];
 
 fn system_fields() -> [Field; 7] {
@@ -853,6 +876,26 @@ fn generate(db: &mut Db, o: &Options) {
             ("RelatedToId", related),
         ]);
         add(db, &mut g, &mut ids, "EmailMessage", fields);
+    }
+    // Contact roles: one or two per opportunity, the first primary.
+    let opportunities = ids.get("Opportunity").cloned().unwrap_or_default();
+    for (i, opp) in opportunities.iter().enumerate() {
+        for k in 0..(1 + i % 2) {
+            let fields = m(vec![
+                ("OpportunityId", json!(opp)),
+                ("ContactId", pick(&mut g, &ids, "Contact")),
+                (
+                    "Role",
+                    json!(if k == 0 {
+                        "Decision Maker"
+                    } else {
+                        "Influencer"
+                    }),
+                ),
+                ("IsPrimary", json!(k == 0)),
+            ]);
+            add(db, &mut g, &mut ids, "OpportunityContactRole", fields);
+        }
     }
     let events = ids.get("Event").cloned().unwrap_or_default();
     for (i, event) in events.iter().enumerate() {

@@ -960,3 +960,124 @@ async fn salesforce_emails_and_event_attendees() {
     want.sort();
     assert_eq!(listed, want, "the new invitee shows on its event at once");
 }
+
+/// A Salesforce deal's contacts are its OpportunityContactRoles. A role
+/// added or removed in Salesforce leaves the opportunity's SystemModstamp
+/// alone; the next incremental run still sees it.
+#[tokio::test]
+async fn salesforce_deal_contacts_are_contact_roles() {
+    let sf = salesforce::Salesforce::new(salesforce::Options::default());
+    let base = sf.serve().await.unwrap();
+    let (app, conn, access) = salesforce_app(&base).await;
+    let o = salesforce::Options::default();
+    synced_with_exact_counts(&app, &conn, &access, &[("deals", "deals", o.opportunities)]).await;
+    let roles_of = |opp: &str| -> Vec<String> {
+        let mut ids: Vec<String> = sf
+            .live_ids_where("OpportunityContactRole", "OpportunityId", &json!(opp))
+            .into_iter()
+            .map(|r| {
+                sf.field("OpportunityContactRole", &r, "ContactId")
+                    .unwrap()
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    };
+    let deal_contacts = |body: &Value| -> Vec<String> {
+        let mut ids: Vec<String> = body["result"]["deal"]["associations"]["contactIds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let find = |id: String| {
+        let app = &app;
+        let access = &access;
+        async move {
+            app.post(
+                "/unifications/crm/deals/find",
+                &app.v2h(access),
+                json!({"id": id, "associations": ["contacts"]}),
+            )
+            .await
+        }
+    };
+    let deal = sf.live_ids("Opportunity", None)[1].clone();
+    let r = find(deal.clone()).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(deal_contacts(&r.body), roles_of(&deal));
+    assert!(!roles_of(&deal).is_empty());
+
+    // The contact lists the deal back (a derived link).
+    let contact = roles_of(&deal)[0].clone();
+    let r = app
+        .post(
+            "/unifications/crm/contacts/find",
+            &app.v2h(&access),
+            json!({"id": contact, "associations": ["deals"]}),
+        )
+        .await;
+    let deals = r.body["result"]["contact"]["associations"]["dealIds"]
+        .as_array()
+        .unwrap();
+    assert!(deals.iter().any(|d| d == deal.as_str()), "{r:?}");
+
+    // A role added in Salesforce shows after the next incremental run.
+    let newcomer = sf
+        .live_ids("Contact", None)
+        .into_iter()
+        .find(|c| !roles_of(&deal).contains(c))
+        .unwrap();
+    let r = app
+        .post(
+            "/passthrough",
+            &app.v2h(&access),
+            json!({"method": "POST", "path": "/sobjects/OpportunityContactRole",
+                "body": {"OpportunityId": deal, "ContactId": newcomer, "Role": "Evaluator"}}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let role_id = r.body["result"]["id"].as_str().unwrap().to_string();
+    app.sync_now_and_wait(&conn).await;
+    let r = find(deal.clone()).await;
+    assert!(deal_contacts(&r.body).contains(&newcomer), "{r:?}");
+    assert_eq!(deal_contacts(&r.body), roles_of(&deal));
+
+    // And a role removed disappears.
+    let r = app
+        .post(
+            "/passthrough",
+            &app.v2h(&access),
+            json!({"method": "DELETE", "path": format!("/sobjects/OpportunityContactRole/{role_id}")}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{r:?}");
+    app.sync_now_and_wait(&conn).await;
+    let r = find(deal.clone()).await;
+    assert!(!deal_contacts(&r.body).contains(&newcomer), "{r:?}");
+
+    // A deal created with a contact gets a contact role.
+    let r = app
+        .post(
+            "/crm/deal",
+            &[("vessel-api-token", &app.dev_token)],
+            json!({"accessToken": access, "deal": {"name": "With a buyer", "closeDate": "2027-05-01",
+                "stage": "Prospecting", "contactId": newcomer}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let created = sf
+        .live_ids_where("Opportunity", "Name", &json!("With a buyer"))
+        .pop()
+        .unwrap();
+    assert_eq!(roles_of(&created), std::slice::from_ref(&newcomer));
+    let r = find(created).await;
+    assert_eq!(deal_contacts(&r.body), [newcomer]);
+}
