@@ -35,6 +35,7 @@ const OBJECTS: &[&str] = &[
     "attendees",
     "emails",
     "calls",
+    "lists",
 ];
 
 /// (sObject, extra WHERE clause) of a unified object.
@@ -53,6 +54,8 @@ fn sobject(object: &str) -> Option<(&'static str, Option<&'static str>)> {
         // only invitees are attendees.
         "attendees" => ("EventRelation", Some("IsInvitee = true")),
         "emails" => ("EmailMessage", None),
+        // Campaigns; their members are CampaignMember rows.
+        "lists" => ("Campaign", None),
         _ => return None,
     })
 }
@@ -136,6 +139,7 @@ fn fields(object: &str) -> &'static [(&'static str, &'static str, K)] {
             ("duration", "CallDurationInSeconds", V),
         ],
         "attendees" => &[("status", "Status", V)],
+        "lists" => &[("name", "Name", V)],
         "emails" => &[
             ("from", "FromAddress", V),
             ("subject", "Subject", V),
@@ -168,6 +172,7 @@ fn extra(object: &str) -> &'static [&'static str] {
         "notes" => &["Title", "ParentId", "OwnerId"],
         "calls" => &["CallType", "ActivityDate", "WhoId", "WhatId", "OwnerId"],
         "attendees" => &["EventId", "RelationId"],
+        "lists" => &["Type", "Status", "IsActive", "OwnerId"],
         "emails" => &[
             "ToAddress",
             "CcAddress",
@@ -204,11 +209,36 @@ fn rfc(v: &Value) -> Value {
     })
 }
 
-/// Deal cursors of the roles phase start with this (a `nextRecordsUrl`
+/// Cursors of the children phase start with this (a `nextRecordsUrl`
 /// never does).
-const ROLES_CURSOR: &str = "roles:";
-/// Role-changed opportunities read per page.
-const ROLE_PAGE: usize = 200;
+const CHILDREN_CURSOR: &str = "children:";
+/// Child-changed parents read per page.
+const CHILD_PAGE: usize = 200;
+
+/// Associations a parent keeps in child rows.
+struct Children {
+    sobject: &'static str,
+    /// The child's field naming the parent.
+    parent: &'static str,
+    /// (child field, association key of the parent).
+    links: &'static [(&'static str, &'static str)],
+}
+
+fn children(object: &str) -> Option<Children> {
+    Some(match object {
+        "deals" => Children {
+            sobject: "OpportunityContactRole",
+            parent: "OpportunityId",
+            links: &[("ContactId", "contactIds")],
+        },
+        "lists" => Children {
+            sobject: "CampaignMember",
+            parent: "CampaignId",
+            links: &[("ContactId", "contactIds"), ("LeadId", "leadIds")],
+        },
+        _ => return None,
+    })
+}
 
 /// EmailMessage `Status` codes and the words for them.
 const EMAIL_STATUS: &[(&str, &str)] = &[
@@ -802,61 +832,103 @@ impl Salesforce {
         }
     }
 
-    /// A deal's contacts are its OpportunityContactRoles: read for every
-    /// listed or read-back opportunity, in role order.
-    async fn attach_contact_roles(
+    /// Associations kept in child rows (a deal's contacts are its
+    /// OpportunityContactRoles, a campaign's members its CampaignMembers):
+    /// read for every listed or read-back parent, in child order.
+    async fn attach_children(
         &self,
         p: &dyn Provider,
+        object: &str,
         records: &mut [NativeRecord],
     ) -> Result<(), ConnectorError> {
+        let Some(ch) = children(object) else {
+            return Ok(());
+        };
         let ids: Vec<&str> = records
             .iter()
             .filter(|r| !r.deleted)
             .map(|r| r.native_id.as_str())
             .filter(|id| valid_id(id))
             .collect();
-        let mut by_opp: std::collections::HashMap<String, Vec<Value>> = Default::default();
+        let fields: Vec<&str> = ch.links.iter().map(|(f, _)| *f).collect();
+        // parent id -> association key -> ids
+        let mut by_parent: std::collections::HashMap<String, Map<String, Value>> =
+            Default::default();
         for chunk in ids.chunks(100) {
             let list: Vec<String> = chunk.iter().map(|id| format!("'{id}'")).collect();
             let q = format!(
-                "SELECT OpportunityId, ContactId FROM OpportunityContactRole WHERE OpportunityId IN ({}) ORDER BY Id ASC",
+                "SELECT {}, {} FROM {} WHERE {} IN ({}) ORDER BY Id ASC",
+                ch.parent,
+                fields.join(", "),
+                ch.sobject,
+                ch.parent,
                 list.join(", ")
             );
             for row in self.query_all_rows(p, "/query", q).await? {
-                if let (Some(o), Some(c)) =
-                    (row["OpportunityId"].as_str(), row["ContactId"].as_str())
-                {
-                    let e = by_opp.entry(o.to_string()).or_default();
-                    if !e.iter().any(|x| x == c) {
-                        e.push(json!(c));
+                let Some(parent) = row[ch.parent].as_str() else {
+                    continue;
+                };
+                let assoc = by_parent.entry(parent.to_string()).or_default();
+                for (f, key) in ch.links {
+                    if let Some(id) = row[*f].as_str() {
+                        let e = assoc.entry((*key).to_string()).or_insert_with(|| json!([]));
+                        if let Value::Array(a) = e
+                            && !a.iter().any(|x| x == id)
+                        {
+                            a.push(json!(id));
+                        }
                     }
                 }
             }
         }
         for r in records.iter_mut().filter(|r| !r.deleted) {
-            let contacts = by_opp.remove(&r.native_id).unwrap_or_default();
+            let mut found = by_parent.remove(&r.native_id).unwrap_or_default();
             if let Some(Value::Object(a)) = r.data.get_mut("associations") {
-                a.insert("contactIds".into(), Value::Array(contacts));
+                for (_, key) in ch.links {
+                    a.insert(
+                        (*key).into(),
+                        found.remove(*key).unwrap_or_else(|| json!([])),
+                    );
+                }
+            }
+            if object == "lists" {
+                let leads_only = r.data["associations"]["leadIds"]
+                    .as_array()
+                    .is_some_and(|l| !l.is_empty())
+                    && r.data["associations"]["contactIds"]
+                        .as_array()
+                        .is_none_or(|c| c.is_empty());
+                r.data.insert(
+                    "objectType".into(),
+                    json!(if leads_only { "lead" } else { "contact" }),
+                );
             }
         }
         Ok(())
     }
 
-    /// Incremental runs of deals start with the opportunities whose contact
-    /// roles changed since `since` (a role change leaves the opportunity's
-    /// SystemModstamp alone); their ids, to read before the usual listing.
-    async fn role_changed_deals(
+    /// Incremental runs of an object with child rows start with the
+    /// parents whose children changed since `since` (a child change leaves
+    /// the parent's SystemModstamp alone); their ids, to read before the
+    /// usual listing.
+    async fn child_changed_parents(
         &self,
         p: &dyn Provider,
+        object: &str,
         since: i64,
     ) -> Result<Vec<String>, ConnectorError> {
+        let Some(ch) = children(object) else {
+            return Ok(Vec::new());
+        };
         let q = format!(
-            "SELECT OpportunityId FROM OpportunityContactRole WHERE SystemModstamp >= {} ORDER BY SystemModstamp ASC, Id ASC",
+            "SELECT {} FROM {} WHERE SystemModstamp >= {} ORDER BY SystemModstamp ASC, Id ASC",
+            ch.parent,
+            ch.sobject,
             soql_time(since)
         );
         let mut ids: Vec<String> = Vec::new();
         for row in self.query_all_rows(p, "/queryAll", q).await? {
-            if let Some(o) = row["OpportunityId"].as_str().filter(|o| valid_id(o))
+            if let Some(o) = row[ch.parent].as_str().filter(|o| valid_id(o))
                 && !ids.iter().any(|x| x == o)
             {
                 ids.push(o.to_string());
@@ -865,18 +937,20 @@ impl Salesforce {
         Ok(ids)
     }
 
-    /// One page of the role-changed deals (`ROLES_CURSOR` phase).
-    async fn role_page(
+    /// One page of the child-changed parents (`CHILDREN_CURSOR` phase).
+    async fn children_page(
         &self,
         p: &dyn Provider,
+        object: &str,
+        t: &str,
         mut ids: Vec<String>,
         since: i64,
     ) -> Result<Page, ConnectorError> {
-        let rest = ids.split_off(ids.len().min(ROLE_PAGE));
+        let rest = ids.split_off(ids.len().min(CHILD_PAGE));
         let list: Vec<String> = ids.iter().map(|id| format!("'{id}'")).collect();
-        let fields = self.selected(p, "deals", "Opportunity").await?;
+        let fields = self.selected(p, object, t).await?;
         let q = format!(
-            "SELECT {} FROM Opportunity WHERE Id IN ({}) ORDER BY Id ASC",
+            "SELECT {} FROM {t} WHERE Id IN ({}) ORDER BY Id ASC",
             fields.join(", "),
             list.join(", ")
         );
@@ -884,17 +958,17 @@ impl Salesforce {
             .query_all_rows(p, "/queryAll", q)
             .await?
             .into_iter()
-            .map(|r| to_record("deals", r))
+            .map(|r| to_record(object, r))
             .collect::<Result<Vec<_>, _>>()?;
-        self.attach_contact_roles(p, &mut records).await?;
+        self.attach_children(p, object, &mut records).await?;
         let next = if rest.is_empty() {
-            json!({"after_roles": since})
+            json!({"after": since})
         } else {
-            json!({"roles": rest, "since": since})
+            json!({"parents": rest, "since": since})
         };
         Ok(Page {
             records,
-            next_cursor: Some(format!("{ROLES_CURSOR}{next}")),
+            next_cursor: Some(format!("{CHILDREN_CURSOR}{next}")),
             total: None,
         })
     }
@@ -914,10 +988,8 @@ impl Salesforce {
         let r = Request::get(format!("/sobjects/{t}/{}", crate::segment(id)))
             .query("fields", fields.join(","));
         let mut rec = to_record(object, ok(p.send(r).await?)?)?;
-        if object == "deals" {
-            self.attach_contact_roles(p, std::slice::from_mut(&mut rec))
-                .await?;
-        }
+        self.attach_children(p, object, std::slice::from_mut(&mut rec))
+            .await?;
         Ok(rec)
     }
 }
@@ -945,33 +1017,36 @@ impl CrmConnector for Salesforce {
     ) -> Result<Page, ConnectorError> {
         let (t, clause) = sobject(object)
             .ok_or_else(|| ConnectorError::Unsupported(format!("Salesforce has no {object}")))?;
-        // Deals: the roles phase of an incremental run, then the listing.
+        // Objects with child rows: the children phase of an incremental
+        // run, then the listing.
         let mut since = req.since;
         let mut cursor = req.cursor.clone();
-        if object == "deals" {
-            match cursor.as_deref().and_then(|c| c.strip_prefix(ROLES_CURSOR)) {
+        if children(object).is_some() {
+            match cursor
+                .as_deref()
+                .and_then(|c| c.strip_prefix(CHILDREN_CURSOR))
+            {
                 Some(state) => {
                     let v: Value = serde_json::from_str(state).map_err(|_| {
-                        ConnectorError::Decode("a deals cursor from another version".into())
+                        ConnectorError::Decode(format!("a {object} cursor from another version"))
                     })?;
-                    if let Some(ids) = v["roles"].as_array() {
+                    if let Some(ids) = v["parents"].as_array() {
                         let ids = ids
                             .iter()
                             .filter_map(Value::as_str)
                             .map(String::from)
                             .collect();
-                        return self
-                            .role_page(p, ids, v["since"].as_i64().unwrap_or(0))
-                            .await;
+                        let since = v["since"].as_i64().unwrap_or(0);
+                        return self.children_page(p, object, t, ids, since).await;
                     }
-                    since = v["after_roles"].as_i64();
+                    since = v["after"].as_i64();
                     cursor = None;
                 }
                 None if cursor.is_none() => {
                     if let Some(s) = since {
-                        let ids = self.role_changed_deals(p, s).await?;
+                        let ids = self.child_changed_parents(p, object, s).await?;
                         if !ids.is_empty() {
-                            return self.role_page(p, ids, s).await;
+                            return self.children_page(p, object, t, ids, s).await;
                         }
                     }
                 }
@@ -1020,9 +1095,7 @@ impl CrmConnector for Salesforce {
             .iter()
             .map(|r| to_record(object, r.clone()))
             .collect::<Result<Vec<_>, _>>()?;
-        if object == "deals" {
-            self.attach_contact_roles(p, &mut records).await?;
-        }
+        self.attach_children(p, object, &mut records).await?;
         let next = if body["done"].as_bool() == Some(false) {
             body["nextRecordsUrl"].as_str().map(str::to_string)
         } else {

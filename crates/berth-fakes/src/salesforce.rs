@@ -353,6 +353,40 @@ fn sobject(name: &str) -> Option<(&'static str, &'static str, Vec<Field>)> {
                 fld("IsPrimary", "Primary", Bool),
             ],
         ),
+        "Campaign" => (
+            "Campaign",
+            "701",
+            vec![
+                req("Name", "Name", Str),
+                fld(
+                    "Type",
+                    "Type",
+                    Pick(&["Email", "Webinar", "Conference", "Other"]),
+                ),
+                fld(
+                    "Status",
+                    "Status",
+                    Pick(&["Planned", "In Progress", "Completed", "Aborted"]),
+                ),
+                fld("IsActive", "Active", Bool),
+                Field {
+                    writable: true,
+                    ..common_owner
+                },
+            ],
+        ),
+        // A contact or lead in a campaign. No OwnerId; a membership change
+        // does not touch the campaign's SystemModstamp.
+        "CampaignMember" => (
+            "CampaignMember",
+            "00v",
+            vec![
+                req("CampaignId", "Campaign ID", Ref(&["Campaign"])),
+                fld("ContactId", "Contact ID", Ref(&["Contact"])),
+                fld("LeadId", "Lead ID", Ref(&["Lead"])),
+                fld("Status", "Status", Str),
+            ],
+        ),
         "Organization" => (
             "Organization",
             "00D",
@@ -378,6 +412,8 @@ const SOBJECTS: &[&str] = &[
     "EmailMessage",
     "EventRelation",
     "OpportunityContactRole",
+    "Campaign",
+    "CampaignMember",
 ];
 
 fn system_fields() -> [Field; 7] {
@@ -478,6 +514,9 @@ pub struct Options {
     pub leads: usize,
     /// Records of each activity type (tasks, calls, events, notes).
     pub activities: usize,
+    /// Campaigns: the first of contacts, the second of leads, the rest
+    /// of both.
+    pub campaigns: usize,
     pub seed: u64,
     pub history_days: i64,
     /// The org's rolling daily API allocation.
@@ -497,6 +536,7 @@ impl Default for Options {
             opportunities: 12,
             leads: 8,
             activities: 5,
+            campaigns: 3,
             seed: 11,
             history_days: 120,
             daily_limit: 100_000,
@@ -895,6 +935,34 @@ fn generate(db: &mut Db, o: &Options) {
                 ("IsPrimary", json!(k == 0)),
             ]);
             add(db, &mut g, &mut ids, "OpportunityContactRole", fields);
+        }
+    }
+    for i in 0..o.campaigns {
+        let fields = m(vec![
+            ("Name", json!(format!("Campaign {i}"))),
+            ("Type", json!(g.pick(&["Email", "Webinar", "Conference"]))),
+            ("Status", json!("In Progress")),
+            ("IsActive", json!(true)),
+        ]);
+        let campaign = add(db, &mut g, &mut ids, "Campaign", fields);
+        let kinds: &[&str] = match i {
+            0 => &["Contact", "Contact", "Contact"],
+            1 => &["Lead", "Lead"],
+            _ => &["Contact", "Lead", "Contact"],
+        };
+        for kind in kinds {
+            let member = pick(&mut g, &ids, kind);
+            let field = if *kind == "Lead" {
+                "LeadId"
+            } else {
+                "ContactId"
+            };
+            let fields = m(vec![
+                ("CampaignId", json!(campaign)),
+                (field, member),
+                ("Status", json!("Sent")),
+            ]);
+            add(db, &mut g, &mut ids, "CampaignMember", fields);
         }
     }
     let events = ids.get("Event").cloned().unwrap_or_default();

@@ -1081,3 +1081,112 @@ async fn salesforce_deal_contacts_are_contact_roles() {
     let r = find(created).await;
     assert_eq!(deal_contacts(&r.body), [newcomer]);
 }
+
+/// Salesforce campaigns are the unified lists; their members are
+/// CampaignMember rows (contacts and leads), and a membership change made
+/// in Salesforce shows after the next incremental run.
+#[tokio::test]
+async fn salesforce_campaigns_are_lists() {
+    let sf = salesforce::Salesforce::new(salesforce::Options::default());
+    let base = sf.serve().await.unwrap();
+    let (app, conn, access) = salesforce_app(&base).await;
+    let o = salesforce::Options::default();
+    synced_with_exact_counts(&app, &conn, &access, &[("lists", "lists", o.campaigns)]).await;
+    let lists = |kind: &'static str| {
+        let app = &app;
+        let access = &access;
+        async move {
+            let r = app
+                .send(
+                    "GET",
+                    &format!("/crm/lists?accessToken={access}&objectType={kind}"),
+                    &[("vessel-api-token", app.dev_token.as_str())],
+                    None,
+                )
+                .await;
+            assert_eq!(r.status, 200, "{r:?}");
+            r.body["lists"].as_array().unwrap().clone()
+        }
+    };
+    let members_of = |campaign: &str, field: &str| -> Vec<String> {
+        let mut ids: Vec<String> = sf
+            .live_ids_where("CampaignMember", "CampaignId", &json!(campaign))
+            .into_iter()
+            .filter_map(|m| {
+                sf.field("CampaignMember", &m, field)
+                    .and_then(|v| v.as_str().map(str::to_string))
+            })
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    };
+    let natives = |v: &Value| -> Vec<String> {
+        let mut ids: Vec<String> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let leads = lists("lead").await;
+    assert_eq!(leads.len(), 1, "{leads:?}");
+    let contacts = lists("contact").await;
+    assert_eq!(contacts.len(), 2, "{contacts:?}");
+    let mixed = contacts
+        .iter()
+        .find(|l| l["name"] == "Campaign 2")
+        .expect("the mixed campaign");
+    let campaign = mixed["nativeId"].as_str().unwrap().to_string();
+    // v1 renders association ids as v1 ids; v2 shows native ones.
+    assert_eq!(
+        mixed["associations"]["leadIds"].as_array().unwrap().len(),
+        members_of(&campaign, "LeadId").len()
+    );
+    let find = |id: String| {
+        let app = &app;
+        let access = &access;
+        async move {
+            app.post(
+                "/unifications/crm/lists/find",
+                &app.v2h(access),
+                json!({"id": id, "objectType": "contacts"}),
+            )
+            .await
+        }
+    };
+    let r = find(campaign.clone()).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let list = &r.body["result"]["list"];
+    assert_eq!(
+        natives(&list["associations"]["contactIds"]),
+        members_of(&campaign, "ContactId")
+    );
+    assert_eq!(
+        natives(&list["associations"]["leadIds"]),
+        members_of(&campaign, "LeadId")
+    );
+
+    // A member added in Salesforce.
+    let newcomer = sf
+        .live_ids("Contact", None)
+        .into_iter()
+        .find(|c| !members_of(&campaign, "ContactId").contains(c))
+        .unwrap();
+    let r = app
+        .post(
+            "/passthrough",
+            &app.v2h(&access),
+            json!({"method": "POST", "path": "/sobjects/CampaignMember",
+                "body": {"CampaignId": campaign, "ContactId": newcomer, "Status": "Responded"}}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    app.sync_now_and_wait(&conn).await;
+    let r = find(campaign.clone()).await;
+    let got = natives(&r.body["result"]["list"]["associations"]["contactIds"]);
+    assert!(got.contains(&newcomer), "{r:?}");
+    assert_eq!(got, members_of(&campaign, "ContactId"));
+}
