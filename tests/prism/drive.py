@@ -61,7 +61,7 @@ def main():
         return post(f"/unifications/crm/{obj}/{name}", body, v2, expect)
 
     # Live reads (synced:false) of every object, and their field metadata.
-    objects = ["users", "contacts", "accounts", "deals", "notes", "tasks", "events", "calls", "emails"]
+    objects = ["users", "contacts", "accounts", "deals", "notes", "tasks", "events", "attendees", "calls", "emails"]
     for obj in objects:
         page = op(obj, "list", {"synced": False})["result"]
         op(obj, "details", {})
@@ -83,6 +83,11 @@ def main():
                                              "dealId": deal}})["result"]["id"]
     task = op("tasks", "create", {"task": {"subject": "check", "contactId": contact}})["result"]["id"]
     op("tasks", "update", {"id": task, "task": {"subject": "checked"}})
+    meeting = op("events", "list", {})["result"]["events"][0]["id"]
+    attendee = op("attendees", "create", {"attendee": {"eventId": meeting, "associationId": contact,
+                                                       "associatedObjectType": "contact"}})["result"]["id"]
+    op("attendees", "find", {"id": attendee, "synced": False})
+    op("attendees", "delete", {"id": attendee})
     op("custom-fields", "create", {"objectType": "contacts", "customField": {"name": "Prism score", "type": "number"}})
     for obj, rid in (("notes", note), ("tasks", task), ("deals", deal), ("contacts", contact)):
         op(obj, "delete", {"id": rid})

@@ -26,7 +26,16 @@ use crate::{
 pub struct HubSpot;
 
 const OBJECTS: &[&str] = &[
-    "users", "accounts", "contacts", "deals", "notes", "tasks", "events", "calls", "emails",
+    "users",
+    "accounts",
+    "contacts",
+    "deals",
+    "notes",
+    "tasks",
+    "events",
+    "attendees",
+    "calls",
+    "emails",
 ];
 
 const PAGE: usize = 100;
@@ -622,6 +631,98 @@ impl HubSpot {
         Ok(names)
     }
 
+    /// HubSpot's meeting attendees are the contacts associated with the
+    /// meeting: one attendee per (meeting, contact), id `<meeting>:<contact>`,
+    /// with the contact's email.
+    async fn attendees_of(
+        &self,
+        p: &dyn Provider,
+        meetings: &[NativeRecord],
+    ) -> Result<Vec<NativeRecord>, ConnectorError> {
+        let pairs: Vec<(&NativeRecord, String)> = meetings
+            .iter()
+            .filter(|m| !m.deleted)
+            .flat_map(|m| {
+                m.data["associations"]["contactIds"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .map(move |c| (m, c.to_string()))
+            })
+            .collect();
+        let mut emails: std::collections::HashMap<String, Value> = Default::default();
+        let mut contact_ids: Vec<&str> = pairs.iter().map(|(_, c)| c.as_str()).collect();
+        contact_ids.sort_unstable();
+        contact_ids.dedup();
+        for chunk in contact_ids.chunks(100) {
+            let inputs: Vec<Value> = chunk.iter().map(|id| json!({"id": id})).collect();
+            let body =
+                json!({"properties": ["email"], "propertiesWithHistory": [], "inputs": inputs});
+            let v = ok(send(
+                p,
+                Request::with_body("POST", "/crm/v3/objects/contacts/batch/read", body),
+            )
+            .await?)?;
+            for r in v["results"].as_array().into_iter().flatten() {
+                if let Some(id) = id_of(&r["id"]) {
+                    emails.insert(id, r["properties"]["email"].clone());
+                }
+            }
+        }
+        Ok(pairs
+            .into_iter()
+            .map(|(m, c)| {
+                let mut data = Map::new();
+                data.insert("status".into(), Value::Null);
+                data.insert("associatedObjectType".into(), json!("contact"));
+                data.insert(
+                    "email".into(),
+                    emails.get(&c).cloned().unwrap_or(Value::Null),
+                );
+                data.insert(
+                    "associations".into(),
+                    json!({"eventId": m.native_id, "associationId": c}),
+                );
+                NativeRecord {
+                    native_id: format!("{}:{c}", m.native_id),
+                    created_time: m.created_time,
+                    modified_time: m.modified_time,
+                    deleted: false,
+                    data,
+                    native: json!({"meetingId": m.native_id, "contactId": c}),
+                }
+            })
+            .collect())
+    }
+
+    /// An attendee id's (meeting, contact), both HubSpot ids.
+    fn attendee_parts(id: &str) -> Option<(&str, &str)> {
+        let (m, c) = id.split_once(':')?;
+        let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        (numeric(m) && numeric(c)).then_some((m, c))
+    }
+
+    async fn find_attendee(
+        &self,
+        p: &dyn Provider,
+        id: &str,
+    ) -> Result<Option<NativeRecord>, ConnectorError> {
+        let Some((m, c)) = Self::attendee_parts(id) else {
+            return Ok(None);
+        };
+        let meeting = match self.read_one(p, "events", "meetings", m).await {
+            Ok(r) => r,
+            Err(ConnectorError::NotFound) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Ok(self
+            .attendees_of(p, std::slice::from_ref(&meeting))
+            .await?
+            .into_iter()
+            .find(|a| a.data["associations"]["associationId"] == c))
+    }
+
     async fn owners(&self, p: &dyn Provider, req: &ListRequest) -> Result<Page, ConnectorError> {
         let mut r = Request::get("/crm/v3/owners/").query("limit", PAGE.to_string());
         if let Some(c) = &req.cursor {
@@ -836,6 +937,16 @@ impl CrmConnector for HubSpot {
             if object == "users" {
                 return self.owners(p, req).await;
             }
+            if object == "attendees" {
+                // The meetings' pages, each meeting's contacts its
+                // attendees (an attendee changes with its meeting).
+                let page = self.list(p, "events", req).await?;
+                return Ok(Page {
+                    records: self.attendees_of(p, &page.records).await?,
+                    next_cursor: page.next_cursor,
+                    total: None,
+                });
+            }
             return Err(ConnectorError::Unsupported(format!(
                 "HubSpot has no {object}"
             )));
@@ -981,6 +1092,9 @@ impl CrmConnector for HubSpot {
                 Err(e) => Err(e),
             };
         }
+        if object == "attendees" {
+            return self.find_attendee(p, native_id).await;
+        }
         let t = hs_type(object)
             .ok_or_else(|| ConnectorError::Unsupported(format!("HubSpot has no {object}")))?;
         match self.read_one(p, object, t, native_id).await {
@@ -996,6 +1110,32 @@ impl CrmConnector for HubSpot {
         object: &str,
         input: &Map<String, Value>,
     ) -> Result<NativeRecord, ConnectorError> {
+        if object == "attendees" {
+            // Inviting a contact associates it with the meeting.
+            let (Some(Value::String(m)), Some(Value::String(c))) =
+                (input.get("eventId"), input.get("associationId"))
+            else {
+                return Err(ConnectorError::Provider {
+                    status: 400,
+                    message: "a HubSpot attendee needs eventId and associationId (a contact)"
+                        .into(),
+                    errors: vec![],
+                });
+            };
+            if input.get("associatedObjectType").and_then(Value::as_str) == Some("lead") {
+                return Err(ConnectorError::Provider {
+                    status: 400,
+                    message: "HubSpot meeting attendees are contacts".into(),
+                    errors: vec![],
+                });
+            }
+            self.link(p, "meetings", m, &[("contacts".into(), c.clone())])
+                .await?;
+            return self
+                .find_attendee(p, &format!("{m}:{c}"))
+                .await?
+                .ok_or(ConnectorError::NotFound);
+        }
         let t = hs_type(object).ok_or_else(|| {
             ConnectorError::Unsupported(format!("HubSpot cannot create {object}"))
         })?;
@@ -1070,14 +1210,25 @@ impl CrmConnector for HubSpot {
         object: &str,
         native_id: &str,
     ) -> Result<(), ConnectorError> {
-        let t = hs_type(object).ok_or_else(|| {
-            ConnectorError::Unsupported(format!("HubSpot cannot delete {object}"))
-        })?;
-        let r = send(
-            p,
-            Request::delete(format!("/crm/v3/objects/{t}/{}", crate::segment(native_id))),
-        )
-        .await?;
+        let r = if object == "attendees" {
+            let (m, c) = Self::attendee_parts(native_id).ok_or(ConnectorError::NotFound)?;
+            send(
+                p,
+                Request::delete(format!(
+                    "/crm/v4/objects/meetings/{m}/associations/contacts/{c}"
+                )),
+            )
+            .await?
+        } else {
+            let t = hs_type(object).ok_or_else(|| {
+                ConnectorError::Unsupported(format!("HubSpot cannot delete {object}"))
+            })?;
+            send(
+                p,
+                Request::delete(format!("/crm/v3/objects/{t}/{}", crate::segment(native_id))),
+            )
+            .await?
+        };
         ok(r).map(|_| ()).or_else(|e| match e {
             // DELETE answers 204 with no body.
             ConnectorError::Decode(_) => Ok(()),

@@ -417,6 +417,24 @@ impl HubSpot {
             .collect()
     }
 
+    /// The ids of `to` records associated with record `id` of `t`.
+    pub fn associated(&self, t: &str, id: &str, to: &str) -> Vec<String> {
+        let db = self.lock();
+        let (Some(t), Some(to), Ok(id)) = (type_of(t), type_of(to), id.parse::<u64>()) else {
+            return Vec::new();
+        };
+        let mut out: Vec<String> = db
+            .assoc
+            .get(&(t, id))
+            .into_iter()
+            .flatten()
+            .filter(|(tt, _)| *tt == to)
+            .map(|(_, i)| i.to_string())
+            .collect();
+        out.sort();
+        out
+    }
+
     /// A property of a record, as the provider holds it.
     pub fn property(&self, t: &str, id: &str, prop: &str) -> Option<String> {
         let db = self.lock();
@@ -434,6 +452,11 @@ impl HubSpot {
                 "/crm/v4/objects/{t}/{id}/associations/default/{to}/{to_id}",
                 axum::routing::put(associate),
             )
+            .route(
+                "/crm/v4/objects/{t}/{id}/associations/{to}/{to_id}",
+                axum::routing::delete(dissociate),
+            )
+            .route("/crm/v3/objects/{t}/batch/read", post(batch_read))
             .route("/crm/v3/objects/{t}", get(list).post(create))
             .route("/crm/v3/objects/{t}/search", post(search))
             .route("/crm/v3/objects/{t}/gdpr-delete", post(gdpr_delete))
@@ -876,6 +899,44 @@ async fn list(
             "link": format!("https://api.hubapi.com/crm/v3/objects/{t}?after={next}")}});
     }
     Json(body).into_response()
+}
+
+/// `POST /crm/v3/objects/{t}/batch/read {properties, inputs: [{id}]}`:
+/// the live records among the ids, in input order.
+async fn batch_read(
+    State(h): State<HubSpot>,
+    Path(t): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some(t) = type_of(&t) else {
+        return bad_type(&t);
+    };
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return bad_body("Invalid input JSON");
+    };
+    let Some(inputs) = body["inputs"].as_array() else {
+        return bad_body("inputs is required");
+    };
+    if inputs.len() > 100 {
+        return bad_body("Too many inputs: at most 100");
+    }
+    let props: Option<Vec<String>> = body["properties"].as_array().map(|ps| {
+        ps.iter()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect()
+    });
+    let started = iso(now_ms());
+    let db = h.lock();
+    let results: Vec<Value> = inputs
+        .iter()
+        .filter_map(|i| i["id"].as_str()?.parse::<u64>().ok())
+        .filter_map(|id| db.objects[t].get(&id))
+        .filter(|r| r.archived_at.is_none())
+        .map(|r| render(&db, t, r, props.as_deref(), &[]))
+        .collect();
+    Json(json!({"status": "COMPLETE", "results": results, "startedAt": started, "completedAt": iso(now_ms())}))
+        .into_response()
 }
 
 async fn read(
@@ -1780,6 +1841,28 @@ async fn owner(State(h): State<HubSpot>, Path(id): Path<String>) -> Response {
 
 /// `PUT /crm/v4/objects/{t}/{id}/associations/default/{to}/{to_id}`: the
 /// default (unlabeled) association between two records.
+/// Removes every association between two records (204).
+async fn dissociate(
+    State(h): State<HubSpot>,
+    Path((t, id, to, to_id)): Path<(String, String, String, String)>,
+) -> Response {
+    let (Some(t), Some(to)) = (type_of(&t), type_of(&to)) else {
+        return bad_body("Unknown object type");
+    };
+    let (Ok(a), Ok(b)) = (id.parse::<u64>(), to_id.parse::<u64>()) else {
+        return not_found();
+    };
+    let mut db = h.lock();
+    db.version += 1;
+    if let Some(s) = db.assoc.get_mut(&(t, a)) {
+        s.remove(&(to, b));
+    }
+    if let Some(s) = db.assoc.get_mut(&(to, b)) {
+        s.remove(&(t, a));
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
 async fn associate(
     State(h): State<HubSpot>,
     Path((t, id, to, to_id)): Path<(String, String, String, String)>,

@@ -1190,3 +1190,121 @@ async fn salesforce_campaigns_are_lists() {
     assert!(got.contains(&newcomer), "{r:?}");
     assert_eq!(got, members_of(&campaign, "ContactId"));
 }
+
+/// HubSpot's meeting attendees are the meeting's contacts: one attendee per
+/// (meeting, contact), with the contact's email; inviting associates the
+/// contact, removing dissociates it.
+#[tokio::test]
+async fn hubspot_meeting_attendees_are_meeting_contacts() {
+    let token = "pat-na1-attendees";
+    let hs = hubspot::HubSpot::new(hubspot::Options {
+        tokens: vec![token.into()],
+        ..Default::default()
+    });
+    let base = berth_fakes::serve(hs.router()).await.unwrap();
+    let app = app_with_catalog(format!(
+        "[integrations.hubspot]\nbase_url = \"{base}\"\nrate_limit = {{ requests = 1000, per_seconds = 10, scope = \"account\" }}\n"
+    ))
+    .await;
+    let (conn, access) = app.connect_api_key("hubspot", token).await;
+    let meetings = hs.live_ids("meetings");
+    let pairs: usize = meetings
+        .iter()
+        .map(|m| hs.associated("meetings", m, "contacts").len())
+        .sum();
+    assert!(pairs > 0);
+    synced_with_exact_counts(
+        &app,
+        &conn,
+        &access,
+        &[("event/attendees", "eventAttendees", pairs)],
+    )
+    .await;
+    let meeting = meetings[0].clone();
+    let contact = hs.associated("meetings", &meeting, "contacts")[0].clone();
+    let attendee = format!("{meeting}:{contact}");
+    let r = app
+        .post(
+            "/unifications/crm/attendees/find",
+            &app.v2h(&access),
+            json!({"id": attendee}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let a = &r.body["result"]["attendee"];
+    assert_eq!(a["associatedObjectType"], "contact");
+    assert_eq!(
+        a["email"].as_str(),
+        hs.property("contacts", &contact, "email").as_deref()
+    );
+    assert_eq!(
+        a["associations"],
+        json!({"eventId": meeting, "associationId": contact})
+    );
+    let attendees_of_meeting = || {
+        let app = &app;
+        let access = &access;
+        let meeting = meeting.clone();
+        async move {
+            let r = app
+                .post(
+                    "/unifications/crm/events/find",
+                    &app.v2h(access),
+                    json!({"id": meeting, "associations": ["attendees"]}),
+                )
+                .await;
+            assert_eq!(r.status, 200, "{r:?}");
+            let mut ids: Vec<String> = r.body["result"]["event"]["associations"]["attendeeIds"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_string())
+                .collect();
+            ids.sort();
+            ids
+        }
+    };
+    assert_eq!(
+        attendees_of_meeting().await,
+        std::slice::from_ref(&attendee)
+    );
+
+    // Inviting another contact associates it with the meeting.
+    let other = hs
+        .live_ids("contacts")
+        .into_iter()
+        .find(|c| *c != contact)
+        .unwrap();
+    let r = app
+        .post(
+            "/unifications/crm/attendees/create",
+            &app.v2h(&access),
+            json!({"attendee": {"eventId": meeting, "associationId": other, "associatedObjectType": "contact"}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let invited = r.body["result"]["id"].as_str().unwrap().to_string();
+    assert_eq!(invited, format!("{meeting}:{other}"));
+    let mut want = vec![contact.clone(), other.clone()];
+    want.sort();
+    assert_eq!(hs.associated("meetings", &meeting, "contacts"), want);
+    let mut both = vec![attendee.clone(), invited.clone()];
+    both.sort();
+    assert_eq!(attendees_of_meeting().await, both);
+
+    // Removing the attendee dissociates the contact.
+    let r = app
+        .post(
+            "/unifications/crm/attendees/delete",
+            &app.v2h(&access),
+            json!({"id": invited}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        hs.associated("meetings", &meeting, "contacts"),
+        std::slice::from_ref(&contact)
+    );
+    assert_eq!(attendees_of_meeting().await, [attendee]);
+}
