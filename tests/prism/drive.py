@@ -61,13 +61,15 @@ def main():
         return post(f"/unifications/crm/{obj}/{name}", body, v2, expect)
 
     # Live reads (synced:false) of every object, and their field metadata.
-    objects = ["users", "contacts", "accounts", "deals", "notes", "tasks", "events", "attendees", "calls", "emails"]
+    objects = ["users", "contacts", "accounts", "deals", "notes", "tasks", "events", "attendees", "calls", "emails",
+               "lists"]
     for obj in objects:
-        page = op(obj, "list", {"synced": False})["result"]
-        op(obj, "details", {})
+        extra = {"objectType": "contacts"} if obj == "lists" else {}
+        page = op(obj, "list", {"synced": False, **extra})["result"]
+        op(obj, "details", extra)
         first = next(iter(v for k, v in page.items() if isinstance(v, list)), [])
         if first:
-            op(obj, "find", {"id": first[0]["id"], "synced": False})
+            op(obj, "find", {"id": first[0]["id"], "synced": False, **extra})
     print("live reads and details: ok")
 
     account = op("accounts", "list", {})["result"]["accounts"][0]["id"]

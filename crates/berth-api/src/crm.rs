@@ -788,10 +788,24 @@ pub(crate) async fn v2_op(
                     "limit must be an integer",
                 ));
             }
+            let mut filters = input.get("filters").cloned().unwrap_or(Value::Null);
+            // v2 lists take `objectType: 'contacts' | 'leads'`.
+            if o.name == "lists"
+                && let Some(t) = input.get("objectType").and_then(Value::as_str)
+            {
+                let t = t.strip_suffix('s').unwrap_or(t);
+                let by_type = json!({"equals": t, "mode": "insensitive"});
+                match &mut filters {
+                    Value::Object(m) => {
+                        m.entry("objectType").or_insert(by_type);
+                    }
+                    other => *other = json!({"objectType": by_type}),
+                }
+            }
             let args = ListArgs {
                 cursor: str_of("cursor"),
                 limit: input.get("limit").and_then(Value::as_i64),
-                filters: input.get("filters").cloned().unwrap_or(Value::Null),
+                filters,
                 live,
             };
             return page::<V2>(

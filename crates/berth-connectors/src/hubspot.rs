@@ -36,6 +36,7 @@ const OBJECTS: &[&str] = &[
     "attendees",
     "calls",
     "emails",
+    "lists",
 ];
 
 const PAGE: usize = 100;
@@ -696,6 +697,98 @@ impl HubSpot {
             .collect())
     }
 
+    /// Every member of a list (`GET /crm/v3/lists/{id}/memberships`).
+    async fn list_members(&self, p: &dyn Provider, id: &str) -> Result<Vec<Value>, ConnectorError> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut r = Request::get(format!("/crm/v3/lists/{}/memberships", crate::segment(id)))
+                .query("limit", "250");
+            if let Some(a) = &after {
+                r = r.query("after", a.clone());
+            }
+            let v = ok(send(p, r).await?)?;
+            out.extend(
+                v["results"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|m| id_of(&m["recordId"]))
+                    .map(Value::String),
+            );
+            match v["paging"]["next"]["after"].as_str() {
+                Some(a) => after = Some(a.to_string()),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// A contact list (HubSpot's v3 Lists, `objectTypeId` `0-1`) with its
+    /// members; lists of other objects are not unified lists.
+    async fn list_record(
+        &self,
+        p: &dyn Provider,
+        l: Value,
+    ) -> Result<Option<NativeRecord>, ConnectorError> {
+        if l["objectTypeId"].as_str() != Some("0-1") {
+            return Ok(None);
+        }
+        let Some(id) = id_of(&l["listId"]) else {
+            return Err(ConnectorError::Decode(
+                "a HubSpot list has no listId".into(),
+            ));
+        };
+        let members = self.list_members(p, &id).await?;
+        let time = |k: &str| {
+            l[k].as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.timestamp_millis())
+        };
+        let mut data = Map::new();
+        data.insert("name".into(), l["name"].clone());
+        data.insert("objectType".into(), json!("contact"));
+        data.insert("associations".into(), json!({"contactIds": members}));
+        Ok(Some(NativeRecord {
+            native_id: id,
+            created_time: time("createdAt"),
+            modified_time: time("updatedAt"),
+            deleted: false,
+            data,
+            native: l,
+        }))
+    }
+
+    /// Lists are few and their memberships change without moving the
+    /// list's `updatedAt`, so every run reads them all (`since` unused);
+    /// the cursor is the search offset.
+    async fn lists(&self, p: &dyn Provider, req: &ListRequest) -> Result<Page, ConnectorError> {
+        let offset: u64 = match &req.cursor {
+            Some(c) => c.parse().map_err(|_| {
+                ConnectorError::Decode("a HubSpot lists cursor from another version".into())
+            })?,
+            None => 0,
+        };
+        let body =
+            json!({"query": "", "offset": offset, "count": PAGE, "additionalProperties": []});
+        let v = ok(send(p, Request::with_body("POST", "/crm/v3/lists/search", body)).await?)?;
+        let mut records = Vec::new();
+        for l in v["lists"].as_array().cloned().unwrap_or_default() {
+            if let Some(r) = self.list_record(p, l).await? {
+                records.push(r);
+            }
+        }
+        let next = (v["hasMore"].as_bool() == Some(true))
+            .then(|| v["offset"].as_u64())
+            .flatten()
+            .filter(|n| *n > offset)
+            .map(|n| n.to_string());
+        Ok(Page {
+            records,
+            next_cursor: next,
+            total: v["total"].as_i64(),
+        })
+    }
+
     /// An attendee id's (meeting, contact), both HubSpot ids.
     fn attendee_parts(id: &str) -> Option<(&str, &str)> {
         let (m, c) = id.split_once(':')?;
@@ -937,6 +1030,9 @@ impl CrmConnector for HubSpot {
             if object == "users" {
                 return self.owners(p, req).await;
             }
+            if object == "lists" {
+                return self.lists(p, req).await;
+            }
             if object == "attendees" {
                 // The meetings' pages, each meeting's contacts its
                 // attendees (an attendee changes with its meeting).
@@ -1094,6 +1190,18 @@ impl CrmConnector for HubSpot {
         }
         if object == "attendees" {
             return self.find_attendee(p, native_id).await;
+        }
+        if object == "lists" {
+            let r = send(
+                p,
+                Request::get(format!("/crm/v3/lists/{}", crate::segment(native_id))),
+            )
+            .await?;
+            return match ok(r) {
+                Ok(v) => self.list_record(p, v["list"].clone()).await,
+                Err(ConnectorError::NotFound) => Ok(None),
+                Err(e) => Err(e),
+            };
         }
         let t = hs_type(object)
             .ok_or_else(|| ConnectorError::Unsupported(format!("HubSpot has no {object}")))?;

@@ -299,6 +299,20 @@ struct Db {
     version: u64,
     /// The last search's (version, query, sorted hit ids).
     search_cache: Option<(u64, String, std::sync::Arc<Vec<u64>>)>,
+    /// Lists (segments) of the v3 Lists API.
+    lists: Vec<HsList>,
+}
+
+/// A list: its definition and its members (record id, when added).
+struct HsList {
+    id: u64,
+    name: String,
+    /// `0-1` contacts, `0-2` companies.
+    object_type_id: &'static str,
+    processing_type: &'static str,
+    created: i64,
+    updated: i64,
+    members: Vec<(u64, i64)>,
 }
 
 /// How big and how strict the fake is.
@@ -375,6 +389,7 @@ impl HubSpot {
             list_pages: HashMap::new(),
             version: 0,
             search_cache: None,
+            lists: Vec::new(),
         };
         generate(&mut db, &opts);
         Self {
@@ -414,6 +429,22 @@ impl HubSpot {
             .values()
             .filter(|r| r.archived_at.is_none())
             .map(|r| r.id.to_string())
+            .collect()
+    }
+
+    /// The lists as (id, name, objectTypeId, member ids).
+    pub fn lists(&self) -> Vec<(String, String, String, Vec<String>)> {
+        self.lock()
+            .lists
+            .iter()
+            .map(|l| {
+                (
+                    l.id.to_string(),
+                    l.name.clone(),
+                    l.object_type_id.to_string(),
+                    l.members.iter().map(|(m, _)| m.to_string()).collect(),
+                )
+            })
             .collect()
     }
 
@@ -457,6 +488,13 @@ impl HubSpot {
                 axum::routing::delete(dissociate),
             )
             .route("/crm/v3/objects/{t}/batch/read", post(batch_read))
+            .route("/crm/v3/lists/search", post(lists_search))
+            .route("/crm/v3/lists/{id}", get(list_get))
+            .route("/crm/v3/lists/{id}/memberships", get(list_memberships))
+            .route(
+                "/crm/v3/lists/{id}/memberships/add",
+                axum::routing::put(list_add),
+            )
             .route("/crm/v3/objects/{t}", get(list).post(create))
             .route("/crm/v3/objects/{t}/search", post(search))
             .route("/crm/v3/objects/{t}/gdpr-delete", post(gdpr_delete))
@@ -647,6 +685,169 @@ fn generate(db: &mut Db, o: &Options) {
             }
         }
     }
+    generate_lists(db, &mut g, now);
+}
+
+/// Lists come after every record, so the records are the same as before
+/// lists existed: two of contacts, one of companies.
+fn generate_lists(db: &mut Db, g: &mut Gen, now: i64) {
+    let contacts: Vec<u64> = db.objects["contacts"].keys().copied().collect();
+    let companies: Vec<u64> = db.objects["companies"].keys().copied().collect();
+    for (i, (name, otype, ptype)) in [
+        ("Newsletter", "0-1", "MANUAL"),
+        ("Active buyers", "0-1", "DYNAMIC"),
+        ("Target accounts", "0-2", "MANUAL"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let pool = if otype == "0-1" {
+            &contacts
+        } else {
+            &companies
+        };
+        let mut members: Vec<(u64, i64)> = Vec::new();
+        for _ in 0..(3 + i) {
+            if pool.is_empty() {
+                break;
+            }
+            let id = pool[g.below(pool.len() as u64) as usize];
+            if !members.iter().any(|(m, _)| *m == id) {
+                members.push((id, now - 3_600_000));
+            }
+        }
+        db.next_id += 1;
+        db.lists.push(HsList {
+            id: db.next_id,
+            name: name.into(),
+            object_type_id: otype,
+            processing_type: ptype,
+            created: now - 86_400_000,
+            updated: now - 86_400_000,
+            members,
+        });
+    }
+}
+
+fn list_json(l: &HsList) -> Value {
+    json!({"listId": l.id.to_string(), "listVersion": 1, "name": l.name,
+        "objectTypeId": l.object_type_id, "processingStatus": "COMPLETE",
+        "processingType": l.processing_type, "createdAt": iso(l.created),
+        "updatedAt": iso(l.updated), "additionalProperties": {}})
+}
+
+/// `POST /crm/v3/lists/search {query, offset, count, ...}`.
+async fn lists_search(State(h): State<HubSpot>, body: axum::body::Bytes) -> Response {
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return bad_body("Invalid input JSON");
+    };
+    let query = body["query"].as_str().unwrap_or("").to_lowercase();
+    let offset = body["offset"].as_u64().unwrap_or(0) as usize;
+    let count = body["count"].as_u64().unwrap_or(20).clamp(1, 500) as usize;
+    let db = h.lock();
+    let hits: Vec<&HsList> = db
+        .lists
+        .iter()
+        .filter(|l| l.name.to_lowercase().contains(&query))
+        .collect();
+    let page: Vec<Value> = hits
+        .iter()
+        .skip(offset)
+        .take(count)
+        .map(|l| list_json(l))
+        .collect();
+    let next = offset + page.len();
+    Json(json!({"lists": page, "offset": next, "hasMore": next < hits.len(), "total": hits.len()}))
+        .into_response()
+}
+
+fn list_not_found(id: &str) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "OBJECT_NOT_FOUND",
+        &format!("List {id} does not exist."),
+        vec![],
+    )
+}
+
+async fn list_get(State(h): State<HubSpot>, Path(id): Path<String>) -> Response {
+    let db = h.lock();
+    match db.lists.iter().find(|l| l.id.to_string() == id) {
+        Some(l) => Json(json!({"list": list_json(l)})).into_response(),
+        None => list_not_found(&id),
+    }
+}
+
+/// `GET /crm/v3/lists/{id}/memberships?after&limit`, in join order.
+async fn list_memberships(
+    State(h): State<HubSpot>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let after: usize = q.get("after").and_then(|a| a.parse().ok()).unwrap_or(0);
+    let limit: usize = q
+        .get("limit")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(100)
+        .clamp(1, 250);
+    let db = h.lock();
+    let Some(l) = db.lists.iter().find(|l| l.id.to_string() == id) else {
+        return list_not_found(&id);
+    };
+    let results: Vec<Value> = l
+        .members
+        .iter()
+        .skip(after)
+        .take(limit)
+        .map(|(m, at)| json!({"recordId": m.to_string(), "membershipTimestamp": iso(*at)}))
+        .collect();
+    let mut out = json!({"results": results});
+    if after + limit < l.members.len() {
+        out["paging"] = json!({"next": {"after": (after + limit).to_string()}});
+    }
+    Json(out).into_response()
+}
+
+/// `PUT /crm/v3/lists/{id}/memberships/add ["<record id>", ...]` (manual
+/// lists only).
+async fn list_add(
+    State(h): State<HubSpot>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Ok(ids) = serde_json::from_slice::<Vec<String>>(&body) else {
+        return bad_body("Invalid input JSON: an array of record ids");
+    };
+    let now = now_ms();
+    let mut db = h.lock();
+    db.version += 1;
+    let Some(pos) = db.lists.iter().position(|l| l.id.to_string() == id) else {
+        return list_not_found(&id);
+    };
+    let t = if db.lists[pos].object_type_id == "0-1" {
+        "contacts"
+    } else {
+        "companies"
+    };
+    let (mut added, mut missing) = (Vec::new(), Vec::new());
+    for rid in ids {
+        let live = rid.parse::<u64>().ok().filter(|n| {
+            db.objects[t]
+                .get(n)
+                .is_some_and(|r| r.archived_at.is_none())
+        });
+        match live {
+            Some(n) => {
+                let l = &mut db.lists[pos];
+                if !l.members.iter().any(|(m, _)| *m == n) {
+                    l.members.push((n, now));
+                }
+                added.push(rid);
+            }
+            None => missing.push(rid),
+        }
+    }
+    Json(json!({"recordIdsAdded": added, "recordsIdsMissing": missing})).into_response()
 }
 
 fn link(db: &mut Db, a: Key, b: Key) {

@@ -1308,3 +1308,103 @@ async fn hubspot_meeting_attendees_are_meeting_contacts() {
     );
     assert_eq!(attendees_of_meeting().await, [attendee]);
 }
+
+/// HubSpot contact lists (the v3 Lists API; lists of other objects are
+/// not unified lists) with their members; a member added in HubSpot shows
+/// after the next run, which reads every list.
+#[tokio::test]
+async fn hubspot_contact_lists_and_members() {
+    let token = "pat-na1-lists";
+    let hs = hubspot::HubSpot::new(hubspot::Options {
+        tokens: vec![token.into()],
+        ..Default::default()
+    });
+    let base = berth_fakes::serve(hs.router()).await.unwrap();
+    let app = app_with_catalog(format!(
+        "[integrations.hubspot]\nbase_url = \"{base}\"\nrate_limit = {{ requests = 1000, per_seconds = 10, scope = \"account\" }}\n"
+    ))
+    .await;
+    let (conn, access) = app.connect_api_key("hubspot", token).await;
+    let contact_lists: Vec<_> = hs.lists().into_iter().filter(|l| l.2 == "0-1").collect();
+    assert!(
+        hs.lists().len() > contact_lists.len(),
+        "a company list to leave out"
+    );
+    synced_with_exact_counts(
+        &app,
+        &conn,
+        &access,
+        &[("lists", "lists", contact_lists.len())],
+    )
+    .await;
+    let (list_id, name, _, _) = contact_lists[0].clone();
+    let members = |id: &str| -> Vec<String> {
+        let mut m = hs.lists().into_iter().find(|l| l.0 == id).unwrap().3;
+        m.sort();
+        m
+    };
+    let find = || {
+        let app = &app;
+        let access = &access;
+        let list_id = list_id.clone();
+        async move {
+            let r = app
+                .post(
+                    "/unifications/crm/lists/find",
+                    &app.v2h(access),
+                    json!({"id": list_id, "objectType": "contacts"}),
+                )
+                .await;
+            assert_eq!(r.status, 200, "{r:?}");
+            r.body["result"]["list"].clone()
+        }
+    };
+    let list = find().await;
+    assert_eq!(list["name"], name.as_str());
+    // v2 lists filter by `objectType`.
+    for (t, n) in [("contacts", contact_lists.len()), ("leads", 0)] {
+        let r = app
+            .post(
+                "/unifications/crm/lists/list",
+                &app.v2h(&access),
+                json!({"objectType": t}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(
+            r.body["result"]["lists"].as_array().unwrap().len(),
+            n,
+            "{t}: {r:?}"
+        );
+    }
+    let got = |l: &Value| -> Vec<String> {
+        let mut ids: Vec<String> = l["associations"]["contactIds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(got(&list), members(&list_id));
+
+    let newcomer = hs
+        .live_ids("contacts")
+        .into_iter()
+        .find(|c| !members(&list_id).contains(c))
+        .unwrap();
+    let r = app
+        .post(
+            "/passthrough",
+            &app.v2h(&access),
+            json!({"method": "PUT", "path": format!("/crm/v3/lists/{list_id}/memberships/add"),
+                "body": [newcomer]}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    app.sync_now_and_wait(&conn).await;
+    let list = find().await;
+    assert!(got(&list).contains(&newcomer), "{list}");
+    assert_eq!(got(&list), members(&list_id));
+}
