@@ -62,7 +62,7 @@ def main():
 
     # Live reads (synced:false) of every object, and their field metadata.
     objects = ["users", "contacts", "accounts", "deals", "notes", "tasks", "events", "attendees", "calls", "emails",
-               "lists"]
+               "leads", "lists"]
     for obj in objects:
         extra = {"objectType": "contacts"} if obj == "lists" else {}
         page = op(obj, "list", {"synced": False, **extra})["result"]
@@ -85,6 +85,10 @@ def main():
                                              "dealId": deal}})["result"]["id"]
     task = op("tasks", "create", {"task": {"subject": "check", "contactId": contact}})["result"]["id"]
     op("tasks", "update", {"id": task, "task": {"subject": "checked"}})
+    lead = op("leads", "create", {"lead": {"firstName": "Prism", "lastName": "Lead", "email": "prism.lead@example.net",
+                                             "accountId": account}})["result"]["id"]
+    op("leads", "update", {"id": lead, "lead": {"jobTitle": "Checker"}})
+    op("leads", "delete", {"id": lead})
     meeting = op("events", "list", {})["result"]["events"][0]["id"]
     attendee = op("attendees", "create", {"attendee": {"eventId": meeting, "associationId": contact,
                                                        "associatedObjectType": "contact"}})["result"]["id"]

@@ -36,10 +36,24 @@ const OBJECTS: &[&str] = &[
     "attendees",
     "calls",
     "emails",
+    "leads",
     "lists",
 ];
 
 const PAGE: usize = 100;
+/// HubSpot's association type of a lead's primary contact.
+const LEAD_TO_PRIMARY_CONTACT: u32 = 578;
+
+/// A lead's `hs_lead_name`: the person's name.
+fn lead_name(input: &Map<String, Value>) -> String {
+    let part = |k: &str| input.get(k).and_then(Value::as_str).unwrap_or("").trim();
+    let name = format!("{} {}", part("firstName"), part("lastName"));
+    match name.trim() {
+        "" => "Lead".to_string(),
+        n => n.to_string(),
+    }
+}
+
 /// HubSpot search cannot page past this many results.
 const SEARCH_CAP: usize = 10_000;
 
@@ -54,6 +68,7 @@ fn hs_type(object: &str) -> Option<&'static str> {
         "events" => "meetings",
         "calls" => "calls",
         "emails" => "emails",
+        "leads" => "leads",
         _ => return None,
     })
 }
@@ -152,6 +167,12 @@ fn extra_props(object: &str) -> &'static [&'static str] {
         ],
         "events" => &["hs_timestamp"],
         "deals" => &["pipeline"],
+        "leads" => &[
+            "hs_lead_name",
+            "hs_lead_type",
+            "hs_lead_label",
+            "hs_pipeline_stage",
+        ],
         _ => &[],
     }
 }
@@ -170,6 +191,7 @@ fn associations(object: &str) -> &'static [(&'static str, &'static str)] {
         "accounts" => &[("contactIds", "contacts"), ("dealIds", "deals")],
         "deals" => &[("contactIds", "contacts"), ("accountIds", "companies")],
         "users" => &[],
+        "leads" => &[("contactIds", "contacts"), ("accountIds", "companies")],
         _ => &[
             ("contactIds", "contacts"),
             ("dealIds", "deals"),
@@ -488,7 +510,9 @@ fn to_native(
         props.insert("hubspot_owner_id".into(), as_prop(o));
     }
     // Engagements need a timestamp; default it to now as HubSpot's UI does.
-    if !matches!(object, "contacts" | "accounts" | "deals") && !props.contains_key("hs_timestamp") {
+    if !matches!(object, "contacts" | "accounts" | "deals" | "leads")
+        && !props.contains_key("hs_timestamp")
+    {
         let when = input.get("startDateTime").cloned().unwrap_or_else(|| {
             json!(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         });
@@ -630,6 +654,82 @@ impl HubSpot {
             .collect();
         names.sort();
         Ok(names)
+    }
+
+    /// Properties of records of `t` by id (`POST …/batch/read`, 100 a call).
+    async fn batch_props(
+        &self,
+        p: &dyn Provider,
+        t: &str,
+        ids: &[&str],
+        props: &[&str],
+    ) -> Result<std::collections::HashMap<String, Value>, ConnectorError> {
+        let mut out = std::collections::HashMap::new();
+        for chunk in ids.chunks(100) {
+            let inputs: Vec<Value> = chunk.iter().map(|id| json!({"id": id})).collect();
+            let body = json!({"properties": props, "propertiesWithHistory": [], "inputs": inputs});
+            let v = ok(send(
+                p,
+                Request::with_body("POST", format!("/crm/v3/objects/{t}/batch/read"), body),
+            )
+            .await?)?;
+            for r in v["results"].as_array().into_iter().flatten() {
+                if let Some(id) = id_of(&r["id"]) {
+                    out.insert(id, r["properties"].clone());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// A HubSpot lead is a prospecting record about a contact: the unified
+    /// lead's person fields are its primary (first) contact's, its
+    /// `account` the name of its company.
+    async fn enrich_leads(
+        &self,
+        p: &dyn Provider,
+        records: &mut [NativeRecord],
+    ) -> Result<(), ConnectorError> {
+        let first = |r: &NativeRecord, key: &str| -> Option<String> {
+            r.data["associations"][key]
+                .as_array()
+                .and_then(|a| a.first())
+                .and_then(Value::as_str)
+                .map(String::from)
+        };
+        let contact_ids: Vec<String> = records
+            .iter()
+            .filter_map(|r| first(r, "contactIds"))
+            .collect();
+        let company_ids: Vec<String> = records
+            .iter()
+            .filter_map(|r| first(r, "accountIds"))
+            .collect();
+        fn refs(v: &[String]) -> Vec<&str> {
+            let mut r: Vec<&str> = v.iter().map(String::as_str).collect();
+            r.sort_unstable();
+            r.dedup();
+            r
+        }
+        let person_props: Vec<&str> = fields("contacts").iter().map(|(_, p, _)| *p).collect();
+        let contacts = self
+            .batch_props(p, "contacts", &refs(&contact_ids), &person_props)
+            .await?;
+        let companies = self
+            .batch_props(p, "companies", &refs(&company_ids), &["name"])
+            .await?;
+        for r in records.iter_mut().filter(|r| !r.deleted) {
+            let person = first(r, "contactIds").and_then(|c| contacts.get(&c).cloned());
+            for (canon, prop, _) in fields("contacts") {
+                let v = person.as_ref().map_or(Value::Null, |pp| pp[*prop].clone());
+                r.data.insert((*canon).into(), v);
+            }
+            let account = first(r, "accountIds")
+                .and_then(|c| companies.get(&c).map(|pp| pp["name"].clone()))
+                .unwrap_or(Value::Null);
+            r.data.insert("account".into(), account);
+        }
+        Ok(())
     }
 
     /// HubSpot's meeting attendees are the contacts associated with the
@@ -789,6 +889,103 @@ impl HubSpot {
         })
     }
 
+    /// A lead needs a contact: the given `contactId`, or one made from
+    /// the lead's person fields. Its name is the person's.
+    async fn create_lead(
+        &self,
+        p: &dyn Provider,
+        input: &Map<String, Value>,
+    ) -> Result<NativeRecord, ConnectorError> {
+        let contact = match input.get("contactId") {
+            Some(Value::String(c)) => c.clone(),
+            _ => {
+                let (props, _) = to_native("contacts", "contacts", input);
+                let v = ok(send(
+                    p,
+                    Request::with_body(
+                        "POST",
+                        "/crm/v3/objects/contacts",
+                        json!({"properties": props, "associations": []}),
+                    ),
+                )
+                .await?)?;
+                id_of(&v["id"]).ok_or_else(|| {
+                    ConnectorError::Decode("HubSpot created a contact without an id".into())
+                })?
+            }
+        };
+        let (mut props, _) = to_native("leads", "leads", input);
+        props.insert("hs_lead_name".into(), json!(lead_name(input)));
+        let body = json!({"properties": props, "associations": [
+            {"to": {"id": contact}, "types": [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": LEAD_TO_PRIMARY_CONTACT}]}
+        ]});
+        let v = ok(send(p, Request::with_body("POST", "/crm/v3/objects/leads", body)).await?)?;
+        let id = id_of(&v["id"])
+            .ok_or_else(|| ConnectorError::Decode("HubSpot created a lead without an id".into()))?;
+        if let Some(Value::String(a)) = input.get("accountId") {
+            self.link(p, "leads", &id, &[("companies".into(), a.clone())])
+                .await?;
+        }
+        self.read_one(p, "leads", "leads", &id).await
+    }
+
+    /// Person fields go to the lead's primary contact, the rest to the lead.
+    async fn update_lead(
+        &self,
+        p: &dyn Provider,
+        id: &str,
+        input: &Map<String, Value>,
+    ) -> Result<NativeRecord, ConnectorError> {
+        let current = self.read_one(p, "leads", "leads", id).await?;
+        let (person, _) = to_native("contacts", "contacts", input);
+        let person: Map<String, Value> = person
+            .into_iter()
+            .filter(|(k, _)| fields("contacts").iter().any(|(_, p, _)| p == k))
+            .collect();
+        if !person.is_empty()
+            && let Some(c) = current.data["associations"]["contactIds"]
+                .as_array()
+                .and_then(|a| a.first())
+                .and_then(Value::as_str)
+        {
+            ok(send(
+                p,
+                Request::with_body(
+                    "PATCH",
+                    format!("/crm/v3/objects/contacts/{}", crate::segment(c)),
+                    json!({"properties": person}),
+                ),
+            )
+            .await?)?;
+        }
+        let (mut props, _) = to_native("leads", "leads", input);
+        if input.contains_key("firstName") || input.contains_key("lastName") {
+            let mut named = input.clone();
+            for k in ["firstName", "lastName"] {
+                if !named.contains_key(k) {
+                    named.insert(k.into(), current.data[k].clone());
+                }
+            }
+            props.insert("hs_lead_name".into(), json!(lead_name(&named)));
+        }
+        if !props.is_empty() {
+            ok(send(
+                p,
+                Request::with_body(
+                    "PATCH",
+                    format!("/crm/v3/objects/leads/{}", crate::segment(id)),
+                    json!({"properties": props}),
+                ),
+            )
+            .await?)?;
+        }
+        if let Some(Value::String(a)) = input.get("accountId") {
+            self.link(p, "leads", id, &[("companies".into(), a.clone())])
+                .await?;
+        }
+        self.read_one(p, "leads", "leads", id).await
+    }
+
     /// An attendee id's (meeting, contact), both HubSpot ids.
     fn attendee_parts(id: &str) -> Option<(&str, &str)> {
         let (m, c) = id.split_once(':')?;
@@ -896,7 +1093,11 @@ impl HubSpot {
         let r = Request::get(format!("/crm/v3/objects/{t}/{}", crate::segment(id)))
             .query("properties", props.join(","))
             .query("associations", assoc.join(","));
-        to_record(object, ok(send(p, r).await?)?)
+        let mut rec = to_record(object, ok(send(p, r).await?)?)?;
+        if object == "leads" {
+            self.enrich_leads(p, std::slice::from_mut(&mut rec)).await?;
+        }
+        Ok(rec)
     }
 
     async fn link(
@@ -1092,6 +1293,9 @@ impl CrmConnector for HubSpot {
                     .map(|r| to_record(object, r.clone()))
                     .collect::<Result<Vec<_>, _>>()?;
                 self.attach(p, object, t, &mut records).await?;
+                if object == "leads" {
+                    self.enrich_leads(p, &mut records).await?;
+                }
                 let next = match v["paging"]["next"]["after"]
                     .as_str()
                     .and_then(|a| a.parse::<usize>().ok())
@@ -1154,6 +1358,9 @@ impl CrmConnector for HubSpot {
                         continue;
                     }
                     records.push(rec);
+                }
+                if object == "leads" {
+                    self.enrich_leads(p, &mut records).await?;
                 }
                 let next = v["paging"]["next"]["after"].as_str().map(|a| Cursor {
                     m: mode.into(),
@@ -1244,6 +1451,9 @@ impl CrmConnector for HubSpot {
                 .await?
                 .ok_or(ConnectorError::NotFound);
         }
+        if object == "leads" {
+            return self.create_lead(p, input).await;
+        }
         let t = hs_type(object).ok_or_else(|| {
             ConnectorError::Unsupported(format!("HubSpot cannot create {object}"))
         })?;
@@ -1281,6 +1491,9 @@ impl CrmConnector for HubSpot {
         native_id: &str,
         input: &Map<String, Value>,
     ) -> Result<NativeRecord, ConnectorError> {
+        if object == "leads" {
+            return self.update_lead(p, native_id, input).await;
+        }
         let t = hs_type(object).ok_or_else(|| {
             ConnectorError::Unsupported(format!("HubSpot cannot update {object}"))
         })?;

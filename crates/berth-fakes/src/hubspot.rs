@@ -39,6 +39,7 @@ pub const TYPES: &[(&str, &str)] = &[
     ("meetings", "meeting"),
     ("calls", "call"),
     ("emails", "email"),
+    ("leads", "lead"),
 ];
 
 /// HubSpot-defined association type ids (from HubSpot's association type
@@ -47,6 +48,11 @@ pub fn association_type_id(from: &str, to: &str) -> Option<u32> {
     Some(match (from, to) {
         ("contacts", "companies") => 279,
         ("companies", "contacts") => 280,
+        // A lead's primary contact and company.
+        ("leads", "contacts") => 578,
+        ("contacts", "leads") => 579,
+        ("leads", "companies") => 610,
+        ("companies", "leads") => 611,
         ("deals", "contacts") => 3,
         ("contacts", "deals") => 4,
         ("deals", "companies") => 341,
@@ -224,10 +230,24 @@ fn builtin_props(t: &str) -> Vec<(&'static str, &'static str, PType)> {
             ("hs_email_headers", "Email Headers", Str),
             ("hs_attachment_ids", "Attachment IDs", Str),
         ],
+        "leads" => vec![
+            ("hs_lead_name", "Lead name", Str),
+            (
+                "hs_lead_type",
+                "Lead type",
+                Enum(&["NEW_BUSINESS", "UPSELL", "RE_ATTEMPTING"]),
+            ),
+            (
+                "hs_lead_label",
+                "Lead label",
+                Enum(&["COLD", "WARM", "HOT"]),
+            ),
+            ("hs_pipeline_stage", "Lead stage", Str),
+        ],
         _ => vec![],
     };
     v.push(("hubspot_owner_id", "Owner", Str));
-    if !matches!(t, "contacts" | "companies" | "deals") {
+    if !matches!(t, "contacts" | "companies" | "deals" | "leads") {
         v.push(("hs_timestamp", "Activity Date", DateTime));
     }
     v
@@ -326,6 +346,8 @@ pub struct Options {
     pub deals: usize,
     /// Records of each engagement type (notes, tasks, meetings, calls, emails).
     pub engagements: usize,
+    /// Leads, each with a primary contact and most with its company.
+    pub leads: usize,
     pub seed: u64,
     /// Records were created over this many days before now.
     pub history_days: i64,
@@ -345,6 +367,7 @@ impl Default for Options {
             companies: 12,
             deals: 15,
             engagements: 6,
+            leads: 4,
             seed: 7,
             history_days: 120,
             burst_per_10s: 190,
@@ -685,6 +708,41 @@ fn generate(db: &mut Db, o: &Options) {
             }
         }
     }
+    // Leads come after the rest so earlier records stay as they were.
+    let contacts: Vec<u64> = db.objects["contacts"].keys().copied().collect();
+    for i in 0..o.leads {
+        if contacts.is_empty() {
+            break;
+        }
+        let c = contacts[g.below(contacts.len() as u64) as usize];
+        let name = {
+            let r = &db.objects["contacts"][&c];
+            format!(
+                "{} {}",
+                r.props.get("firstname").cloned().unwrap_or_default(),
+                r.props.get("lastname").cloned().unwrap_or_default()
+            )
+        };
+        let label = g.pick(&["COLD", "WARM", "HOT"]).to_string();
+        let id = add(
+            db,
+            "leads",
+            &mut g,
+            vec![
+                ("hs_lead_name", name),
+                ("hs_lead_type", "NEW_BUSINESS".into()),
+                ("hs_lead_label", label),
+            ],
+        );
+        link(db, ("leads", id), ("contacts", c));
+        let company = db
+            .assoc
+            .get(&("contacts", c))
+            .and_then(|s| s.iter().find(|(t, _)| *t == "companies").copied());
+        if let Some(co) = company.filter(|_| i % 3 != 2) {
+            link(db, ("leads", id), co);
+        }
+    }
     generate_lists(db, &mut g, now);
 }
 
@@ -979,6 +1037,7 @@ fn default_props(t: &str) -> &'static [&'static str] {
         "contacts" => &["firstname", "lastname", "email"],
         "companies" => &["name", "domain"],
         "deals" => &["dealname", "amount", "closedate", "dealstage", "pipeline"],
+        "leads" => &["hs_lead_name"],
         _ => &["hs_timestamp"],
     }
 }
@@ -1263,6 +1322,7 @@ fn validate(
     if creating {
         let required: &[&str] = match t {
             "deals" => &["dealname", "dealstage"],
+            "leads" => &["hs_lead_name"],
             "contacts" | "companies" => &[],
             _ => &["hs_timestamp"],
         };
@@ -1346,6 +1406,11 @@ async fn create(
             return bad_body(&format!("No {} with ID {to_id} exists", singular(target)));
         }
         links.push((target, to_id));
+    }
+    if t == "leads" && !links.iter().any(|(tt, _)| *tt == "contacts") {
+        return bad_body(
+            "A lead must be associated with an existing contact (associationTypeId 578)",
+        );
     }
     if t == "contacts"
         && let Some(email) = props.get("email").filter(|e| !e.is_empty())

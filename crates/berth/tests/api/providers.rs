@@ -1408,3 +1408,109 @@ async fn hubspot_contact_lists_and_members() {
     assert!(got(&list).contains(&newcomer), "{list}");
     assert_eq!(got(&list), members(&list_id));
 }
+
+/// A HubSpot lead is a record about a contact: the unified lead shows its
+/// primary contact's person fields and its company's name; creating one
+/// makes the contact too, updating person fields updates the contact.
+#[tokio::test]
+async fn hubspot_leads_show_their_contact() {
+    let token = "pat-na1-leads";
+    let hs = hubspot::HubSpot::new(hubspot::Options {
+        tokens: vec![token.into()],
+        ..Default::default()
+    });
+    let base = berth_fakes::serve(hs.router()).await.unwrap();
+    let app = app_with_catalog(format!(
+        "[integrations.hubspot]\nbase_url = \"{base}\"\nrate_limit = {{ requests = 1000, per_seconds = 10, scope = \"account\" }}\n"
+    ))
+    .await;
+    let (conn, access) = app.connect_api_key("hubspot", token).await;
+    let o = hubspot::Options::default();
+    synced_with_exact_counts(&app, &conn, &access, &[("leads", "leads", o.leads)]).await;
+    let lead = hs.live_ids("leads")[0].clone();
+    let contact = hs.associated("leads", &lead, "contacts")[0].clone();
+    let find = |id: String| {
+        let app = &app;
+        let access = &access;
+        async move {
+            let r = app
+                .post(
+                    "/unifications/crm/leads/find",
+                    &app.v2h(access),
+                    json!({"id": id, "associations": ["contacts", "accounts"]}),
+                )
+                .await;
+            assert_eq!(r.status, 200, "{r:?}");
+            r.body["result"]["lead"].clone()
+        }
+    };
+    let l = find(lead.clone()).await;
+    assert_eq!(
+        l["lastName"].as_str(),
+        hs.property("contacts", &contact, "lastname").as_deref()
+    );
+    assert_eq!(
+        l["email"].as_str(),
+        hs.property("contacts", &contact, "email").as_deref()
+    );
+    assert_eq!(l["associations"]["contactIds"], json!([contact]));
+    let company = hs.associated("leads", &lead, "companies").first().cloned();
+    assert_eq!(
+        l["accountName"].as_str(),
+        company
+            .as_deref()
+            .and_then(|c| hs.property("companies", c, "name"))
+            .as_deref(),
+        "{l}"
+    );
+    // The contact lists the lead back.
+    let r = app
+        .post(
+            "/unifications/crm/contacts/find",
+            &app.v2h(&access),
+            json!({"id": contact, "associations": ["leads"]}),
+        )
+        .await;
+    let leads = r.body["result"]["contact"]["associations"]["leadIds"]
+        .as_array()
+        .unwrap();
+    assert!(leads.iter().any(|x| x == lead.as_str()), "{r:?}");
+
+    // Creating a lead makes its contact; person updates reach the contact.
+    let account = hs.live_ids("companies")[0].clone();
+    let r = app
+        .post(
+            "/unifications/crm/leads/create",
+            &app.v2h(&access),
+            json!({"lead": {"firstName": "Noor", "lastName": "Haddad", "email": "noor@prospect.example",
+                "accountId": account}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let new_lead = r.body["result"]["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        hs.property("leads", &new_lead, "hs_lead_name").as_deref(),
+        Some("Noor Haddad")
+    );
+    let new_contact = hs.associated("leads", &new_lead, "contacts")[0].clone();
+    assert_eq!(
+        hs.property("contacts", &new_contact, "email").as_deref(),
+        Some("noor@prospect.example")
+    );
+    assert_eq!(hs.associated("leads", &new_lead, "companies"), [account]);
+    let r = app
+        .post(
+            "/unifications/crm/leads/update",
+            &app.v2h(&access),
+            json!({"id": new_lead, "lead": {"jobTitle": "CTO"}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        hs.property("contacts", &new_contact, "jobtitle").as_deref(),
+        Some("CTO")
+    );
+    let l = find(new_lead).await;
+    assert_eq!(l["jobTitle"], "CTO");
+    assert_eq!(l["firstName"], "Noor");
+}
