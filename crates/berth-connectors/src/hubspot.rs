@@ -1033,6 +1033,41 @@ impl HubSpot {
     }
 
     /// Reads the associations of search results (v4 batch, per type).
+    /// Every association of one record to `to` (v4, 500 a page).
+    async fn all_associations(
+        &self,
+        p: &dyn Provider,
+        t: &str,
+        id: &str,
+        to: &str,
+    ) -> Result<Vec<Value>, ConnectorError> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut r = Request::get(format!(
+                "/crm/v4/objects/{t}/{}/associations/{to}",
+                crate::segment(id)
+            ))
+            .query("limit", "500");
+            if let Some(a) = &after {
+                r = r.query("after", a.clone());
+            }
+            let v = ok(send(p, r).await?)?;
+            out.extend(
+                v["results"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|x| id_of(&x["toObjectId"]))
+                    .map(Value::String),
+            );
+            match v["paging"]["next"]["after"].as_str() {
+                Some(a) => after = Some(a.to_string()),
+                None => return Ok(dedup(out)),
+            }
+        }
+    }
+
     async fn attach(
         &self,
         p: &dyn Provider,
@@ -1059,6 +1094,13 @@ impl HubSpot {
                 let Some(from) = id_of(&r["from"]["id"]) else {
                     continue;
                 };
+                // A batch read answers up to 500 per record; more are read
+                // for that record alone.
+                if r["paging"]["next"].is_object() {
+                    let all = self.all_associations(p, t, &from, to).await?;
+                    by_id.insert(from, all);
+                    continue;
+                }
                 let ids = r["to"]
                     .as_array()
                     .into_iter()
@@ -1093,7 +1135,16 @@ impl HubSpot {
         let r = Request::get(format!("/crm/v3/objects/{t}/{}", crate::segment(id)))
             .query("properties", props.join(","))
             .query("associations", assoc.join(","));
-        let mut rec = to_record(object, ok(send(p, r).await?)?)?;
+        let v = ok(send(p, r).await?)?;
+        let mut rec = to_record(object, v.clone())?;
+        for (canon, to) in associations(object) {
+            if v["associations"][*to]["paging"]["next"].is_object() {
+                let all = self.all_associations(p, t, &rec.native_id, to).await?;
+                if let Some(Value::Object(a)) = rec.data.get_mut("associations") {
+                    a.insert((*canon).into(), Value::Array(all));
+                }
+            }
+        }
         if object == "leads" {
             self.enrich_leads(p, std::slice::from_mut(&mut rec)).await?;
         }
@@ -1352,10 +1403,20 @@ impl CrmConnector for HubSpot {
                 let v = ok(send(p, r).await?)?;
                 let mut records = Vec::new();
                 for item in v["results"].as_array().into_iter().flatten() {
-                    let rec = to_record(object, item.clone())?;
+                    let mut rec = to_record(object, item.clone())?;
                     // Tombstones older than the run's start were seen before.
                     if archived && rec.modified_time.is_some_and(|m| m < cur.s) {
                         continue;
+                    }
+                    // Inline associations stop at 100 a type; a record with
+                    // more has them all read.
+                    for (canon, to) in associations(object) {
+                        if item["associations"][*to]["paging"]["next"].is_object() {
+                            let all = self.all_associations(p, t, &rec.native_id, to).await?;
+                            if let Some(Value::Object(a)) = rec.data.get_mut("associations") {
+                                a.insert((*canon).into(), Value::Array(all));
+                            }
+                        }
                     }
                     records.push(rec);
                 }

@@ -348,6 +348,9 @@ pub struct Options {
     pub engagements: usize,
     /// Leads, each with a primary contact and most with its company.
     pub leads: usize,
+    /// Associate every contact with the first company (to page past
+    /// HubSpot's inline association limit).
+    pub crowded_company: bool,
     pub seed: u64,
     /// Records were created over this many days before now.
     pub history_days: i64,
@@ -368,6 +371,7 @@ impl Default for Options {
             deals: 15,
             engagements: 6,
             leads: 4,
+            crowded_company: false,
             seed: 7,
             history_days: 120,
             burst_per_10s: 190,
@@ -509,6 +513,10 @@ impl HubSpot {
             .route(
                 "/crm/v4/objects/{t}/{id}/associations/{to}/{to_id}",
                 axum::routing::delete(dissociate),
+            )
+            .route(
+                "/crm/v4/objects/{t}/{id}/associations/{to}",
+                get(assoc_list),
             )
             .route("/crm/v3/objects/{t}/batch/read", post(batch_read))
             .route("/crm/v3/lists/search", post(lists_search))
@@ -706,6 +714,14 @@ fn generate(db: &mut Db, o: &Options) {
                     link(db, (t, id), (to, c));
                 }
             }
+        }
+    }
+    if o.crowded_company
+        && let Some(first) = db.objects["companies"].keys().next().copied()
+    {
+        let contacts: Vec<u64> = db.objects["contacts"].keys().copied().collect();
+        for c in contacts {
+            link(db, ("contacts", c), ("companies", first));
         }
     }
     // Leads come after the rest so earlier records stay as they were.
@@ -1096,8 +1112,18 @@ fn render(db: &Db, t: &'static str, r: &Rec, props: Option<&[String]>, assoc: &[
                 json!({"id": id.to_string(), "type": format!("{}_to_{}", singular(t), singular(to_t))})
             })
             .collect();
+        // As at HubSpot, a record's inline associations stop at the first
+        // INLINE_ASSOCIATIONS; the rest are paged by the v4 API.
         if !linked.is_empty() {
-            assocs.insert(to_t.into(), json!({"results": linked}));
+            let more = linked.len() > INLINE_ASSOCIATIONS;
+            let first: Vec<Value> = linked.into_iter().take(INLINE_ASSOCIATIONS).collect();
+            let mut entry = json!({"results": first});
+            if more {
+                let after = INLINE_ASSOCIATIONS.to_string();
+                entry["paging"] = json!({"next": {"after": after, "link": format!(
+                    "https://api.hubapi.com/crm/v4/objects/{t}/{}/associations/{to_t}?after={after}", r.id)}});
+            }
+            assocs.insert(to_t.into(), entry);
         }
     }
     if !assocs.is_empty() {
@@ -2057,6 +2083,64 @@ async fn pipeline(State(_h): State<HubSpot>, Path((t, id)): Path<(String, String
     }
 }
 
+/// How many associations of one type a record carries inline.
+const INLINE_ASSOCIATIONS: usize = 100;
+/// How many associations of one record a v4 batch read returns.
+const BATCH_ASSOCIATIONS: usize = 500;
+
+/// `GET /crm/v4/objects/{t}/{id}/associations/{to}?after&limit`: one
+/// record's associations of one type, paged (limit at most 500).
+async fn assoc_list(
+    State(h): State<HubSpot>,
+    Path((t, id, to)): Path<(String, String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let (Some(t), Some(to)) = (type_of(&t), type_of(&to)) else {
+        return bad_body("Unknown object type");
+    };
+    let Ok(id) = id.parse::<u64>() else {
+        return not_found();
+    };
+    let after: usize = q.get("after").and_then(|a| a.parse().ok()).unwrap_or(0);
+    let limit: usize = q
+        .get("limit")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(500)
+        .clamp(1, 500);
+    let db = h.lock();
+    if db.objects[t]
+        .get(&id)
+        .is_none_or(|r| r.archived_at.is_some())
+    {
+        return not_found();
+    }
+    let type_id = association_type_id(t, to).unwrap_or(0);
+    let all: Vec<u64> = db
+        .assoc
+        .get(&(t, id))
+        .into_iter()
+        .flatten()
+        .filter(|(tt, tid)| {
+            *tt == to
+                && db.objects[to]
+                    .get(tid)
+                    .is_some_and(|r| r.archived_at.is_none())
+        })
+        .map(|(_, tid)| *tid)
+        .collect();
+    let results: Vec<Value> = all
+        .iter()
+        .skip(after)
+        .take(limit)
+        .map(|tid| json!({"toObjectId": tid, "associationTypes": [{"category": "HUBSPOT_DEFINED", "typeId": type_id, "label": null}]}))
+        .collect();
+    let mut out = json!({"results": results});
+    if after + limit < all.len() {
+        out["paging"] = json!({"next": {"after": (after + limit).to_string()}});
+    }
+    Json(out).into_response()
+}
+
 async fn assoc_batch_read(
     State(h): State<HubSpot>,
     Path((from, to)): Path<(String, String)>,
@@ -2091,7 +2175,13 @@ async fn assoc_batch_read(
             .map(|(_, tid)| json!({"toObjectId": tid, "associationTypes": [{"category": "HUBSPOT_DEFINED", "typeId": type_id, "label": null}]}))
             .collect();
         if !targets.is_empty() {
-            results.push(json!({"from": {"id": id.to_string()}, "to": targets}));
+            let more = targets.len() > BATCH_ASSOCIATIONS;
+            let first: Vec<Value> = targets.into_iter().take(BATCH_ASSOCIATIONS).collect();
+            let mut r = json!({"from": {"id": id.to_string()}, "to": first});
+            if more {
+                r["paging"] = json!({"next": {"after": BATCH_ASSOCIATIONS.to_string()}});
+            }
+            results.push(r);
         }
     }
     Json(json!({"status": "COMPLETE", "results": results, "startedAt": started, "completedAt": iso(now_ms())})).into_response()

@@ -1514,3 +1514,45 @@ async fn hubspot_leads_show_their_contact() {
     assert_eq!(l["jobTitle"], "CTO");
     assert_eq!(l["firstName"], "Noor");
 }
+
+/// HubSpot carries at most 100 associations of a type inline (and a v4
+/// batch read 500 per record); a company with more contacts has them all,
+/// in full runs, incremental runs and read-backs.
+#[tokio::test]
+async fn hubspot_associations_past_the_inline_page() {
+    let token = "pat-na1-crowded";
+    let hs = hubspot::HubSpot::new(hubspot::Options {
+        tokens: vec![token.into()],
+        contacts: 160,
+        crowded_company: true,
+        ..Default::default()
+    });
+    let base = berth_fakes::serve(hs.router()).await.unwrap();
+    let app = app_with_catalog(format!(
+        "[integrations.hubspot]\nbase_url = \"{base}\"\nrate_limit = {{ requests = 1000, per_seconds = 10, scope = \"account\" }}\n"
+    ))
+    .await;
+    let (conn, access) = app.connect_api_key("hubspot", token).await;
+    synced_with_exact_counts(&app, &conn, &access, &[("contacts", "contacts", 160)]).await;
+    let company = hs.live_ids("companies")[0].clone();
+    let want = hs.associated("companies", &company, "contacts");
+    assert!(want.len() > 100, "{}", want.len());
+    for synced in [true, false] {
+        let r = app
+            .post(
+                "/unifications/crm/accounts/find",
+                &app.v2h(&access),
+                json!({"id": company, "associations": ["contacts"], "synced": synced}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{r:?}");
+        let mut got: Vec<String> = r.body["result"]["account"]["associations"]["contactIds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect();
+        got.sort();
+        assert_eq!(got, want, "synced: {synced}");
+    }
+}
