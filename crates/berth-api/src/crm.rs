@@ -197,18 +197,43 @@ fn split_ids(s: &str) -> Vec<String> {
         .collect()
 }
 
-/// v1 `ids` in a body: an array (its strings, as batch always read it) or
-/// a comma-separated string.
-fn ids_of(v: Option<&Value>) -> Option<Vec<String>> {
-    match v? {
-        Value::Array(a) => Some(
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(String::from)
-                .collect(),
-        ),
-        Value::String(s) => Some(split_ids(s)),
-        _ => None,
+/// v1 `ids` in a body: an array of ids (strings, or numbers as providers'
+/// numeric ids are often written) or a comma-separated string. `None` when
+/// absent; anything else is a 400 that names the bad entry rather than an
+/// id silently dropped.
+fn ids_of<F>(v: Option<&Value>) -> Result<Option<Vec<String>>, ApiError<F>> {
+    let bad = |what: String| ApiError::bad_request("INVALID_IDS", what);
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(a)) => a
+            .iter()
+            .enumerate()
+            .map(|(i, x)| match x {
+                Value::String(s) => Ok(s.clone()),
+                Value::Number(n) => Ok(n.to_string()),
+                other => Err(bad(format!(
+                    "ids[{i}] must be a string id, not {}",
+                    kind_of(other)
+                ))),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some),
+        Some(Value::String(s)) => Ok(Some(split_ids(s))),
+        Some(other) => Err(bad(format!(
+            "ids must be an array of ids or a comma-separated string, not {}",
+            kind_of(other)
+        ))),
+    }
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
     }
 }
 
@@ -428,7 +453,7 @@ async fn user_associations(
             "objectType must be one of account, contact, deal, note, email, event, task, call",
         )
     })?;
-    let ids = ids_of(input.get("ids"))
+    let ids = ids_of(input.get("ids"))?
         .ok_or_else(|| ApiError::bad_request("INVALID_IDS", "ids must be an array of user ids"))?;
     let cursor = input
         .get("cursor")
@@ -564,7 +589,10 @@ async fn v1_write(
             );
         }
         (V1Op::Batch, false) => {
-            let ids = ids_of(input.get("ids")).unwrap_or_default();
+            let ids = match ids_of::<V1>(input.get("ids")) {
+                Ok(ids) => ids.unwrap_or_default(),
+                Err(e) => return err(e),
+            };
             crm.batch(&conn, o, Generation::V1, &ids, &view)
                 .await
                 .map(|(found, invalid)| json!({o.v1_list_key: found, "invalidIds": invalid}))

@@ -704,6 +704,18 @@ async fn bad_crm_input_gets_clear_errors() {
     for (r, status, code) in cases {
         assert_eq!(v2_error(&r, status), code, "{r:?}");
     }
+    // v1 batch ids: a bad entry is named, never silently dropped.
+    for ids in [json!(["a", null]), json!([{"id": "a"}]), json!(7)] {
+        let r = app
+            .post(
+                "/crm/contact/batch",
+                &v1,
+                json!({"accessToken": access, "ids": ids}),
+            )
+            .await;
+        assert_eq!(r.status, 400, "{r:?}");
+        assert_eq!(r.body["errorCode"], "INVALID_IDS", "{r:?}");
+    }
     let get = |p: String| {
         let app = &app;
         async move { app.send("GET", &p, &v1, None).await }
