@@ -66,6 +66,7 @@ async fn main() -> anyhow::Result<()> {
         companies: contacts / 5,
         deals: contacts / 5,
         engagements: 0,
+        leads: 0,
         history_days: 730,
         burst_per_10s: 0,
         search_per_sec: 0,
