@@ -752,25 +752,15 @@ impl HubSpot {
                     .map(move |c| (m, c.to_string()))
             })
             .collect();
-        let mut emails: std::collections::HashMap<String, Value> = Default::default();
         let mut contact_ids: Vec<&str> = pairs.iter().map(|(_, c)| c.as_str()).collect();
         contact_ids.sort_unstable();
         contact_ids.dedup();
-        for chunk in contact_ids.chunks(100) {
-            let inputs: Vec<Value> = chunk.iter().map(|id| json!({"id": id})).collect();
-            let body =
-                json!({"properties": ["email"], "propertiesWithHistory": [], "inputs": inputs});
-            let v = ok(send(
-                p,
-                Request::with_body("POST", "/crm/v3/objects/contacts/batch/read", body),
-            )
-            .await?)?;
-            for r in v["results"].as_array().into_iter().flatten() {
-                if let Some(id) = id_of(&r["id"]) {
-                    emails.insert(id, r["properties"]["email"].clone());
-                }
-            }
-        }
+        let emails: std::collections::HashMap<String, Value> = self
+            .batch_props(p, "contacts", &contact_ids, &["email"])
+            .await?
+            .into_iter()
+            .map(|(id, props)| (id, props["email"].clone()))
+            .collect();
         Ok(pairs
             .into_iter()
             .map(|(m, c)| {
@@ -797,13 +787,18 @@ impl HubSpot {
             .collect())
     }
 
-    /// Every member of a list (`GET /crm/v3/lists/{id}/memberships`).
-    async fn list_members(&self, p: &dyn Provider, id: &str) -> Result<Vec<Value>, ConnectorError> {
+    /// Every id of a paged listing (`results[].<field>`, `paging.next.after`).
+    async fn paged_ids(
+        &self,
+        p: &dyn Provider,
+        path: String,
+        limit: &'static str,
+        field: &str,
+    ) -> Result<Vec<Value>, ConnectorError> {
         let mut out = Vec::new();
         let mut after: Option<String> = None;
         loop {
-            let mut r = Request::get(format!("/crm/v3/lists/{}/memberships", crate::segment(id)))
-                .query("limit", "250");
+            let mut r = Request::get(path.clone()).query("limit", limit);
             if let Some(a) = &after {
                 r = r.query("after", a.clone());
             }
@@ -813,14 +808,20 @@ impl HubSpot {
                     .as_array()
                     .into_iter()
                     .flatten()
-                    .filter_map(|m| id_of(&m["recordId"]))
+                    .filter_map(|m| id_of(&m[field]))
                     .map(Value::String),
             );
             match v["paging"]["next"]["after"].as_str() {
                 Some(a) => after = Some(a.to_string()),
-                None => return Ok(out),
+                None => return Ok(dedup(out)),
             }
         }
+    }
+
+    /// Every member of a list (`GET /crm/v3/lists/{id}/memberships`).
+    async fn list_members(&self, p: &dyn Provider, id: &str) -> Result<Vec<Value>, ConnectorError> {
+        let path = format!("/crm/v3/lists/{}/memberships", crate::segment(id));
+        self.paged_ids(p, path, "250", "recordId").await
     }
 
     /// A contact list (HubSpot's v3 Lists, `objectTypeId` `0-1`) with its
@@ -1041,31 +1042,11 @@ impl HubSpot {
         id: &str,
         to: &str,
     ) -> Result<Vec<Value>, ConnectorError> {
-        let mut out = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let mut r = Request::get(format!(
-                "/crm/v4/objects/{t}/{}/associations/{to}",
-                crate::segment(id)
-            ))
-            .query("limit", "500");
-            if let Some(a) = &after {
-                r = r.query("after", a.clone());
-            }
-            let v = ok(send(p, r).await?)?;
-            out.extend(
-                v["results"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|x| id_of(&x["toObjectId"]))
-                    .map(Value::String),
-            );
-            match v["paging"]["next"]["after"].as_str() {
-                Some(a) => after = Some(a.to_string()),
-                None => return Ok(dedup(out)),
-            }
-        }
+        let path = format!(
+            "/crm/v4/objects/{t}/{}/associations/{to}",
+            crate::segment(id)
+        );
+        self.paged_ids(p, path, "500", "toObjectId").await
     }
 
     async fn attach(

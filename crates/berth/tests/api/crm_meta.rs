@@ -8,7 +8,7 @@ use berth_fakes::{hubspot, salesforce};
 use serde_json::{Value, json};
 
 use crate::helpers::*;
-use crate::providers::{app_with_catalog, salesforce_app, synced_with_exact_counts};
+use crate::providers::{app_with_catalog, hubspot_app, salesforce_app, synced_with_exact_counts};
 use crate::sync::v1_all;
 
 async fn get(app: &TestApp, path: &str) -> Resp {
@@ -53,17 +53,7 @@ fn option_keys(f: &Value) -> Vec<&str> {
 
 #[tokio::test]
 async fn hubspot_custom_fields_details_info_and_user_associations() {
-    let token = "pat-na1-meta";
-    let hs = hubspot::HubSpot::new(hubspot::Options {
-        tokens: vec![token.into()],
-        ..Default::default()
-    });
-    let base = berth_fakes::serve(hs.router()).await.unwrap();
-    let app = app_with_catalog(format!(
-        "[integrations.hubspot]\nbase_url = \"{base}\"\nrate_limit = {{ requests = 1000, per_seconds = 10, scope = \"account\" }}\n"
-    ))
-    .await;
-    let (conn, access) = app.connect_api_key("hubspot", token).await;
+    let (hs, app, conn, access) = hubspot_app("pat-na1-meta", hubspot::Options::default()).await;
     synced_with_exact_counts(&app, &conn, &access, &[]).await;
 
     // A v1 single select on contacts, then a new option.

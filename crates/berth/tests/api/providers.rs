@@ -95,6 +95,26 @@ impl TestApp {
     }
 }
 
+/// A HubSpot fake made with `opts` (accepting `token` as its private-app
+/// token) and a Berth connected to it: (fake, app, connection id, access
+/// token).
+pub(crate) async fn hubspot_app(
+    token: &str,
+    opts: hubspot::Options,
+) -> (hubspot::HubSpot, TestApp, String, String) {
+    let hs = hubspot::HubSpot::new(hubspot::Options {
+        tokens: vec![token.into()],
+        ..opts
+    });
+    let base = berth_fakes::serve(hs.router()).await.unwrap();
+    let app = app_with_catalog(format!(
+        "[integrations.hubspot]\nbase_url = \"{base}\"\nrate_limit = {{ requests = 1000, per_seconds = 10, scope = \"account\" }}\n"
+    ))
+    .await;
+    let (conn, access) = app.connect_api_key("hubspot", token).await;
+    (hs, app, conn, access)
+}
+
 /// A Berth whose Salesforce points at the fake at `base`, connected through
 /// the OAuth dance as a browser would do it; (app, connectionId,
 /// accessToken).
@@ -1196,17 +1216,8 @@ async fn salesforce_campaigns_are_lists() {
 /// contact, removing dissociates it.
 #[tokio::test]
 async fn hubspot_meeting_attendees_are_meeting_contacts() {
-    let token = "pat-na1-attendees";
-    let hs = hubspot::HubSpot::new(hubspot::Options {
-        tokens: vec![token.into()],
-        ..Default::default()
-    });
-    let base = berth_fakes::serve(hs.router()).await.unwrap();
-    let app = app_with_catalog(format!(
-        "[integrations.hubspot]\nbase_url = \"{base}\"\nrate_limit = {{ requests = 1000, per_seconds = 10, scope = \"account\" }}\n"
-    ))
-    .await;
-    let (conn, access) = app.connect_api_key("hubspot", token).await;
+    let (hs, app, conn, access) =
+        hubspot_app("pat-na1-attendees", hubspot::Options::default()).await;
     let meetings = hs.live_ids("meetings");
     let pairs: usize = meetings
         .iter()
@@ -1314,17 +1325,7 @@ async fn hubspot_meeting_attendees_are_meeting_contacts() {
 /// after the next run, which reads every list.
 #[tokio::test]
 async fn hubspot_contact_lists_and_members() {
-    let token = "pat-na1-lists";
-    let hs = hubspot::HubSpot::new(hubspot::Options {
-        tokens: vec![token.into()],
-        ..Default::default()
-    });
-    let base = berth_fakes::serve(hs.router()).await.unwrap();
-    let app = app_with_catalog(format!(
-        "[integrations.hubspot]\nbase_url = \"{base}\"\nrate_limit = {{ requests = 1000, per_seconds = 10, scope = \"account\" }}\n"
-    ))
-    .await;
-    let (conn, access) = app.connect_api_key("hubspot", token).await;
+    let (hs, app, conn, access) = hubspot_app("pat-na1-lists", hubspot::Options::default()).await;
     let contact_lists: Vec<_> = hs.lists().into_iter().filter(|l| l.2 == "0-1").collect();
     assert!(
         hs.lists().len() > contact_lists.len(),
@@ -1414,17 +1415,7 @@ async fn hubspot_contact_lists_and_members() {
 /// makes the contact too, updating person fields updates the contact.
 #[tokio::test]
 async fn hubspot_leads_show_their_contact() {
-    let token = "pat-na1-leads";
-    let hs = hubspot::HubSpot::new(hubspot::Options {
-        tokens: vec![token.into()],
-        ..Default::default()
-    });
-    let base = berth_fakes::serve(hs.router()).await.unwrap();
-    let app = app_with_catalog(format!(
-        "[integrations.hubspot]\nbase_url = \"{base}\"\nrate_limit = {{ requests = 1000, per_seconds = 10, scope = \"account\" }}\n"
-    ))
-    .await;
-    let (conn, access) = app.connect_api_key("hubspot", token).await;
+    let (hs, app, conn, access) = hubspot_app("pat-na1-leads", hubspot::Options::default()).await;
     let o = hubspot::Options::default();
     synced_with_exact_counts(&app, &conn, &access, &[("leads", "leads", o.leads)]).await;
     let lead = hs.live_ids("leads")[0].clone();
@@ -1520,19 +1511,15 @@ async fn hubspot_leads_show_their_contact() {
 /// in full runs, incremental runs and read-backs.
 #[tokio::test]
 async fn hubspot_associations_past_the_inline_page() {
-    let token = "pat-na1-crowded";
-    let hs = hubspot::HubSpot::new(hubspot::Options {
-        tokens: vec![token.into()],
-        contacts: 160,
-        crowded_company: true,
-        ..Default::default()
-    });
-    let base = berth_fakes::serve(hs.router()).await.unwrap();
-    let app = app_with_catalog(format!(
-        "[integrations.hubspot]\nbase_url = \"{base}\"\nrate_limit = {{ requests = 1000, per_seconds = 10, scope = \"account\" }}\n"
-    ))
+    let (hs, app, conn, access) = hubspot_app(
+        "pat-na1-crowded",
+        hubspot::Options {
+            contacts: 160,
+            crowded_company: true,
+            ..Default::default()
+        },
+    )
     .await;
-    let (conn, access) = app.connect_api_key("hubspot", token).await;
     synced_with_exact_counts(&app, &conn, &access, &[("contacts", "contacts", 160)]).await;
     let company = hs.live_ids("companies")[0].clone();
     let want = hs.associated("companies", &company, "contacts");
