@@ -568,9 +568,10 @@ impl Store {
             }
             let mut existing: std::collections::HashMap<String, (String, Option<i64>)> =
                 Default::default();
+            let mut stored_modified: std::collections::HashMap<String, i64> = Default::default();
             for chunk in w.records.chunks(500) {
                 let mut qb = sqlx::QueryBuilder::new(
-                    "SELECT native_id, hash, deleted_at FROM records WHERE connection_id = ",
+                    "SELECT native_id, hash, deleted_at, modified_time FROM records WHERE connection_id = ",
                 );
                 qb.push_bind(w.connection_id).push(" AND object = ").push_bind(w.object)
                     .push(" AND native_id IN (");
@@ -579,15 +580,32 @@ impl Store {
                     sep.push_bind(r.native_id.clone());
                 }
                 qb.push(")");
-                let rows: Vec<(String, String, Option<i64>)> =
+                let rows: Vec<(String, String, Option<i64>, Option<i64>)> =
                     qb.build_query_as().fetch_all(&mut *tx).await?;
-                for (n, h, d) in rows {
+                for (n, h, d, m) in rows {
+                    if let Some(m) = m {
+                        stored_modified.insert(n.clone(), m);
+                    }
                     existing.insert(n, (h, d));
                 }
             }
             let mut changed: Vec<(&RecordWrite, &'static str)> = Vec::new();
             let mut seen: Vec<&str> = Vec::new();
             for r in w.records {
+                // A sync page read before an API write but committed after
+                // it must not put the older version back: the store keeps
+                // whichever the provider modified last. API writes (no run)
+                // are the provider's newest answer and always land.
+                let older = w.run_id.is_some()
+                    && matches!(
+                        (r.modified_time, stored_modified.get(&r.native_id)),
+                        (Some(new), Some(old)) if new < *old
+                    );
+                if older {
+                    out.unchanged += 1;
+                    seen.push(&r.native_id);
+                    continue;
+                }
                 let action = match existing.get(&r.native_id) {
                     None if r.deleted => { out.unchanged += 1; continue; }
                     None => "created",

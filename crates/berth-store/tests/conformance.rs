@@ -943,3 +943,65 @@ async fn reverse_links_follow_their_sources() {
         );
     }
 }
+
+#[tokio::test]
+async fn an_older_sync_page_never_overwrites_a_newer_write() {
+    for (s, dev, _) in bootstrapped().await {
+        connect(&s, &dev.id, "s1", "c1", None).await.unwrap();
+        s.ensure_sync_states(&dev.id, "c1", &["contacts"], 20)
+            .await
+            .unwrap();
+        s.start_sync_run("c1", "contacts", "run1", None, 20)
+            .await
+            .unwrap();
+        let rec = |hash: &str, modified: i64| RecordWrite {
+            native_id: "n1".into(),
+            uid: "uid-n1".into(),
+            hash: hash.into(),
+            data: format!("{{\"v\":\"{hash}\"}}"),
+            native: "{}".into(),
+            created_time: Some(1),
+            modified_time: Some(modified),
+            deleted: false,
+            event_id: format!("e-{hash}"),
+            event_payload: "{}".into(),
+            links: vec![],
+        };
+        let write = |r: RecordWrite, run: Option<&'static str>| {
+            let s = s.clone();
+            let env = dev.id.clone();
+            async move {
+                s.apply_page(&PageWrite {
+                    environment_id: &env,
+                    connection_id: "c1",
+                    object: "contacts",
+                    run_id: run,
+                    records: std::slice::from_ref(&r),
+                    event_prefix: None,
+                    next_cursor: None,
+                    high_water: None,
+                    total: None,
+                    now: 30,
+                    lease: None,
+                    refresh_links: false,
+                })
+                .await
+                .unwrap()
+            }
+        };
+        write(rec("old", 50), Some("run1")).await;
+        // An API write re-reads the record as modified at 100 ...
+        write(rec("api", 100), None).await;
+        // ... then a page the run fetched before it (modified 50) commits.
+        let out = write(rec("old", 50), Some("run1")).await;
+        assert_eq!((out.updated, out.unchanged), (0, 1));
+        let got = s
+            .records_by_ids(&dev.id, "c1", "contacts", &["n1".to_string()], true)
+            .await
+            .unwrap();
+        assert_eq!(got[0].hash, "api", "the newer write stays");
+        // A page with a newer version still lands.
+        let out = write(rec("new", 150), Some("run1")).await;
+        assert_eq!(out.updated, 1);
+    }
+}
