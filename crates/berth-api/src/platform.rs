@@ -3,6 +3,8 @@
 //! is POST with a JSON body and answers `{"result": ...}`; each is served
 //! both bare and under `/api`.
 
+use std::collections::HashMap;
+
 use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
@@ -205,12 +207,36 @@ pub async fn list_connections(
         .platform
         .list_connections(&env, input.cursor.as_deref(), input.limit.unwrap_or(100))
         .await?;
-    let mut connections = Vec::with_capacity(rows.len());
-    for c in &rows {
-        connections.push(
-            ConnectionOut::new(c, &env.project_id).with_sync(sync_progress(&state, c).await?),
-        );
+    // Two queries for the whole page, not two per connection.
+    let ids: Vec<&str> = rows.iter().map(|c| c.id.as_str()).collect();
+    let store = state.platform.store();
+    let mut states: HashMap<String, Vec<berth_store::SyncState>> = HashMap::new();
+    for s in store
+        .sync_states_of(&ids)
+        .await
+        .map_err(berth_connections::PlatformError::from)?
+    {
+        states.entry(s.connection_id.clone()).or_default().push(s);
     }
+    let schedules: HashMap<String, (Option<i64>, Option<i64>)> = store
+        .sync_schedules_of(&ids)
+        .await
+        .map_err(berth_connections::PlatformError::from)?
+        .into_iter()
+        .map(|(id, interval, next)| (id, (interval, next)))
+        .collect();
+    let connections = rows
+        .iter()
+        .map(|c| {
+            let sync = progress_json(
+                &state,
+                c,
+                states.remove(&c.id).unwrap_or_default(),
+                schedules.get(&c.id).copied().unwrap_or((None, None)),
+            );
+            ConnectionOut::new(c, &env.project_id).with_sync(sync)
+        })
+        .collect();
     Ok(v2(ConnectionsOut {
         connections,
         next_page_cursor: next,
@@ -431,10 +457,20 @@ pub(crate) async fn sync_progress(
         .sync_states(&c.id)
         .await
         .map_err(berth_connections::PlatformError::from)?;
-    let (interval, next) = store
+    let schedule = store
         .sync_schedule(&c.id)
         .await
         .map_err(berth_connections::PlatformError::from)?;
+    Ok(progress_json(state, c, states, schedule))
+}
+
+/// A connection's `sync` progress from its object states and schedule.
+fn progress_json(
+    state: &AppState,
+    c: &berth_store::Connection,
+    states: Vec<berth_store::SyncState>,
+    (interval, next): (Option<i64>, Option<i64>),
+) -> serde_json::Value {
     let mut objects = serde_json::Map::new();
     for s in states {
         let percent = s
@@ -457,10 +493,10 @@ pub(crate) async fn sync_progress(
             }),
         );
     }
-    Ok(serde_json::json!({
+    serde_json::json!({
         "objects": objects,
         "intervalSeconds": interval.unwrap_or_else(|| state.sync.default_interval_secs(&c.integration_id)),
         "customInterval": interval.is_some(),
         "nextSyncAt": next.map(iso),
-    }))
+    })
 }

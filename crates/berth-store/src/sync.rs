@@ -460,6 +460,49 @@ impl Store {
         ).bind(connection_id).fetch_all(p).await)?)
     }
 
+    /// The sync states of several connections (one query per 500).
+    pub async fn sync_states_of(&self, connection_ids: &[&str]) -> Result<Vec<SyncState>> {
+        let mut out = Vec::new();
+        for chunk in connection_ids.chunks(500) {
+            let part: Vec<SyncState> = with_db!(self, p => {
+                let mut qb = sqlx::QueryBuilder::new(concat!(
+                    "SELECT ", state_cols!(), " FROM sync_states WHERE connection_id IN ("
+                ));
+                let mut sep = qb.separated(", ");
+                for id in chunk {
+                    sep.push_bind(id.to_string());
+                }
+                qb.push(") ORDER BY connection_id, object");
+                qb.build_query_as().fetch_all(p).await
+            })?;
+            out.extend(part);
+        }
+        Ok(out)
+    }
+
+    /// (connection id, sync interval, next sync) of several connections.
+    pub async fn sync_schedules_of(
+        &self,
+        connection_ids: &[&str],
+    ) -> Result<Vec<(String, Option<i64>, Option<i64>)>> {
+        let mut out = Vec::new();
+        for chunk in connection_ids.chunks(500) {
+            let part: Vec<(String, Option<i64>, Option<i64>)> = with_db!(self, p => {
+                let mut qb = sqlx::QueryBuilder::new(
+                    "SELECT id, sync_interval_secs, next_sync_at FROM connections WHERE id IN (",
+                );
+                let mut sep = qb.separated(", ");
+                for id in chunk {
+                    sep.push_bind(id.to_string());
+                }
+                qb.push(")");
+                qb.build_query_as().fetch_all(p).await
+            })?;
+            out.extend(part);
+        }
+        Ok(out)
+    }
+
     /// Creates the state of each object in phase `initial` if missing.
     pub async fn ensure_sync_states(
         &self,

@@ -1005,3 +1005,31 @@ async fn an_older_sync_page_never_overwrites_a_newer_write() {
         assert_eq!(out.updated, 1);
     }
 }
+
+#[tokio::test]
+async fn sync_states_and_schedules_of_many_connections() {
+    for (s, dev, _) in bootstrapped().await {
+        connect(&s, &dev.id, "s1", "c1", None).await.unwrap();
+        connect(&s, &dev.id, "s2", "c2", None).await.unwrap();
+        s.ensure_sync_states(&dev.id, "c1", &["contacts", "deals"], 20)
+            .await
+            .unwrap();
+        s.ensure_sync_states(&dev.id, "c2", &["contacts"], 20)
+            .await
+            .unwrap();
+        let states = s.sync_states_of(&["c1", "c2", "nope"]).await.unwrap();
+        let got: Vec<(&str, &str)> = states
+            .iter()
+            .map(|st| (st.connection_id.as_str(), st.object.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [("c1", "contacts"), ("c1", "deals"), ("c2", "contacts")]
+        );
+        let mut schedules = s.sync_schedules_of(&["c1", "c2"]).await.unwrap();
+        schedules.sort();
+        let one = s.sync_schedule("c1").await.unwrap();
+        assert_eq!(schedules.len(), 2);
+        assert_eq!((schedules[0].1, schedules[0].2), one);
+    }
+}
