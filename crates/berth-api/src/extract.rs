@@ -2,6 +2,7 @@
 //! from headers, each rejecting in its API family's error shape.
 
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
@@ -235,8 +236,8 @@ fn check_origin<F: Family>(
 /// The connection of the request's `x-vessel-access-token`, within the API
 /// token's environment (both required).
 pub struct AccessConnection<F> {
-    pub env: Environment,
-    pub connection: berth_store::Connection,
+    pub env: Arc<Environment>,
+    pub connection: Arc<berth_store::Connection>,
     _f: PhantomData<F>,
 }
 
@@ -247,7 +248,20 @@ impl<F: Family> FromRequestParts<AppState> for AccessConnection<F> {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let ApiEnv(env, _) = ApiEnv::<F>::from_request_parts(parts, state).await?;
+        // Shared, not copied: this runs on every proxied call.
+        let api_token = header(parts, F::API_TOKEN_HEADERS).ok_or_else(|| {
+            ApiError::unauthorized(
+                "MISSING_API_TOKEN",
+                format!(
+                    "missing API token: send it in the {} header",
+                    F::API_TOKEN_HEADERS[0]
+                ),
+            )
+        })?;
+        let env = state
+            .platform
+            .authenticate_api_token_shared(api_token)
+            .await?;
         let token = header(parts, &[ACCESS_HEADER]).ok_or_else(|| {
             ApiError::unauthorized(
                 "MISSING_ACCESS_TOKEN",
@@ -256,7 +270,7 @@ impl<F: Family> FromRequestParts<AppState> for AccessConnection<F> {
         })?;
         let connection = state
             .platform
-            .connection_for_access_token(&env, token)
+            .connection_for_access_token_shared(&env, token)
             .await?;
         Ok(AccessConnection {
             env,

@@ -90,8 +90,9 @@ impl<K: std::hash::Hash + Eq, V: Clone> Map<K, V> {
 pub(crate) struct HotCache {
     /// API-token hash -> environment.
     envs: Map<String, Arc<Environment>>,
-    /// (environment id, access-token hash) -> connection.
-    conns: Map<(String, String), Arc<Connection>>,
+    /// Access-token hash -> connection (checked against the caller's
+    /// environment on every hit).
+    conns: Map<String, Arc<Connection>>,
     /// Connection id -> opened credential and target.
     creds: Map<String, Arc<Credential>>,
 }
@@ -117,21 +118,22 @@ impl HotCache {
         self.envs.get(token_hash)
     }
 
-    pub fn put_env(&self, token_hash: String, env: Environment) {
-        self.envs.put(token_hash, Arc::new(env));
+    pub fn put_env(&self, token_hash: String, env: Environment) -> Arc<Environment> {
+        let env = Arc::new(env);
+        self.envs.put(token_hash, env.clone());
+        env
     }
 
     pub fn conn(&self, env_id: &str, token_hash: &str) -> Option<Arc<Connection>> {
-        let m = self.conns.0.read().unwrap_or_else(|p| p.into_inner());
-        // A tuple key cannot be borrowed from two &str; scan the one bucket.
-        m.get(&(env_id.to_string(), token_hash.to_string()))
-            .filter(|t| t.at.elapsed() < TTL)
-            .map(|t| t.value.clone())
+        self.conns
+            .get(token_hash)
+            .filter(|c| c.environment_id == env_id)
     }
 
-    pub fn put_conn(&self, env_id: &str, token_hash: String, conn: Connection) {
-        self.conns
-            .put((env_id.to_string(), token_hash), Arc::new(conn));
+    pub fn put_conn(&self, token_hash: String, conn: Connection) -> Arc<Connection> {
+        let conn = Arc::new(conn);
+        self.conns.put(token_hash, conn.clone());
+        conn
     }
 
     pub fn credential(&self, connection_id: &str) -> Option<Arc<Credential>> {

@@ -277,9 +277,15 @@ impl Platform {
 
     /// The environment an API token belongs to.
     pub async fn authenticate_api_token(&self, token: &str) -> Result<Environment> {
+        Ok((*self.authenticate_api_token_shared(token).await?).clone())
+    }
+
+    /// [`Self::authenticate_api_token`] without copying the environment
+    /// (the proxy's hot path).
+    pub async fn authenticate_api_token_shared(&self, token: &str) -> Result<Arc<Environment>> {
         let hash = secrets::hash_token(token.trim());
         if let Some(env) = self.inner.hot.env(&hash) {
-            return Ok((*env).clone());
+            return Ok(env);
         }
         let env = self
             .inner
@@ -289,8 +295,7 @@ impl Platform {
             .ok_or_else(|| {
                 PlatformError::unauthorized("INVALID_API_TOKEN", "invalid or revoked API token")
             })?;
-        self.inner.hot.put_env(hash, env.clone());
-        Ok(env)
+        Ok(self.inner.hot.put_env(hash, env))
     }
 
     // ---- sessions -----------------------------------------------------------
@@ -552,9 +557,19 @@ impl Platform {
         env: &Environment,
         token: &str,
     ) -> Result<Connection> {
+        Ok((*self.connection_for_access_token_shared(env, token).await?).clone())
+    }
+
+    /// [`Self::connection_for_access_token`] without copying the
+    /// connection (the proxy's hot path).
+    pub async fn connection_for_access_token_shared(
+        &self,
+        env: &Environment,
+        token: &str,
+    ) -> Result<Arc<Connection>> {
         let hash = secrets::hash_token(token.trim());
         if let Some(c) = self.inner.hot.conn(&env.id, &hash) {
-            return Ok((*c).clone());
+            return Ok(c);
         }
         let conn = self
             .inner
@@ -567,8 +582,7 @@ impl Platform {
                     "invalid access token (the connection may have been deleted)",
                 )
             })?;
-        self.inner.hot.put_conn(&env.id, hash, conn.clone());
-        Ok(conn)
+        Ok(self.inner.hot.put_conn(hash, conn))
     }
 
     /// Deletes a connection: revokes its access token, erases its

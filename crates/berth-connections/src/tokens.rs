@@ -123,14 +123,20 @@ const DROPPED_RESPONSE_HEADERS: &[&str] = &[
     "proxy-authenticate",
 ];
 
+/// `name` starts with `prefix` (lower case), in any case.
+fn starts_with_ci(name: &str, prefix: &str) -> bool {
+    name.len() >= prefix.len()
+        && name.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+}
+
 fn dropped_request_header(name: &str, listed: &[String]) -> bool {
-    let n = name.to_ascii_lowercase();
-    DROPPED_REQUEST_HEADERS.contains(&n.as_str())
-        || n.starts_with("x-vessel-")
-        || n.starts_with("vessel-")
-        || n.starts_with("x-berth-")
-        || n.starts_with("x-forwarded-")
-        || listed.contains(&n)
+    DROPPED_REQUEST_HEADERS
+        .iter()
+        .any(|d| d.eq_ignore_ascii_case(name))
+        || ["x-vessel-", "vessel-", "x-berth-", "x-forwarded-"]
+            .iter()
+            .any(|p| starts_with_ci(name, p))
+        || listed.iter().any(|l| l.eq_ignore_ascii_case(name))
 }
 
 /// Drops what must not reach the provider, including any header the
@@ -149,7 +155,9 @@ pub fn sanitize_request_headers(headers: Vec<(String, String)>) -> Vec<(String, 
 
 /// Whether a provider response header is passed back to the caller.
 pub fn forwardable_response_header(name: &str) -> bool {
-    !DROPPED_RESPONSE_HEADERS.contains(&name.to_ascii_lowercase().as_str())
+    !DROPPED_RESPONSE_HEADERS
+        .iter()
+        .any(|d| d.eq_ignore_ascii_case(name))
 }
 
 /// Per-connection mutexes of this process.
