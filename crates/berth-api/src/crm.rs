@@ -197,6 +197,29 @@ fn split_ids(s: &str) -> Vec<String> {
         .collect()
 }
 
+/// A v1 list or search page (`{<plural>: [...], nextPageCursor}`), from
+/// the page cache when it holds.
+async fn v1_page(
+    crm: &Crm,
+    conn: &berth_store::Connection,
+    o: &'static berth_unified::crm::Object,
+    args: &ListArgs,
+    view: &View,
+) -> Resp {
+    page::<V1>(
+        crm.list_bytes(
+            conn,
+            o,
+            Generation::V1,
+            args,
+            view,
+            "v1",
+            |items, next| json!({o.v1_list_key: items, "nextPageCursor": next}),
+        )
+        .await,
+    )
+}
+
 /// v1 `ids` in a body: an array of ids (strings, or numbers as providers'
 /// numeric ids are often written) or a comma-separated string. `None` when
 /// absent; anything else is a 400 that names the bad entry rather than an
@@ -341,18 +364,7 @@ async fn v1_get(
                 filters: list_filters(o, &q),
                 live: false,
             };
-            return page::<V1>(
-                crm.list_bytes(
-                    &conn,
-                    o,
-                    Generation::V1,
-                    &args,
-                    &view,
-                    "v1",
-                    |items, next| json!({o.v1_list_key: items, "nextPageCursor": next}),
-                )
-                .await,
-            );
+            return v1_page(&crm, &conn, o, &args, &view).await;
         }
         V1Op::One => {
             let id = q.get("id").cloned().unwrap_or_default();
@@ -575,18 +587,7 @@ async fn v1_write(
                 filters: input.get("filters").cloned().unwrap_or(Value::Null),
                 live: false,
             };
-            return page::<V1>(
-                crm.list_bytes(
-                    &conn,
-                    o,
-                    Generation::V1,
-                    &args,
-                    &view,
-                    "v1",
-                    |items, next| json!({o.v1_list_key: items, "nextPageCursor": next}),
-                )
-                .await,
-            );
+            return v1_page(&crm, &conn, o, &args, &view).await;
         }
         (V1Op::Batch, false) => {
             let ids = match ids_of::<V1>(input.get("ids")) {
