@@ -19,7 +19,6 @@ use axum::{Json, Router};
 use berth_connections::tokens::forwardable_response_header;
 use berth_connections::{LogQuery, ProviderCall, StreamCall};
 use berth_outbound::{Method, OutBody};
-use futures_util::TryStreamExt;
 use serde_json::{Map, Value};
 
 use crate::AppState;
@@ -324,14 +323,13 @@ pub async fn proxy(
             (OutBody::Bytes(bytes), headers)
         }
         _ => {
-            let stream = body.into_data_stream().map_err(std::io::Error::other);
             let mut h = headers;
             if let Some(n) = length {
                 // Streamed with its length, not re-chunked: some providers
                 // refuse chunked uploads.
                 h.push(("content-length".into(), n.to_string()));
             }
-            (OutBody::stream(stream), h)
+            (OutBody::body(body), h)
         }
     };
     let content_length = headers
@@ -358,7 +356,7 @@ pub async fn proxy(
         }
     }
     let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY);
-    let mut response = Response::new(axum::body::Body::from_stream(resp.body));
+    let mut response = Response::new(axum::body::Body::new(resp.body));
     *response.status_mut() = status;
     *response.headers_mut() = out;
     Ok(response)

@@ -317,7 +317,10 @@ impl Platform {
         {
             return Ok(c);
         }
-        let (cred, version) = self.ensure_fresh(conn, stale).await?;
+        // Boxed: the refresh path's future is ten times the size of the
+        // rest of a proxied call's, and every call would carry (and copy)
+        // it inline.
+        let (cred, version) = Box::pin(self.ensure_fresh(conn, stale)).await?;
         let target = self.target_for(integration, conn, &cred)?;
         let base = parse_base(&target.base_url).ok();
         Ok(self.inner.hot.put_credential(

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use reqwest::header::HeaderMap;
+use http::HeaderMap;
 
 use crate::retry::parse_retry_after;
 

@@ -13,19 +13,26 @@
 #![forbid(unsafe_code)]
 
 pub mod budget;
+mod client;
 pub mod metrics;
 pub mod retry;
 
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
-pub use reqwest::Method;
-use reqwest::header::HeaderMap;
+use futures_util::{Stream, TryStreamExt};
+use http::HeaderMap;
+pub use http::Method;
+use http::header::{HeaderName, HeaderValue};
+use http_body::Frame;
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::Incoming;
 use tokio::sync::mpsc;
+
+pub use client::BodyStream;
+use client::{BoxError, HttpClient, ReqBody, causes, timed_out};
 
 pub use budget::{BudgetKey, Budgets, Limit};
 pub use metrics::Metrics;
@@ -129,7 +136,7 @@ pub enum OutBody {
     Empty,
     Bytes(Bytes),
     /// Sent once, never retried.
-    Stream(reqwest::Body),
+    Stream(UnsyncBoxBody<Bytes, BoxError>),
 }
 
 impl std::fmt::Debug for OutBody {
@@ -147,9 +154,19 @@ impl OutBody {
     pub fn stream<S, E>(s: S) -> Self
     where
         S: Stream<Item = Result<Bytes, E>> + Send + 'static,
-        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+        E: Into<BoxError> + 'static,
     {
-        OutBody::Stream(reqwest::Body::wrap_stream(s))
+        let frames = s.map_ok(Frame::data).map_err(Into::into);
+        OutBody::Stream(http_body_util::StreamBody::new(frames).boxed_unsync())
+    }
+
+    /// A body that streams from an HTTP body (a proxied request's).
+    pub fn body<B>(b: B) -> Self
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        OutBody::Stream(b.map_err(Into::into).boxed_unsync())
     }
 }
 
@@ -216,7 +233,7 @@ pub struct LogEntry {
 }
 
 struct Inner {
-    client: reqwest::Client,
+    client: HttpClient,
     config: OutboundConfig,
     budgets: Budgets,
     metrics: Metrics,
@@ -255,43 +272,13 @@ pub fn redacted_path(url: &url::Url) -> String {
     out
 }
 
-/// The innermost causes of a reqwest error, without the URL (it may hold a
-/// credential in its query).
-fn causes(e: &reqwest::Error) -> String {
-    let mut parts = Vec::new();
-    let mut cur = std::error::Error::source(e);
-    while let Some(s) = cur {
-        let text = s.to_string();
-        if !parts.contains(&text) {
-            parts.push(text);
-        }
-        cur = s.source();
-    }
-    if parts.is_empty() {
-        "unknown error".into()
-    } else {
-        parts.join(": ")
-    }
-}
-
 enum Failure {
     Error(OutboundError, Attempt),
 }
 
 impl Outbound {
     pub fn new(config: &OutboundConfig) -> Result<Self, OutboundError> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(config.connect_timeout)
-            .read_timeout(config.idle_timeout)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .tcp_nodelay(true)
-            .user_agent(config.user_agent.clone())
-            // Provider redirects are answered to the caller, never followed:
-            // following one could carry credentials to another host.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| OutboundError::InvalidUrl(causes(&e)))?;
+        let client = client::build(config)?;
         let (log_tx, log_rx) = mpsc::channel(LOG_QUEUE);
         Ok(Self {
             inner: Arc::new(Inner {
@@ -353,7 +340,7 @@ impl Outbound {
         &self,
         req: OutboundRequest,
         buffered: bool,
-    ) -> (Result<reqwest::Response, OutboundError>, u32) {
+    ) -> (Result<hyper::Response<Incoming>, OutboundError>, u32) {
         let OutboundRequest {
             method,
             url,
@@ -408,45 +395,81 @@ impl Outbound {
             || headers
                 .iter()
                 .any(|(k, _)| k.eq_ignore_ascii_case("idempotency-key"));
+        let uri: http::Uri = match url.as_str().parse() {
+            Ok(u) => u,
+            Err(e) => return (Err(OutboundError::InvalidUrl(e.to_string())), 0),
+        };
+        let mut header_map = HeaderMap::with_capacity(headers.len() + 1);
+        for (k, v) in &headers {
+            match (
+                HeaderName::from_bytes(k.as_bytes()),
+                HeaderValue::from_str(v),
+            ) {
+                (Ok(k), Ok(v)) => {
+                    header_map.append(k, v);
+                }
+                _ => {
+                    return (
+                        Err(OutboundError::InvalidUrl(format!(
+                            "the request header `{k}` is not a valid HTTP header"
+                        ))),
+                        0,
+                    );
+                }
+            }
+        }
+        if !header_map.contains_key(http::header::USER_AGENT)
+            && let Ok(ua) = HeaderValue::from_str(&cfg.user_agent)
+        {
+            header_map.insert(http::header::USER_AGENT, ua);
+        }
+        let first_byte = if buffered {
+            cfg.first_byte_timeout.min(cfg.total_timeout)
+        } else {
+            cfg.first_byte_timeout
+        };
         let mut body = Some(body);
         let mut retries = 0u32;
         loop {
             let this_body = match body.take() {
                 Some(OutBody::Empty) => {
                     body = Some(OutBody::Empty);
-                    None
+                    ReqBody::Empty
                 }
+                None => ReqBody::Empty,
                 Some(OutBody::Bytes(b)) => {
                     body = Some(OutBody::Bytes(b.clone()));
-                    Some(reqwest::Body::from(b))
+                    ReqBody::Full(Some(b))
                 }
                 // A stream goes once; `body` stays None so no retry can
                 // happen.
-                Some(OutBody::Stream(s)) => Some(s),
-                None => None,
+                Some(OutBody::Stream(s)) => ReqBody::Stream(s),
             };
             let can_repeat = body.is_some();
-            let mut builder = self.inner.client.request(method.clone(), url.clone());
-            for (k, v) in &headers {
-                builder = builder.header(k, v);
-            }
-            if let Some(b) = this_body {
-                builder = builder.body(b);
-            }
-            if buffered {
-                builder = builder.timeout(cfg.total_timeout);
-            }
-            let outcome = match tokio::time::timeout(cfg.first_byte_timeout, builder.send()).await {
-                Err(_) => Err(Failure::Error(
-                    OutboundError::Timeout {
-                        stage: "first byte",
-                        secs: cfg.first_byte_timeout.as_secs(),
-                    },
-                    Attempt::Failed,
-                )),
-                Ok(Err(e)) => Err(classify(&e, cfg)),
-                Ok(Ok(resp)) => Ok(resp),
+            let mut request = hyper::Request::new(this_body);
+            *request.method_mut() = method.clone();
+            *request.uri_mut() = uri.clone();
+            *request.headers_mut() = if can_repeat {
+                header_map.clone()
+            } else {
+                std::mem::take(&mut header_map)
             };
+            let outcome =
+                match tokio::time::timeout(first_byte, self.inner.client.request(request)).await {
+                    Err(_) => Err(Failure::Error(
+                        OutboundError::Timeout {
+                            stage: if buffered && first_byte < cfg.first_byte_timeout {
+                                "total"
+                            } else {
+                                "first byte"
+                            },
+                            secs: first_byte.as_secs(),
+                        },
+                        Attempt::Failed,
+                    )),
+                    Ok(Err(e)) => Err(classify(&e, cfg)),
+                    Ok(Ok(resp)) => Ok(resp),
+                };
             let attempt = match &outcome {
                 Ok(resp) => {
                     let status = resp.status().as_u16();
@@ -541,12 +564,20 @@ impl Outbound {
                     .iter()
                     .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.to_string(), v.to_string())))
                     .collect();
-                read_body(resp, total).await.map(|body| OutboundResponse {
-                    status,
-                    headers,
-                    body,
-                    retries,
-                })
+                let declared = content_length(resp.headers());
+                let read = client::read_body(resp.into_body(), declared, MAX_BUFFERED_BODY);
+                match tokio::time::timeout(total, read).await {
+                    Err(_) => Err(OutboundError::Timeout {
+                        stage: "total",
+                        secs: total.as_secs(),
+                    }),
+                    Ok(r) => r.map(|body| OutboundResponse {
+                        status,
+                        headers,
+                        body,
+                        retries,
+                    }),
+                }
             }
             Err(e) => Err(e),
         };
@@ -608,23 +639,26 @@ impl Outbound {
             Ok(resp) => {
                 let status = resp.status().as_u16();
                 self.count(&provider, status.to_string(), latency);
-                let headers = resp.headers().clone();
+                let (parts, body) = resp.into_parts();
+                let headers = parts.headers;
                 let entry = entry.map(|mut e| {
                     e.status = Some(status);
                     e.latency_ms = latency.as_millis() as u64;
                     e.retries = retries;
                     e
                 });
-                let expected = resp.content_length();
+                let expected = content_length(&headers);
                 Ok(StreamingResponse {
                     status,
                     headers,
                     body: BodyStream {
-                        inner: Box::pin(resp.bytes_stream()),
+                        inner: body,
                         bytes: 0,
                         expected,
                         entry,
                         outbound: self.clone(),
+                        idle_after: self.inner.config.idle_timeout,
+                        idle: None,
                     },
                 })
             }
@@ -661,11 +695,17 @@ fn status_label(e: &OutboundError) -> String {
     }
 }
 
-fn classify(e: &reqwest::Error, cfg: &OutboundConfig) -> Failure {
+fn content_length(h: &HeaderMap) -> Option<u64> {
+    h.get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+fn classify(e: &hyper_util::client::legacy::Error, cfg: &OutboundConfig) -> Failure {
     if e.is_connect() {
         // DNS, refused, TLS handshake: nothing reached the provider.
         let cause = causes(e);
-        let err = if e.is_timeout() || cause.contains("timed out") {
+        let err = if timed_out(e) || cause.contains("timed out") {
             OutboundError::Timeout {
                 stage: "connect",
                 secs: cfg.connect_timeout.as_secs(),
@@ -674,106 +714,8 @@ fn classify(e: &reqwest::Error, cfg: &OutboundConfig) -> Failure {
             OutboundError::Connect(cause)
         };
         Failure::Error(err, Attempt::NotConnected)
-    } else if e.is_timeout() {
-        Failure::Error(
-            OutboundError::Timeout {
-                stage: "total",
-                secs: cfg.total_timeout.as_secs(),
-            },
-            Attempt::Failed,
-        )
-    } else if e.is_builder() {
-        Failure::Error(OutboundError::InvalidUrl(causes(e)), Attempt::Failed)
     } else {
         Failure::Error(OutboundError::Protocol(causes(e)), Attempt::Failed)
-    }
-}
-
-async fn read_body(resp: reqwest::Response, total: Duration) -> Result<Vec<u8>, OutboundError> {
-    if resp.content_length().unwrap_or(0) as usize > MAX_BUFFERED_BODY {
-        return Err(OutboundError::TooLarge);
-    }
-    let mut body = Vec::new();
-    let mut stream = resp.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| {
-            if e.is_timeout() {
-                OutboundError::Timeout {
-                    stage: "total",
-                    secs: total.as_secs(),
-                }
-            } else {
-                OutboundError::Protocol(causes(&e))
-            }
-        })?;
-        if body.len() + chunk.len() > MAX_BUFFERED_BODY {
-            return Err(OutboundError::TooLarge);
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
-
-type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
-
-/// A provider response body in flight. When it ends, fails or is dropped
-/// (the caller went away), the request-log entry is written with the bytes
-/// that passed.
-pub struct BodyStream {
-    inner: ByteStream,
-    bytes: u64,
-    /// The declared length: a server stops polling once it has sent that
-    /// much, so reaching it is a complete body even without an end.
-    expected: Option<u64>,
-    entry: Option<LogEntry>,
-    outbound: Outbound,
-}
-
-impl BodyStream {
-    fn finish(&mut self, error: Option<String>) {
-        if let Some(mut e) = self.entry.take() {
-            e.response_bytes = Some(self.bytes);
-            if let Some(err) = error {
-                e.layer = "network";
-                e.error = Some(err);
-            }
-            self.outbound.record(e);
-        }
-    }
-}
-
-impl Stream for BodyStream {
-    type Item = Result<Bytes, std::io::Error>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        match self.inner.as_mut().poll_next(cx) {
-            Poll::Ready(Some(Ok(b))) => {
-                self.bytes += b.len() as u64;
-                Poll::Ready(Some(Ok(b)))
-            }
-            Poll::Ready(Some(Err(e))) => {
-                let msg = format!("the provider's body broke off: {}", causes(&e));
-                self.finish(Some(msg.clone()));
-                Poll::Ready(Some(Err(std::io::Error::other(msg))))
-            }
-            Poll::Ready(None) => {
-                self.finish(None);
-                Poll::Ready(None)
-            }
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-impl Drop for BodyStream {
-    fn drop(&mut self) {
-        if self.entry.is_some() {
-            if self.expected.is_some_and(|n| n == self.bytes) {
-                self.finish(None);
-            } else {
-                self.finish(Some("the caller stopped reading the body".into()));
-            }
-        }
     }
 }
 

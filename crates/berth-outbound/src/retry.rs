@@ -16,7 +16,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use reqwest::Method;
+use http::Method;
 
 #[derive(Clone, Debug)]
 pub struct RetryPolicy {

@@ -758,28 +758,38 @@ impl Store {
         if rows.is_empty() {
             return Ok(());
         }
+        // Chunks of a few fixed sizes, so every statement is one of five
+        // the connection has prepared and cached: a statement per batch
+        // length would be parsed anew for almost every batch, and parsing
+        // a thousand-row VALUES list costs more than inserting it.
         with_db!(self, p => {
-            let mut qb = sqlx::QueryBuilder::new(
-                "INSERT INTO request_logs (environment_id, connection_id, integration_id, \
-                 created_at, method, path, status, latency_ms, request_bytes, response_bytes, \
-                 retries, layer, error) ",
-            );
-            qb.push_values(rows, |mut b, r| {
-                b.push_bind(r.environment_id.clone())
-                    .push_bind(r.connection_id.clone())
-                    .push_bind(r.integration_id.clone())
-                    .push_bind(r.created_at)
-                    .push_bind(r.method.clone())
-                    .push_bind(r.path.clone())
-                    .push_bind(r.status)
-                    .push_bind(r.latency_ms)
-                    .push_bind(r.request_bytes)
-                    .push_bind(r.response_bytes)
-                    .push_bind(r.retries)
-                    .push_bind(r.layer.clone())
-                    .push_bind(r.error.clone());
-            });
-            qb.build().execute(p).await?;
+            let mut tx = p.begin().await?;
+            let mut rest = rows;
+            while !rest.is_empty() {
+                let n = LOG_CHUNKS.iter().copied().find(|&n| n <= rest.len()).unwrap_or(1);
+                let (chunk, tail) = rest.split_at(n);
+                let numbered = matches!(self.db, Db::Postgres(_));
+                let mut q = sqlx::query(request_log_insert(n, numbered));
+                for r in chunk {
+                    q = q
+                        .bind(&r.environment_id)
+                        .bind(&r.connection_id)
+                        .bind(&r.integration_id)
+                        .bind(r.created_at)
+                        .bind(&r.method)
+                        .bind(&r.path)
+                        .bind(r.status)
+                        .bind(r.latency_ms)
+                        .bind(r.request_bytes)
+                        .bind(r.response_bytes)
+                        .bind(r.retries)
+                        .bind(&r.layer)
+                        .bind(&r.error);
+                }
+                q.execute(&mut *tx).await?;
+                rest = tail;
+            }
+            tx.commit().await?;
         });
         Ok(())
     }
@@ -831,6 +841,51 @@ impl Store {
         .await
         .map(|r| r.rows_affected()))?)
     }
+}
+
+/// Row counts of the request-log insert statements, largest first.
+const LOG_CHUNKS: [usize; 5] = [256, 64, 16, 4, 1];
+
+/// The insert statement for `n` request-log rows (`n` in [`LOG_CHUNKS`]).
+/// SQLite's are anonymous `?`s: it looks a numbered parameter's name up
+/// in a list, once per parameter bound, so binding `$N`s is quadratic.
+fn request_log_insert(n: usize, numbered: bool) -> &'static str {
+    static SQL: [std::sync::OnceLock<Vec<(usize, String)>>; 2] =
+        [std::sync::OnceLock::new(), std::sync::OnceLock::new()];
+    let all = SQL[usize::from(numbered)].get_or_init(|| {
+        LOG_CHUNKS
+            .iter()
+            .map(|&n| {
+                let mut sql = String::from(
+                    "INSERT INTO request_logs (environment_id, connection_id, integration_id, \
+                     created_at, method, path, status, latency_ms, request_bytes, response_bytes, \
+                     retries, layer, error) VALUES ",
+                );
+                for row in 0..n {
+                    if row > 0 {
+                        sql.push(',');
+                    }
+                    sql.push('(');
+                    for col in 0..13 {
+                        if col > 0 {
+                            sql.push(',');
+                        }
+                        if numbered {
+                            sql.push_str(&format!("${}", row * 13 + col + 1));
+                        } else {
+                            sql.push('?');
+                        }
+                    }
+                    sql.push(')');
+                }
+                (n, sql)
+            })
+            .collect()
+    });
+    all.iter()
+        .find(|(k, _)| *k == n)
+        .map(|(_, s)| s.as_str())
+        .unwrap_or(&all[all.len() - 1].1)
 }
 
 async fn insert_event<'c, DB, E>(exec: E, e: &NewEvent<'_>) -> Result<(), sqlx::Error>
