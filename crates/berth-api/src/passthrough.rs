@@ -12,11 +12,11 @@
 //! (`POST /logs/list`).
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, post};
 use axum::{Json, Router};
-use berth_connections::tokens::forwardable_response_header;
+use berth_connections::tokens::{forwardable_response_header, strip_response_headers};
 use berth_connections::{LogQuery, ProviderCall, StreamCall};
 use berth_outbound::{Method, OutBody};
 use serde_json::{Map, Value};
@@ -297,11 +297,6 @@ pub async fn proxy(
             return Err(e);
         }
     };
-    let headers: Vec<(String, String)> = parts
-        .headers
-        .iter()
-        .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.to_string(), v.to_string())))
-        .collect();
     let length = parts
         .headers
         .get(axum::http::header::CONTENT_LENGTH)
@@ -311,8 +306,8 @@ pub async fn proxy(
         .headers
         .get(axum::http::header::TRANSFER_ENCODING)
         .is_some();
-    let (body, mut headers) = match (length, chunked) {
-        (Some(0), _) | (None, false) => (OutBody::Empty, headers),
+    let (body, content_length) = match (length, chunked) {
+        (Some(0), _) | (None, false) => (OutBody::Empty, None),
         (Some(n), false) if n <= REPLAYABLE_BODY => {
             let bytes = axum::body::to_bytes(body, n as usize).await.map_err(|e| {
                 ApiError::bad_request(
@@ -320,22 +315,12 @@ pub async fn proxy(
                     format!("could not read the request body: {e}"),
                 )
             })?;
-            (OutBody::Bytes(bytes), headers)
+            (OutBody::Bytes(bytes), None)
         }
-        _ => {
-            let mut h = headers;
-            if let Some(n) = length {
-                // Streamed with its length, not re-chunked: some providers
-                // refuse chunked uploads.
-                h.push(("content-length".into(), n.to_string()));
-            }
-            (OutBody::body(body), h)
-        }
+        // Streamed with its length, not re-chunked: some providers refuse
+        // chunked uploads.
+        _ => (OutBody::body(body), length.map(|n| n.to_string())),
     };
-    let content_length = headers
-        .iter()
-        .position(|(k, _)| k == "content-length")
-        .map(|i| headers.remove(i));
     let resp = state
         .platform
         .stream_provider(
@@ -343,18 +328,14 @@ pub async fn proxy(
             StreamCall {
                 method,
                 path,
-                headers,
+                headers: parts.headers,
                 body,
-                content_length: content_length.map(|(_, v)| v),
+                content_length,
             },
         )
         .await?;
-    let mut out = HeaderMap::new();
-    for (k, v) in resp.headers.iter() {
-        if forwardable_response_header(k.as_str()) {
-            out.append(k.clone(), v.clone());
-        }
-    }
+    let mut out = resp.headers;
+    strip_response_headers(&mut out);
     let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut response = Response::new(axum::body::Body::new(resp.body));
     *response.status_mut() = status;

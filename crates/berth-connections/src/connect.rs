@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use berth_catalog::{AuthMethod, AuthType, Integration, QuestionType};
-use berth_outbound::{Method, OutboundRequest};
+use berth_outbound::Method;
 use berth_store::AuthSession;
 use serde_json::{Map, Value};
 
@@ -219,13 +219,12 @@ impl Platform {
         let resp = self
             .inner
             .outbound
-            .send(OutboundRequest {
-                method: Method::from_bytes(check.method.as_bytes()).unwrap_or(Method::GET),
-                url,
+            .send_to(
+                Method::from_bytes(check.method.as_bytes()).unwrap_or(Method::GET),
+                &url,
                 headers,
-                body: berth_outbound::OutBody::Empty,
-                context: None,
-            })
+                berth_outbound::OutBody::Empty,
+            )
             .await
             .map_err(|e| {
                 PlatformError::ProviderUnavailable(format!(

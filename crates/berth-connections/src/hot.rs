@@ -30,15 +30,56 @@ pub(crate) struct Credential {
     pub version: i64,
     pub target: ProviderTarget,
     /// `target.base_url`, parsed once.
-    pub base: Option<url::Url>,
+    pub base: Option<Base>,
+    /// `target.headers` as the client sends them, parsed once.
+    pub headers: Option<http::HeaderMap>,
+    /// Budgets, metric labels and log fields of the connection's calls.
+    pub context: Arc<berth_outbound::CallContext>,
+}
+
+/// A provider base URL, parsed once for every call that joins a path to it.
+pub(crate) struct Base {
+    pub url: url::Url,
+    /// Scheme, authority and path, without a trailing slash, query or
+    /// fragment: what a call's path is appended to.
+    pub prefix: String,
+    /// What the joined URL's authority must be.
+    pub authority: String,
+    /// What the joined URL's path must start with.
+    pub path: String,
+}
+
+impl Base {
+    pub fn parse(base: &str) -> Option<Base> {
+        let mut url = url::Url::parse(base).ok()?;
+        url.set_query(None);
+        url.set_fragment(None);
+        let prefix = url.as_str().trim_end_matches('/').to_string();
+        let parsed: http::Uri = url.as_str().parse().ok()?;
+        Some(Base {
+            authority: parsed.authority()?.as_str().to_string(),
+            path: url.path().trim_end_matches('/').to_string(),
+            prefix,
+            url,
+        })
+    }
 }
 
 impl Credential {
-    pub fn base(&self) -> crate::Result<&url::Url> {
+    pub fn base(&self) -> crate::Result<&Base> {
         self.base.as_ref().ok_or_else(|| {
             crate::PlatformError::bad_request(
                 "CONNECTION_MISCONFIGURED",
                 "the connection's provider base URL is invalid",
+            )
+        })
+    }
+
+    pub fn headers(&self) -> crate::Result<&http::HeaderMap> {
+        self.headers.as_ref().ok_or_else(|| {
+            crate::PlatformError::bad_request(
+                "CONNECTION_MISCONFIGURED",
+                "the connection's credential does not make a valid HTTP header",
             )
         })
     }

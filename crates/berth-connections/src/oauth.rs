@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use berth_catalog::{AuthMethod, AuthType, BodyFormat, Integration, TokenAuth};
-use berth_outbound::{Method, OutboundRequest};
+use berth_outbound::Method;
 use berth_store::{
     AuthSession, CreateConnectionError, NewConnection, NewEvent, OAuthApp, OAuthFlow, Reauthorize,
 };
@@ -888,13 +888,12 @@ impl Platform {
         let resp = self
             .inner
             .outbound
-            .send(OutboundRequest {
-                method: Method::from_bytes(identity.method.as_bytes()).unwrap_or(Method::GET),
-                url,
-                headers: vec![("accept".into(), "application/json".into())],
-                body: berth_outbound::OutBody::Empty,
-                context: None,
-            })
+            .send_to(
+                Method::from_bytes(identity.method.as_bytes()).unwrap_or(Method::GET),
+                &url,
+                vec![("accept".into(), "application/json".into())],
+                berth_outbound::OutBody::Empty,
+            )
             .await
             .map_err(|e| format!("could not look up the {} account: {e}", integration.name))?;
         let body: Value = serde_json::from_slice(&resp.body).unwrap_or(Value::Null);
@@ -967,13 +966,12 @@ impl Platform {
         let resp = self
             .inner
             .outbound
-            .send(OutboundRequest {
-                method: Method::POST,
-                url: token_url,
+            .send_to(
+                Method::POST,
+                &token_url,
                 headers,
-                body: berth_outbound::OutBody::Bytes(body.into()),
-                context: None,
-            })
+                berth_outbound::OutBody::Bytes(body.into()),
+            )
             .await
             .map_err(|e| {
                 TokenError::Unavailable(format!("could not reach {}: {e}", integration.name))

@@ -33,6 +33,7 @@ pub(crate) fn spawn_writer(
     let (tx, mut control) = mpsc::channel::<Msg>(64);
     tokio::spawn(async move {
         let mut batch: Vec<RequestLog> = Vec::with_capacity(BATCH);
+        let mut queued: Vec<LogEntry> = Vec::with_capacity(BATCH);
         loop {
             let mut flush = None;
             tokio::select! {
@@ -45,44 +46,35 @@ pub(crate) fn spawn_writer(
                     None => break,
                 },
             }
-            // Linger a little so one transaction carries many entries:
-            // on SQLite every write transaction takes the one write lock,
-            // and a log write per provider call would make sync pages
-            // wait for it.
-            if flush.is_none() && !batch.is_empty() {
-                let deadline = tokio::time::Instant::now() + LINGER;
-                while batch.len() < BATCH {
-                    tokio::select! {
-                        e = entries.recv() => match e {
-                            Some(e) => batch.push(row(e)),
-                            None => break,
-                        },
-                        m = control.recv() => {
-                            if let Some(Msg::Flush(done)) = m {
-                                flush = Some(done);
-                            }
-                            break;
+            // Linger so one transaction carries many entries: on SQLite
+            // every write transaction takes the one write lock, and a log
+            // write per provider call would make sync pages wait for it.
+            // The entries arriving meanwhile stay queued and are taken in
+            // one go after, rather than waking this task once each.
+            if flush.is_none() {
+                tokio::select! {
+                    _ = tokio::time::sleep(LINGER) => {}
+                    m = control.recv() => {
+                        if let Some(Msg::Flush(done)) = m {
+                            flush = Some(done);
                         }
-                        _ = tokio::time::sleep_until(deadline) => break,
                     }
                 }
             }
-            // Take whatever else is queued, up to a batch.
-            while batch.len() < BATCH {
-                match entries.try_recv() {
-                    Ok(e) => batch.push(row(e)),
-                    Err(_) => break,
+            loop {
+                queued.clear();
+                if entries.is_empty() || entries.recv_many(&mut queued, BATCH).await == 0 {
+                    break;
                 }
-            }
-            write(&store, &mut batch).await;
-            if let Some(done) = flush {
-                while let Ok(e) = entries.try_recv() {
+                for e in queued.drain(..) {
                     batch.push(row(e));
                     if batch.len() >= BATCH {
                         write(&store, &mut batch).await;
                     }
                 }
-                write(&store, &mut batch).await;
+            }
+            write(&store, &mut batch).await;
+            if let Some(done) = flush {
                 let _ = done.send(());
             }
         }

@@ -26,6 +26,9 @@ use berth_outbound::{
     OutboundResponse, StreamingResponse,
 };
 use berth_store::{Connection, NewEvent};
+use http::HeaderMap;
+use http::header::{HeaderName, HeaderValue};
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use serde_json::{Map, Value};
 use zeroize::Zeroizing;
 
@@ -56,7 +59,9 @@ pub struct ProviderCall {
 pub struct StreamCall {
     pub method: Method,
     pub path: String,
-    pub headers: Vec<(String, String)>,
+    /// The caller's headers as received; what must not reach the provider
+    /// is dropped here.
+    pub headers: HeaderMap,
     pub body: OutBody,
     /// The length of a streamed body, sent as is (not re-chunked).
     pub content_length: Option<String>,
@@ -67,97 +72,100 @@ struct Prepared {
     method: Method,
     path: String,
     query: Vec<(String, String)>,
-    headers: Vec<(String, String)>,
+    headers: HeaderMap,
     body: OutBody,
     content_length: Option<String>,
 }
 
-impl From<ProviderCall> for Prepared {
-    fn from(c: ProviderCall) -> Self {
-        Prepared {
+impl Prepared {
+    fn of(c: ProviderCall) -> Result<Self> {
+        let headers = berth_outbound::header_map(c.headers)
+            .map_err(|e| PlatformError::bad_request("INVALID_HEADER", e.to_string()))?;
+        Ok(Prepared {
             method: c.method,
             path: c.path,
             query: c.query,
-            headers: c.headers,
+            headers,
             body: c.body.into(),
             content_length: None,
-        }
+        })
     }
 }
 
 /// Request headers never forwarded to a provider: hop-by-hop headers,
 /// Berth's own tokens, anything that would override the credential or the
-/// target host, and the caller's network identity.
-const DROPPED_REQUEST_HEADERS: &[&str] = &[
-    "host",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "content-length",
-    "expect",
-    "authorization",
-    "proxy-authorization",
-    "cookie",
-    "forwarded",
-    "x-real-ip",
-    "origin",
-    "referer",
-];
+/// target host, and the caller's network identity. `name` is lower case.
+fn dropped_request_header(name: &str) -> bool {
+    matches!(
+        name,
+        "host"
+            | "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "content-length"
+            | "expect"
+            | "authorization"
+            | "proxy-authorization"
+            | "cookie"
+            | "forwarded"
+            | "x-real-ip"
+            | "origin"
+            | "referer"
+    ) || ["x-vessel-", "vessel-", "x-berth-", "x-forwarded-"]
+        .iter()
+        .any(|p| name.starts_with(p))
+}
 
 /// Response headers never passed back: hop-by-hop ones, and cookies set
 /// for the provider's domain.
-const DROPPED_RESPONSE_HEADERS: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "set-cookie",
-    "set-cookie2",
-    "proxy-authenticate",
-];
-
-/// `name` starts with `prefix` (lower case), in any case.
-fn starts_with_ci(name: &str, prefix: &str) -> bool {
-    name.len() >= prefix.len()
-        && name.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+pub fn forwardable_response_header(name: &str) -> bool {
+    ![
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "set-cookie",
+        "set-cookie2",
+        "proxy-authenticate",
+    ]
+    .iter()
+    .any(|d| d.eq_ignore_ascii_case(name))
 }
 
-fn dropped_request_header(name: &str, listed: &[String]) -> bool {
-    DROPPED_REQUEST_HEADERS
-        .iter()
-        .any(|d| d.eq_ignore_ascii_case(name))
-        || ["x-vessel-", "vessel-", "x-berth-", "x-forwarded-"]
-            .iter()
-            .any(|p| starts_with_ci(name, p))
-        || listed.iter().any(|l| l.eq_ignore_ascii_case(name))
+/// Removes the headers `drop` picks. One pass over the map: most calls
+/// have a handful of headers and drop two or three of them.
+fn remove_where(headers: &mut HeaderMap, drop: impl Fn(&HeaderName) -> bool) {
+    let names: Vec<HeaderName> = headers.keys().filter(|k| drop(k)).cloned().collect();
+    for name in names {
+        headers.remove(name);
+    }
 }
 
 /// Drops what must not reach the provider, including any header the
 /// caller's own `Connection` header names.
-pub fn sanitize_request_headers(headers: Vec<(String, String)>) -> Vec<(String, String)> {
-    let listed: Vec<String> = headers
+pub fn sanitize_request_headers(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(http::header::CONNECTION)
         .iter()
-        .filter(|(k, _)| k.eq_ignore_ascii_case("connection"))
-        .flat_map(|(_, v)| v.split(',').map(|t| t.trim().to_ascii_lowercase()))
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .collect();
-    headers
-        .into_iter()
-        .filter(|(k, _)| !dropped_request_header(k, &listed))
-        .collect()
+    remove_where(headers, |k| {
+        dropped_request_header(k.as_str()) || listed.contains(k)
+    });
 }
 
-/// Whether a provider response header is passed back to the caller.
-pub fn forwardable_response_header(name: &str) -> bool {
-    !DROPPED_RESPONSE_HEADERS
-        .iter()
-        .any(|d| d.eq_ignore_ascii_case(name))
+/// Drops the response headers never passed back.
+pub fn strip_response_headers(headers: &mut HeaderMap) {
+    remove_where(headers, |k| !forwardable_response_header(k.as_str()));
 }
 
 /// Per-connection mutexes of this process.
@@ -201,14 +209,14 @@ impl Platform {
         let integration = self.integration_of(conn)?;
         let c = self.hot_credential(integration, conn, None).await?;
         let resp = self
-            .send_once(integration, conn, &c, call.clone().into())
+            .send_once(integration, conn, &c, Prepared::of(call.clone())?)
             .await?;
         if resp.status == 401 && refreshable(&c.cred) {
             let c = self
                 .hot_credential(integration, conn, Some(c.version))
                 .await?;
             return self
-                .send_once(integration, conn, &c, call.clone().into())
+                .send_once(integration, conn, &c, Prepared::of(call.clone())?)
                 .await;
         }
         Ok(resp)
@@ -276,7 +284,7 @@ impl Platform {
         c: &hot::Credential,
         call: Prepared,
     ) -> Result<OutboundResponse> {
-        let req = self.provider_request(integration, conn, &c.target, c.base(), call)?;
+        let req = self.provider_request(conn, c, call)?;
         self.inner
             .outbound
             .send(req)
@@ -291,7 +299,7 @@ impl Platform {
         c: &hot::Credential,
         call: Prepared,
     ) -> Result<StreamingResponse> {
-        let req = self.provider_request(integration, conn, &c.target, c.base(), call)?;
+        let req = self.provider_request(conn, c, call)?;
         self.inner
             .outbound
             .send_streaming(req)
@@ -322,7 +330,9 @@ impl Platform {
         // it inline.
         let (cred, version) = Box::pin(self.ensure_fresh(conn, stale)).await?;
         let target = self.target_for(integration, conn, &cred)?;
-        let base = parse_base(&target.base_url).ok();
+        let base = hot::Base::parse(&target.base_url);
+        let headers = berth_outbound::header_map(target.headers.iter().map(|(k, v)| (k, v))).ok();
+        let context = Arc::new(self.call_context(integration, conn));
         Ok(self.inner.hot.put_credential(
             &conn.id,
             hot::Credential {
@@ -330,6 +340,8 @@ impl Platform {
                 version,
                 target,
                 base,
+                headers,
+                context,
             },
         ))
     }
@@ -433,60 +445,68 @@ impl Platform {
     /// leave the provider is refused here, and the refusal logged.
     fn provider_request(
         &self,
-        integration: &Integration,
         conn: &Connection,
-        target: &ProviderTarget,
-        base: Result<&url::Url>,
+        c: &hot::Credential,
         call: Prepared,
     ) -> Result<OutboundRequest> {
         if let Err(e) = validate_path(&call.path) {
             self.log_refused(conn, call.method.as_str(), &call.path, 400, &e.to_string());
             return Err(e);
         }
-        let mut url = join_path(base?, &call.path)?;
-        // The credential's query parameters win over a caller's of the
-        // same name (Snov.io's `access_token`).
-        let reserved = |k: &str| target.query.iter().any(|(t, _)| t == k);
-        if !target.query.is_empty() && url.query_pairs().any(|(k, _)| reserved(&k)) {
-            let kept: Vec<(String, String)> = url
-                .query_pairs()
-                .filter(|(k, _)| !reserved(k))
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect();
-            url.set_query(None);
-            if !kept.is_empty() {
-                url.query_pairs_mut().extend_pairs(kept);
+        let target = &c.target;
+        let base = c.base()?;
+        let uri = if target.query.is_empty() && call.query.is_empty() {
+            append_path(base, &call.path)?
+        } else {
+            let mut url = join_path(&base.url, &call.path)?;
+            // The credential's query parameters win over a caller's of the
+            // same name (Snov.io's `access_token`).
+            let reserved = |k: &str| target.query.iter().any(|(t, _)| t == k);
+            if !target.query.is_empty() && url.query_pairs().any(|(k, _)| reserved(&k)) {
+                let kept: Vec<(String, String)> = url
+                    .query_pairs()
+                    .filter(|(k, _)| !reserved(k))
+                    .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                    .collect();
+                url.set_query(None);
+                if !kept.is_empty() {
+                    url.query_pairs_mut().extend_pairs(kept);
+                }
             }
-        }
-        let extra: Vec<&(String, String)> = call
-            .query
-            .iter()
-            .filter(|(k, _)| !reserved(k))
-            .chain(target.query.iter())
-            .collect();
-        if !extra.is_empty() {
-            url.query_pairs_mut().extend_pairs(extra);
-        }
+            let extra: Vec<&(String, String)> = call
+                .query
+                .iter()
+                .filter(|(k, _)| !reserved(k))
+                .chain(target.query.iter())
+                .collect();
+            if !extra.is_empty() {
+                url.query_pairs_mut().extend_pairs(extra);
+            }
+            berth_outbound::uri_of(&url).map_err(|_| path_leaves_api())?
+        };
+        let mut headers = call.headers;
+        sanitize_request_headers(&mut headers);
         // The credential header wins over a caller's header of the same name.
-        let mut headers: Vec<(String, String)> = sanitize_request_headers(call.headers)
-            .into_iter()
-            .filter(|(k, _)| {
-                !target
-                    .headers
-                    .iter()
-                    .any(|(t, _)| t.eq_ignore_ascii_case(k))
-            })
-            .collect();
-        headers.extend(target.headers.iter().cloned());
-        if let (Some(n), OutBody::Stream(_)) = (&call.content_length, &call.body) {
-            headers.push(("content-length".into(), n.clone()));
+        let mut last: Option<&HeaderName> = None;
+        for (k, v) in c.headers()? {
+            if last == Some(k) {
+                headers.append(k, v.clone());
+            } else {
+                headers.insert(k, v.clone());
+            }
+            last = Some(k);
+        }
+        if let (Some(n), OutBody::Stream(_)) = (&call.content_length, &call.body)
+            && let Ok(v) = HeaderValue::from_str(n)
+        {
+            headers.insert(http::header::CONTENT_LENGTH, v);
         }
         Ok(OutboundRequest {
             method: call.method,
-            url,
+            uri,
             headers,
             body: call.body,
-            context: Some(self.call_context(integration, conn)),
+            context: Some(c.context.clone()),
         })
     }
 
@@ -901,6 +921,57 @@ pub(crate) fn join_path(base: &url::Url, path: &str) -> Result<url::Url> {
         ));
     }
     Ok(u)
+}
+
+fn path_leaves_api() -> PlatformError {
+    PlatformError::bad_request(
+        "INVALID_PATH",
+        "invalid provider path: it leaves the provider's API",
+    )
+}
+
+/// The characters `url` percent-encodes in a path and in a query of an
+/// `http(s)` URL, so both ways of joining produce the same request.
+const PATH_SET: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'<')
+    .add(b'>')
+    .add(b'`')
+    .add(b'#')
+    .add(b'?')
+    .add(b'{')
+    .add(b'}');
+const QUERY_SET: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'<')
+    .add(b'>')
+    .add(b'\'');
+
+/// [`join_path`] for the common call that adds no query parameters: the
+/// validated path is appended to the base's text, and the result is checked
+/// to have the base's authority and path prefix, so the host cannot change.
+pub(crate) fn append_path(base: &hot::Base, path: &str) -> Result<http::Uri> {
+    let (p, q) = match path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path, None),
+    };
+    let mut s = String::with_capacity(base.prefix.len() + path.len() + 16);
+    s.push_str(&base.prefix);
+    s.extend(utf8_percent_encode(p, PATH_SET));
+    if let Some(q) = q {
+        s.push('?');
+        s.extend(utf8_percent_encode(q, QUERY_SET));
+    }
+    let uri: http::Uri = s.parse().map_err(|_| path_leaves_api())?;
+    if uri.authority().map(|a| a.as_str()) != Some(base.authority.as_str())
+        || !uri.path().starts_with(&base.path)
+    {
+        return Err(path_leaves_api());
+    }
+    Ok(uri)
 }
 
 #[cfg(test)]

@@ -198,6 +198,16 @@ fn reset_in(value: f64, now: SystemTime) -> Duration {
 
 /// For how long the provider says its quota is gone, if it says so.
 pub fn exhausted_for(status: u16, h: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    // Most answers carry none of these headers: one pass over the names
+    // instead of a lookup per spelling.
+    if status != 429
+        && !h.keys().any(|k| {
+            let k = k.as_str();
+            k.contains("rate") || k.starts_with("sforce-limit")
+        })
+    {
+        return None;
+    }
     if status == 429 {
         let ra = header(h, "retry-after").and_then(|v| parse_retry_after(v, now));
         let reset = ["x-ratelimit-reset", "ratelimit-reset", "x-rate-limit-reset"]

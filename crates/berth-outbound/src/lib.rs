@@ -51,6 +51,8 @@ const LOG_QUEUE: usize = 65_536;
 pub enum OutboundError {
     #[error("invalid provider URL: {0}")]
     InvalidUrl(String),
+    #[error("the request header `{0}` is not a valid HTTP header name and value")]
+    InvalidHeader(String),
     #[error("the provider did not answer within the {stage} timeout ({secs} s)")]
     Timeout { stage: &'static str, secs: u64 },
     #[error("could not connect to the provider: {0}")]
@@ -83,7 +85,9 @@ impl OutboundError {
     /// Which layer produced the outcome, for the request log.
     pub fn layer(&self) -> &'static str {
         match self {
-            OutboundError::RateLimited { .. } | OutboundError::InvalidUrl(_) => "berth",
+            OutboundError::RateLimited { .. }
+            | OutboundError::InvalidUrl(_)
+            | OutboundError::InvalidHeader(_) => "berth",
             _ => "network",
         }
     }
@@ -183,10 +187,11 @@ impl From<Option<Vec<u8>>> for OutBody {
 #[derive(Debug)]
 pub struct OutboundRequest {
     pub method: Method,
-    pub url: url::Url,
-    pub headers: Vec<(String, String)>,
+    pub uri: http::Uri,
+    pub headers: HeaderMap,
     pub body: OutBody,
-    pub context: Option<CallContext>,
+    /// Shared: built once per connection and kept in the hot cache.
+    pub context: Option<Arc<CallContext>>,
 }
 
 #[derive(Debug, Clone)]
@@ -261,15 +266,49 @@ pub fn now_ms() -> i64 {
 }
 
 /// `path?k=***&…`: what the request log keeps of a URL.
-pub fn redacted_path(url: &url::Url) -> String {
-    let mut out = url.path().to_string();
-    let keys: Vec<String> = url.query_pairs().map(|(k, _)| k.into_owned()).collect();
-    if !keys.is_empty() {
+pub fn redacted_path(uri: &http::Uri) -> String {
+    let mut out = uri.path().to_string();
+    if let Some(q) = uri.query().filter(|q| !q.is_empty()) {
         out.push('?');
-        let redacted: Vec<String> = keys.iter().map(|k| format!("{k}=***")).collect();
-        out.push_str(&redacted.join("&"));
+        for (i, pair) in q.split('&').enumerate() {
+            if i > 0 {
+                out.push('&');
+            }
+            out.push_str(pair.split_once('=').map_or(pair, |(k, _)| k));
+            out.push_str("=***");
+        }
     }
     out
+}
+
+/// A parsed URL as the client takes it.
+pub fn uri_of(url: &url::Url) -> Result<http::Uri, OutboundError> {
+    url.as_str()
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| OutboundError::InvalidUrl(e.to_string()))
+}
+
+/// Header pairs as the client takes them; names any pair that is not a
+/// valid HTTP header.
+pub fn header_map<K: AsRef<str>, V: AsRef<str>>(
+    pairs: impl IntoIterator<Item = (K, V)>,
+) -> Result<HeaderMap, OutboundError> {
+    let mut map = HeaderMap::new();
+    for (k, v) in pairs {
+        let (k, v) = (k.as_ref(), v.as_ref());
+        match (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
+            (Ok(k), Ok(v)) => {
+                map.append(k, v);
+            }
+            _ => {
+                return Err(OutboundError::InvalidHeader(k.escape_debug().to_string()));
+            }
+        }
+    }
+    Ok(map)
 }
 
 enum Failure {
@@ -343,7 +382,7 @@ impl Outbound {
     ) -> (Result<hyper::Response<Incoming>, OutboundError>, u32) {
         let OutboundRequest {
             method,
-            url,
+            uri,
             headers,
             body,
             context,
@@ -391,33 +430,8 @@ impl Outbound {
                 }
             }
         }
-        let repeatable = is_idempotent(&method)
-            || headers
-                .iter()
-                .any(|(k, _)| k.eq_ignore_ascii_case("idempotency-key"));
-        let uri: http::Uri = match url.as_str().parse() {
-            Ok(u) => u,
-            Err(e) => return (Err(OutboundError::InvalidUrl(e.to_string())), 0),
-        };
-        let mut header_map = HeaderMap::with_capacity(headers.len() + 1);
-        for (k, v) in &headers {
-            match (
-                HeaderName::from_bytes(k.as_bytes()),
-                HeaderValue::from_str(v),
-            ) {
-                (Ok(k), Ok(v)) => {
-                    header_map.append(k, v);
-                }
-                _ => {
-                    return (
-                        Err(OutboundError::InvalidUrl(format!(
-                            "the request header `{k}` is not a valid HTTP header"
-                        ))),
-                        0,
-                    );
-                }
-            }
-        }
+        let repeatable = is_idempotent(&method) || headers.contains_key("idempotency-key");
+        let mut header_map = headers;
         if !header_map.contains_key(http::header::USER_AGENT)
             && let Ok(ua) = HeaderValue::from_str(&cfg.user_agent)
         {
@@ -514,7 +528,7 @@ impl Outbound {
         &self,
         ctx: &CallContext,
         method: &Method,
-        url: &url::Url,
+        uri: &http::Uri,
         request_bytes: Option<u64>,
     ) -> LogEntry {
         LogEntry {
@@ -523,7 +537,7 @@ impl Outbound {
             provider: ctx.provider.clone(),
             at_ms: now_ms(),
             method: method.to_string(),
-            path: redacted_path(url),
+            path: redacted_path(uri),
             status: None,
             latency_ms: 0,
             request_bytes,
@@ -532,6 +546,25 @@ impl Outbound {
             layer: "provider",
             error: None,
         }
+    }
+
+    /// [`Outbound::send`] for calls made outside any connection (connect-time
+    /// checks, OAuth token endpoints), given a URL and header pairs.
+    pub async fn send_to(
+        &self,
+        method: Method,
+        url: &url::Url,
+        headers: Vec<(String, String)>,
+        body: OutBody,
+    ) -> Result<OutboundResponse, OutboundError> {
+        let req = OutboundRequest {
+            method,
+            uri: uri_of(url)?,
+            headers: header_map(headers)?,
+            body,
+            context: None,
+        };
+        self.send(req).await
     }
 
     /// Sends `req` and buffers the whole response body.
@@ -551,9 +584,9 @@ impl Outbound {
         let mut entry = req
             .context
             .as_ref()
-            .map(|c| self.entry_for(c, &req.method, &req.url, request_bytes));
-        let host = req.url.host_str().unwrap_or("").to_string();
-        let path = req.url.path().to_string();
+            .map(|c| self.entry_for(c, &req.method, &req.uri, request_bytes));
+        let host = req.uri.host().unwrap_or("").to_string();
+        let path = req.uri.path().to_string();
         let total = self.inner.config.total_timeout;
         let (result, retries) = self.execute(req, true).await;
         let result = match result {
@@ -632,7 +665,7 @@ impl Outbound {
         let entry = req
             .context
             .as_ref()
-            .map(|c| self.entry_for(c, &req.method, &req.url, request_bytes));
+            .map(|c| self.entry_for(c, &req.method, &req.uri, request_bytes));
         let (result, retries) = self.execute(req, false).await;
         let latency = started.elapsed();
         match result {
@@ -683,7 +716,7 @@ pub fn error_status(e: &OutboundError) -> u16 {
     match e {
         OutboundError::Timeout { .. } => 504,
         OutboundError::RateLimited { .. } => 429,
-        OutboundError::InvalidUrl(_) => 400,
+        OutboundError::InvalidUrl(_) | OutboundError::InvalidHeader(_) => 400,
         _ => 502,
     }
 }
@@ -725,9 +758,14 @@ mod tests {
 
     #[test]
     fn log_paths_hide_query_values() {
-        let u = url::Url::parse("https://x.test/v1/get?access_token=s3cret&limit=5").unwrap();
-        assert_eq!(redacted_path(&u), "/v1/get?access_token=***&limit=***");
-        let u = url::Url::parse("https://x.test/a").unwrap();
+        let u: http::Uri = "https://x.test/v1/get?access_token=s3cret&limit=5&flag"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            redacted_path(&u),
+            "/v1/get?access_token=***&limit=***&flag=***"
+        );
+        let u: http::Uri = "https://x.test/a".parse().unwrap();
         assert_eq!(redacted_path(&u), "/a");
     }
 }

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+mod http_server;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -181,9 +182,7 @@ impl App {
             },
             axum::Router::new().nest("/sandbox/api/v1", berth_sandbox::router()),
         );
-        let result = axum::serve(self.listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let result = http_server::serve(self.listener, router, shutdown).await;
         cancel.cancel();
         let _ = housekeeping.await;
         let _ = dispatcher.await;
