@@ -1000,4 +1000,37 @@ mod tests {
             assert!(provider_url(base, bad).is_err(), "{bad} accepted");
         }
     }
+
+    /// The proxy's fast join and the `url` crate's join send the same
+    /// request for every path that passes validation.
+    #[test]
+    fn both_joins_agree() {
+        for base in [
+            "https://api.example.com/v2",
+            "https://api.example.com/v2/",
+            "http://127.0.0.1:8080",
+            "https://x.test/a/b?dropped=1",
+        ] {
+            let parsed = hot::Base::parse(base).unwrap();
+            for path in [
+                "/contacts",
+                "/contacts?limit=1&after=abc",
+                "/with space/and\"quote\"",
+                "/q?name=a b&x=<y>&z='1'",
+                "/caf\u{e9}/\u{65e5}?q=\u{e9}",
+                "/a%20b/%2F?x=%26",
+                "/{braces}/`tick`/^caret|pipe",
+                "/a@b/c:d;e=f",
+                "/",
+                "/x?",
+            ] {
+                if validate_path(path).is_err() {
+                    continue;
+                }
+                let slow = join_path(&parsed.url, path).unwrap();
+                let fast = append_path(&parsed, path).unwrap();
+                assert_eq!(fast.to_string(), slow.as_str(), "{base} + {path}");
+            }
+        }
+    }
 }

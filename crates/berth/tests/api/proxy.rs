@@ -113,6 +113,14 @@ async fn slow() -> Response {
     Json(json!({"late": true})).into_response()
 }
 
+/// Headers and a first chunk, then nothing (the stream never ends).
+async fn stall() -> Response {
+    let first =
+        futures_util::stream::once(async { Ok::<_, std::io::Error>(Bytes::from("partial")) });
+    let body = first.chain(futures_util::stream::pending());
+    Response::new(axum::body::Body::from_stream(body))
+}
+
 async fn status(Path(code): Path<u16>) -> Response {
     (
         StatusCode::from_u16(code).unwrap(),
@@ -170,6 +178,7 @@ async fn start_fake() -> (String, Fake) {
         .route("/api/flaky", any(flaky))
         .route("/api/counted", get(counted))
         .route("/api/slow", get(slow))
+        .route("/api/stall", get(stall))
         .route("/api/status/{code}", any(status))
         .route("/api/big", get(big))
         .route("/api/upload", post(upload).put(upload))
@@ -862,6 +871,7 @@ async fn broken_providers_get_named_errors_and_are_logged() {
     let Env { app, .. } = setup_with(|c| {
         c.outbound.total_timeout = Duration::from_secs(1);
         c.outbound.first_byte_timeout = Duration::from_secs(1);
+        c.outbound.idle_timeout = Duration::from_secs(1);
         c.outbound.retry.max_retries = 0;
     })
     .await;
@@ -878,6 +888,11 @@ async fn broken_providers_get_named_errors_and_are_logged() {
     );
     let resp = app.proxy("GET", "/slow", &access).send().await.unwrap();
     assert_eq!(resp.status(), 504);
+    // A body that stops arriving is ended by the idle timeout, and the
+    // caller sees it broken off rather than complete.
+    let resp = app.proxy("GET", "/stall", &access).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.bytes().await.is_err());
 
     let (_, g) = app.connect_key_unchecked("fakegarbage").await;
     let r = app.pass(&g, json!({"method": "GET", "path": "/x"})).await;
@@ -953,6 +968,14 @@ async fn broken_providers_get_named_errors_and_are_logged() {
     assert_eq!(find(400, "berth"), 3, "{logs:#?}");
     assert_eq!(find(413, "berth"), 1, "{logs:#?}");
     assert_eq!(find(405, "berth"), 1, "{logs:#?}");
+    assert!(
+        logs.iter().any(|l| l["status"] == 200
+            && l["layer"] == "network"
+            && l["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("idle timeout"))),
+        "{logs:#?}"
+    );
     assert!(
         logs.iter()
             .all(|l| l["error"].is_null() || !l["error"].as_str().unwrap().contains("xxxx"))
