@@ -132,7 +132,20 @@ EOF
 # wrk latency line value -> milliseconds
 to_ms() { awk -v v="$1" 'BEGIN { n=v+0; if (v ~ /us$/) n/=1000; else if (v ~ /ms$/) n=n; else if (v ~ /s$/) n*=1000; printf "%.3f", n }'; }
 
-run() { # name conns -> "rps p50 p99"
+# User-space instructions per request of the proxy under test: unlike req/s
+# on a shared machine, a count that repeats from run to run. Needs perf
+# (Debian's linux-perf) and a kernel that exposes the counter.
+PERF=0
+if command -v perf >/dev/null && perf stat -e instructions:u true >/dev/null 2>&1; then PERF=1; fi
+pids_of() {
+  case $1 in
+    nginx) pgrep -d, -f "nginx: worker" -P "$(cat "$WORK/nginx.pid")" ;;
+    bare-proxy) echo "${pids[1]}" ;;
+    berth-proxy|berth-json) echo "$BERTH_PID" ;;
+  esac
+}
+
+run() { # name conns -> "rps p50 p99 kinstr"
   local name=$1 c=$2 args=()
   case $name in
     direct) args=(-H "Authorization: Bearer bench-key" "http://127.0.0.1:$UP/x") ;;
@@ -147,7 +160,13 @@ run() { # name conns -> "rps p50 p99"
     perf record -F 999 -g -o "${BENCH_PROFILE_OUT:-/tmp/berth-bench.perf}" -p "$BERTH_PID" -- sleep "$DUR" >/dev/null 2>&1 &
   fi
   local t0; t0=$(awk '{print $14+$15}' "/proc/$BERTH_PID/stat")
+  local ppid="" target; target=$(pids_of "$name")
+  if [ "$PERF" = 1 ] && [ -n "$target" ]; then
+    perf stat -x, -e instructions:u -p "$target" -o "$WORK/perf.$name.$c" -- sleep "$DUR" >/dev/null 2>&1 &
+    ppid=$!
+  fi
   local out; out=$(wrk -t"$WRK_THREADS" -c"$c" -d"${DUR}s" --latency "${args[@]}")
+  [ -n "$ppid" ] && wait "$ppid"
   local t1; t1=$(awk '{print $14+$15}' "/proc/$BERTH_PID/stat")
   echo "$name c=$c: Berth used $(( (t1 - t0) ))/$(getconf CLK_TCK) CPU-seconds in ${DUR}s" >&2
   if grep -q "Non-2xx" <<<"$out"; then echo "$name: non-2xx answers:" >&2; echo "$out" >&2; exit 1; fi
@@ -155,13 +174,19 @@ run() { # name conns -> "rps p50 p99"
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   p50=$(to_ms "$(awk '$1=="50%" {print $2}' <<<"$out")")
   p99=$(to_ms "$(awk '$1=="99%" {print $2}' <<<"$out")")
-  echo "$rps $p50 $p99"
+  local reqs kin="-"
+  reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+  if [ -n "$ppid" ] && [ -s "$WORK/perf.$name.$c" ]; then
+    kin=$(awk -F, -v r="$reqs" '/instructions/ && $1 ~ /^[0-9]+$/ {printf "%.1f", $1 / r / 1000}' "$WORK/perf.$name.$c")
+    [ -n "$kin" ] || kin="-"
+  fi
+  echo "$rps $p50 $p99 $kin"
 }
 
 mkdir -p "$(dirname "$OUT")"
 {
-  echo "| connections | target | req/s | p50 ms | p99 ms | req/s vs nginx | p50 − nginx ms | p99 − nginx ms |"
-  echo "|---|---|---:|---:|---:|---:|---:|---:|"
+  echo "| connections | target | req/s | p50 ms | p99 ms | req/s vs nginx | p50 − nginx ms | p99 − nginx ms | k instructions/req |"
+  echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
 } >"$WORK/table.md"
 for c in $CONNS; do
   declare -A R=()
@@ -169,11 +194,11 @@ for c in $CONNS; do
     R[$t]=$(run "$t" "$c")
     echo "c=$c $t: ${R[$t]}" >&2
   done
-  read -r nrps np50 np99 <<<"${R[nginx]}"
+  read -r nrps np50 np99 _ <<<"${R[nginx]}"
   for t in direct nginx bare-proxy berth-proxy berth-json; do
-    read -r rps p50 p99 <<<"${R[$t]}"
-    awk -v c="$c" -v t="$t" -v rps="$rps" -v p50="$p50" -v p99="$p99" -v nr="$nrps" -v n50="$np50" -v n99="$np99" \
-      'BEGIN { printf "| %s | %s | %.0f | %.3f | %.3f | %.2fx | %+.3f | %+.3f |\n", c, t, rps, p50, p99, rps/nr, p50-n50, p99-n99 }' >>"$WORK/table.md"
+    read -r rps p50 p99 kin <<<"${R[$t]}"
+    awk -v c="$c" -v t="$t" -v rps="$rps" -v p50="$p50" -v p99="$p99" -v nr="$nrps" -v n50="$np50" -v n99="$np99" -v kin="$kin" \
+      'BEGIN { printf "| %s | %s | %.0f | %.3f | %.3f | %.2fx | %+.3f | %+.3f | %s |\n", c, t, rps, p50, p99, rps/nr, p50-n50, p99-n99, kin }' >>"$WORK/table.md"
   done
 done
 RSS=$(awk '/VmHWM/ {print $2}' "/proc/$BERTH_PID/status")
@@ -189,6 +214,8 @@ RSS_AFTER=$(awk '/VmHWM/ {print $2}' "/proc/$BERTH_PID/status")
   echo "\`scripts/bench-proxy.sh\` on $(date -u +%Y-%m-%d), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), wrk -t$WRK_THREADS, ${DUR}s per cell, nginx $("$NGINX" -v 2>&1 | cut -d/ -f2) with 2 workers."
   echo
   cat "$WORK/table.md"
+  echo
+  echo "k instructions/req: user-space instructions of the proxy's own process(es) per request, from \`perf stat\` during the run (\`-\` where perf is missing or for \`direct\`, which has no proxy); it repeats within a few percent between runs where req/s does not."
   echo
   echo "Berth peak RSS after the load runs: $((RSS / 1024)) MiB; after also streaming a 512 MiB download through \`/proxy\`: $((RSS_AFTER / 1024)) MiB."
 } >"$OUT"
