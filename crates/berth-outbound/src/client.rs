@@ -117,6 +117,14 @@ pub(crate) fn causes(e: &(dyn std::error::Error + 'static)) -> String {
     }
 }
 
+/// An error and its causes, without repeating itself.
+pub(crate) fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    match e.source() {
+        Some(_) => format!("{e}: {}", causes(e)),
+        None => e.to_string(),
+    }
+}
+
 /// Whether an I/O timeout is somewhere in the chain.
 pub(crate) fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur = Some(e);
@@ -143,7 +151,7 @@ pub(crate) async fn read_body(
     let mut out = Vec::with_capacity(declared.unwrap_or(0) as usize);
     let mut body = body;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| OutboundError::Protocol(format!("{e}: {}", causes(&e))))?;
+        let frame = frame.map_err(|e| OutboundError::Protocol(describe(&e)))?;
         if let Ok(chunk) = frame.into_data() {
             if out.len() + chunk.len() > limit {
                 return Err(OutboundError::TooLarge);
@@ -211,7 +219,7 @@ impl Body for BodyStream {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
-                let msg = format!("the provider's body broke off: {e}");
+                let msg = format!("the provider's body broke off: {}", describe(&e));
                 this.finish(Some(msg.clone()));
                 Poll::Ready(Some(Err(std::io::Error::other(msg))))
             }
