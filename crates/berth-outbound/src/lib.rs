@@ -21,11 +21,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use futures_util::{Stream, TryStreamExt};
 use http::HeaderMap;
 pub use http::Method;
 use http::header::{HeaderName, HeaderValue};
-use http_body::Frame;
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
@@ -154,16 +152,6 @@ impl std::fmt::Debug for OutBody {
 }
 
 impl OutBody {
-    /// A body that streams from `s`.
-    pub fn stream<S, E>(s: S) -> Self
-    where
-        S: Stream<Item = Result<Bytes, E>> + Send + 'static,
-        E: Into<BoxError> + 'static,
-    {
-        let frames = s.map_ok(Frame::data).map_err(Into::into);
-        OutBody::Stream(http_body_util::StreamBody::new(frames).boxed_unsync())
-    }
-
     /// A body that streams from an HTTP body (a proxied request's).
     pub fn body<B>(b: B) -> Self
     where
