@@ -25,28 +25,50 @@ where
 {
     type Rejection = ApiError<F>;
 
-    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        let bytes = axum::body::Bytes::from_request(req, state)
-            .await
-            .map_err(|e| {
-                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "PAYLOAD_TOO_LARGE",
-                        format!(
-                            "request body is larger than {} bytes",
-                            crate::MAX_BODY_BYTES
-                        ),
-                    )
-                } else {
-                    ApiError::bad_request(
-                        "INVALID_BODY",
-                        format!("could not read the request body: {e}"),
-                    )
-                }
-            })?;
+    async fn from_request(req: Request, _state: &AppState) -> Result<Self, Self::Rejection> {
+        use http_body_util::BodyExt;
+        let mut body = req.into_body();
+        let limited = http_body_util::Limited::new(&mut body, crate::MAX_BODY_BYTES);
+        let bytes = match limited.collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                drain(body).await;
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "PAYLOAD_TOO_LARGE",
+                    format!(
+                        "request body is larger than {} bytes",
+                        crate::MAX_BODY_BYTES
+                    ),
+                ));
+            }
+            Err(e) => {
+                return Err(ApiError::bad_request(
+                    "INVALID_BODY",
+                    format!("could not read the request body: {e}"),
+                ));
+            }
+        };
         parse_body(&bytes).map(|t| Body(t, PhantomData))
     }
+}
+
+/// Reads and discards what is left of a refused body (up to 16 MiB, for
+/// up to 5 s), so the client, still sending, reads the refusal rather than
+/// a connection reset: closing a socket with unread data resets it.
+async fn drain(mut body: axum::body::Body) {
+    use http_body_util::BodyExt;
+    let mut left: usize = 16 << 20;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while let Some(Ok(frame)) = body.frame().await {
+            let n = frame.data_ref().map_or(0, |d| d.len());
+            match left.checked_sub(n) {
+                Some(l) => left = l,
+                None => break,
+            }
+        }
+    })
+    .await;
 }
 
 pub fn parse_body<T: DeserializeOwned, F>(bytes: &[u8]) -> Result<T, ApiError<F>> {

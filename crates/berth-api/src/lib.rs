@@ -21,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use berth_connections::Platform;
+use std::sync::Arc;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
@@ -31,12 +32,52 @@ use crate::error::{ApiError, V2};
 /// Largest accepted JSON request body.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
-/// Shared state of every handler. Cheap to clone.
+/// Shared state of every handler. Cloning it (axum does, per request and
+/// per extractor) touches one reference count.
+///
+/// Decision: each HTTP serving thread builds its router from its own
+/// `AppState` (see `berth::http_server`), so that count is written by one
+/// core only; three shared counts bumped by every request on every core
+/// made a cache line bounce between cores on each call.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+/// What handlers reach through [`AppState`].
+pub struct Services {
     pub platform: Platform,
     pub webhooks: berth_webhooks::Webhooks,
     pub sync: berth_sync::Engine,
+}
+
+impl AppState {
+    pub fn new(
+        platform: Platform,
+        webhooks: berth_webhooks::Webhooks,
+        sync: berth_sync::Engine,
+    ) -> Self {
+        Self(Arc::new(Services {
+            platform,
+            webhooks,
+            sync,
+        }))
+    }
+
+    /// A new `AppState` over the same services, with a reference count of
+    /// its own.
+    pub fn fork(&self) -> Self {
+        Self::new(
+            self.0.platform.clone(),
+            self.0.webhooks.clone(),
+            self.0.sync.clone(),
+        )
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+    fn deref(&self) -> &Services {
+        &self.0
+    }
 }
 
 /// The whole HTTP API. `extra` is merged in (the sandbox provider, later
@@ -72,16 +113,10 @@ pub fn router(state: AppState, extra: Router) -> Router {
         .route("/openapi.json", get(openapi_json))
         .fallback(not_found)
         .with_state(state);
-    api.merge(extra)
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(CatchPanicLayer::custom(|_| {
-            ApiError::<V2>::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "INTERNAL",
-                "internal error; the details are in the server log",
-            )
-            .into_response()
-        }))
+    // One `layer` call with the stack composed: each `Router::layer` wraps
+    // every route in another boxed service, and three of them showed up on
+    // every proxied call.
+    let stack = tower::ServiceBuilder::new()
         .layer(
             // Spans carry method and path only: query strings hold v1 access
             // tokens and must never reach a log line.
@@ -91,11 +126,21 @@ pub fn router(state: AppState, extra: Router) -> Router {
                 })
                 .on_request(())
                 .on_response(
-                    |res: &Response, latency: std::time::Duration, _span: &tracing::Span| {
+                    |res: &axum::http::Response<_>, latency: std::time::Duration, _span: &tracing::Span| {
                         tracing::info!(status = res.status().as_u16(), latency_ms = latency.as_millis() as u64, "request");
                     },
                 ),
         )
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::<V2>::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "INTERNAL",
+                "internal error; the details are in the server log",
+            )
+            .into_response()
+        }))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+    api.merge(extra).layer(stack)
 }
 
 async fn not_found() -> ApiError<V2> {

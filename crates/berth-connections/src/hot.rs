@@ -90,11 +90,18 @@ struct Timed<T> {
     at: Instant,
 }
 
-struct Map<K, V>(RwLock<HashMap<K, Timed<V>>>);
+/// A token's SHA-256 digest.
+type Digest = [u8; 32];
+
+/// Decision: foldhash rather than std's SipHash. Keys are SHA-256 digests
+/// and ids Berth made, and only entries the store vouched for are
+/// inserted, so a caller cannot flood a bucket; SipHash was a visible cost
+/// of every proxied call.
+struct Map<K, V>(RwLock<HashMap<K, Timed<V>, foldhash::fast::RandomState>>);
 
 impl<K: std::hash::Hash + Eq, V: Clone> Map<K, V> {
     fn new() -> Self {
-        Map(RwLock::new(HashMap::new()))
+        Map(RwLock::new(HashMap::default()))
     }
 
     fn get<Q>(&self, k: &Q) -> Option<V>
@@ -129,11 +136,11 @@ impl<K: std::hash::Hash + Eq, V: Clone> Map<K, V> {
 }
 
 pub(crate) struct HotCache {
-    /// API-token hash -> environment.
-    envs: Map<String, Arc<Environment>>,
-    /// Access-token hash -> connection (checked against the caller's
+    /// API-token digest -> environment.
+    envs: Map<Digest, Arc<Environment>>,
+    /// Access-token digest -> connection (checked against the caller's
     /// environment on every hit).
-    conns: Map<String, Arc<Connection>>,
+    conns: Map<Digest, Arc<Connection>>,
     /// Connection id -> opened credential and target.
     creds: Map<String, Arc<Credential>>,
 }
@@ -155,25 +162,25 @@ impl Default for HotCache {
 }
 
 impl HotCache {
-    pub fn env(&self, token_hash: &str) -> Option<Arc<Environment>> {
-        self.envs.get(token_hash)
+    pub fn env(&self, token_digest: &Digest) -> Option<Arc<Environment>> {
+        self.envs.get(token_digest)
     }
 
-    pub fn put_env(&self, token_hash: String, env: Environment) -> Arc<Environment> {
+    pub fn put_env(&self, token_digest: Digest, env: Environment) -> Arc<Environment> {
         let env = Arc::new(env);
-        self.envs.put(token_hash, env.clone());
+        self.envs.put(token_digest, env.clone());
         env
     }
 
-    pub fn conn(&self, env_id: &str, token_hash: &str) -> Option<Arc<Connection>> {
+    pub fn conn(&self, env_id: &str, token_digest: &Digest) -> Option<Arc<Connection>> {
         self.conns
-            .get(token_hash)
+            .get(token_digest)
             .filter(|c| c.environment_id == env_id)
     }
 
-    pub fn put_conn(&self, token_hash: String, conn: Connection) -> Arc<Connection> {
+    pub fn put_conn(&self, token_digest: Digest, conn: Connection) -> Arc<Connection> {
         let conn = Arc::new(conn);
-        self.conns.put(token_hash, conn.clone());
+        self.conns.put(token_digest, conn.clone());
         conn
     }
 

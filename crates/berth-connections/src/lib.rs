@@ -283,19 +283,19 @@ impl Platform {
     /// [`Self::authenticate_api_token`] without copying the environment
     /// (the proxy's hot path).
     pub async fn authenticate_api_token_shared(&self, token: &str) -> Result<Arc<Environment>> {
-        let hash = secrets::hash_token(token.trim());
-        if let Some(env) = self.inner.hot.env(&hash) {
+        let digest = secrets::token_digest(token.trim());
+        if let Some(env) = self.inner.hot.env(&digest) {
             return Ok(env);
         }
         let env = self
             .inner
             .store
-            .environment_by_api_token_hash(&hash)
+            .environment_by_api_token_hash(&secrets::hex_lower(&digest))
             .await?
             .ok_or_else(|| {
                 PlatformError::unauthorized("INVALID_API_TOKEN", "invalid or revoked API token")
             })?;
-        Ok(self.inner.hot.put_env(hash, env))
+        Ok(self.inner.hot.put_env(digest, env))
     }
 
     // ---- sessions -----------------------------------------------------------
@@ -567,14 +567,14 @@ impl Platform {
         env: &Environment,
         token: &str,
     ) -> Result<Arc<Connection>> {
-        let hash = secrets::hash_token(token.trim());
-        if let Some(c) = self.inner.hot.conn(&env.id, &hash) {
+        let digest = secrets::token_digest(token.trim());
+        if let Some(c) = self.inner.hot.conn(&env.id, &digest) {
             return Ok(c);
         }
         let conn = self
             .inner
             .store
-            .connection_by_access_token_hash(&env.id, &hash)
+            .connection_by_access_token_hash(&env.id, &secrets::hex_lower(&digest))
             .await?
             .ok_or_else(|| {
                 PlatformError::unauthorized(
@@ -582,7 +582,7 @@ impl Platform {
                     "invalid access token (the connection may have been deleted)",
                 )
             })?;
-        Ok(self.inner.hot.put_conn(hash, conn))
+        Ok(self.inner.hot.put_conn(digest, conn))
     }
 
     /// Deletes a connection: revokes its access token, erases its

@@ -34,7 +34,25 @@ pub fn new_token(prefix: &str) -> String {
 }
 
 pub fn hash_token(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
+    hex_lower(&token_digest(token))
+}
+
+/// The SHA-256 digest behind [`hash_token`], for in-memory lookups that
+/// need no text.
+pub fn token_digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Lower-case hex; `hex::encode` goes through a char iterator that cost
+/// more than the SHA-256 on every authenticated call.
+pub fn hex_lower(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    out
 }
 
 pub fn display_prefix(token: &str) -> String {

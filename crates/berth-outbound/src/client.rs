@@ -9,54 +9,216 @@
 //! connector) cost more than Berth's own checks. Outbound calls do not go
 //! through an HTTP(S)_PROXY from the environment.
 
+use std::cell::Cell;
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
+use std::time::Instant;
 
 use bytes::Bytes;
+use http::HeaderValue;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::{LogEntry, Outbound, OutboundConfig, OutboundError};
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
-pub(crate) type HttpClient = Client<HttpsConnector<HttpConnector>, ReqBody>;
 
-pub(crate) fn build(config: &OutboundConfig) -> Result<HttpClient, OutboundError> {
-    let mut http = HttpConnector::new();
-    // The TLS connector above it takes `https`.
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(config.connect_timeout));
-    let roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| OutboundError::InvalidUrl(format!("TLS setup: {e}")))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(256)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(https))
+/// The connection pools: one per serving thread ("lane"), so a proxied
+/// call and the connection task that carries it run on the same thread. A
+/// pool shared by thread-per-core runtimes would hand a connection driven
+/// by one thread to a request on another, and every call would cross
+/// cores twice. Lane 0 is every thread that is not an HTTP serving thread.
+///
+/// Decision: a small HTTP/1.1 pool over hyper's connection API rather than
+/// hyper-util's pooled client. That client's per-call work (its pool's
+/// locks and SipHash keys, URI rewriting, a spawned task per answer to
+/// return the connection) was the largest cost of a proxied call left in
+/// Berth. Connections are reused newest first, dropped when closed or idle
+/// for [`IDLE`], and a request that a pooled connection turns out to be
+/// unable to take (closed meanwhile, nothing sent) goes on a new one.
+pub(crate) struct Pools {
+    https: HttpsConnector<HttpConnector>,
+    lanes: Box<[Arc<Lane>]>,
+}
+
+/// Lanes beyond this share pools (modulo); more serving threads than this
+/// gain nothing from their own pool on any machine Berth targets.
+const LANES: usize = 64;
+/// Idle connections kept per host and lane.
+const MAX_IDLE: usize = 256;
+/// An idle connection older than this is not reused (servers close idle
+/// keep-alive connections after a while; this is below most of them).
+const IDLE: Duration = Duration::from_secs(60);
+
+thread_local! {
+    static LANE: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Marks the calling thread as HTTP serving thread `n` (from 0): its
+/// provider calls use their own connection pool.
+pub fn set_serving_lane(n: usize) {
+    LANE.with(|l| l.set(1 + n % (LANES - 1)));
+}
+
+type Key = (http::uri::Scheme, http::uri::Authority);
+type Sender = hyper::client::conn::http1::SendRequest<ReqBody>;
+
+/// Idle connections by host, each with when it went idle; newest last.
+type Idle = HashMap<Key, Vec<(Sender, Instant)>, foldhash::fast::RandomState>;
+
+#[derive(Default)]
+struct Lane {
+    idle: Mutex<Idle>,
+}
+
+impl Lane {
+    fn take(&self, key: &Key) -> Option<Sender> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.get_mut(key)?;
+        while let Some((tx, since)) = list.pop() {
+            if tx.is_ready() && since.elapsed() < IDLE {
+                return Some(tx);
+            }
+        }
+        None
+    }
+
+    fn put(&self, key: Key, tx: Sender) {
+        let now = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.entry(key).or_default();
+        if list.first().is_some_and(|(_, since)| now - *since >= IDLE) {
+            list.retain(|(tx, since)| now - *since < IDLE && !tx.is_closed());
+        }
+        if list.len() < MAX_IDLE {
+            list.push((tx, now));
+        }
+    }
+}
+
+/// Why a request got no response.
+pub(crate) enum SendError {
+    /// No connection could be made (nothing was sent).
+    Connect(BoxError),
+    /// The request failed on an established connection.
+    Request(hyper::Error),
+    InvalidUrl(&'static str),
+}
+
+impl Pools {
+    pub(crate) fn new(config: &OutboundConfig) -> Result<Self, OutboundError> {
+        let mut http = HttpConnector::new();
+        // The TLS connector above it takes `https`.
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.connect_timeout));
+        let roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| OutboundError::InvalidUrl(format!("TLS setup: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        Ok(Self {
+            https,
+            lanes: (0..LANES).map(|_| Arc::default()).collect(),
+        })
+    }
+
+    /// Sends `req` (an absolute URI) on a pooled or new connection of the
+    /// calling thread's lane. The connection goes back to the pool once
+    /// the response has been read to its end.
+    pub(crate) async fn send(
+        &self,
+        mut req: hyper::Request<ReqBody>,
+    ) -> Result<hyper::Response<Incoming>, SendError> {
+        let uri = req.uri().clone();
+        let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
+            return Err(SendError::InvalidUrl("the URL has no scheme or host"));
+        };
+        let key: Key = (scheme.clone(), authority.clone());
+        if !req.headers().contains_key(http::header::HOST) {
+            let host = match authority.port_u16() {
+                Some(443) if *scheme == http::uri::Scheme::HTTPS => authority.host(),
+                Some(80) if *scheme == http::uri::Scheme::HTTP => authority.host(),
+                _ => authority.as_str(),
+            };
+            let host = HeaderValue::from_str(host)
+                .map_err(|_| SendError::InvalidUrl("the URL's host is not a valid Host header"))?;
+            req.headers_mut().insert(http::header::HOST, host);
+        }
+        // HTTP/1.1 requests name the path only.
+        *req.uri_mut() = match uri.path_and_query() {
+            Some(pq) => http::Uri::from(pq.clone()),
+            None => http::Uri::from_static("/"),
+        };
+        let lane = &self.lanes[LANE.with(Cell::get)];
+        while let Some(mut tx) = lane.take(&key) {
+            match tx.try_send_request(req).await {
+                Ok(resp) => {
+                    give_back(lane, key, tx, &resp);
+                    return Ok(resp);
+                }
+                Err(mut e) => match e.take_message() {
+                    // Closed while idle; nothing was sent: try another.
+                    Some(back) => req = back,
+                    None => return Err(SendError::Request(e.into_error())),
+                },
+            }
+        }
+        let io = tower_service::Service::call(&mut self.https.clone(), uri)
+            .await
+            .map_err(SendError::Connect)?;
+        let (mut tx, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|e| SendError::Connect(Box::new(e)))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(target: "berth::outbound", error = %e, "provider connection ended");
+            }
+        });
+        match tx.try_send_request(req).await {
+            Ok(resp) => {
+                give_back(lane, key, tx, &resp);
+                Ok(resp)
+            }
+            Err(e) => Err(SendError::Request(e.into_error())),
+        }
+    }
+}
+
+/// Returns `tx` to the pool when its exchange is over: at once when the
+/// answer is already read, else when the connection says it is ready
+/// (the body was read to its end). A body dropped half-read closes the
+/// connection, and it is not returned.
+fn give_back(lane: &Arc<Lane>, key: Key, mut tx: Sender, resp: &hyper::Response<Incoming>) {
+    if tx.is_ready() {
+        lane.put(key, tx);
+    } else if !tx.is_closed() && !resp.headers().contains_key(http::header::UPGRADE) {
+        let lane = lane.clone();
+        tokio::spawn(async move {
+            if tx.ready().await.is_ok() {
+                lane.put(key, tx);
+            }
+        });
+    }
 }
 
 /// A request body as the client sends it.

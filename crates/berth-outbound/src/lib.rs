@@ -29,8 +29,8 @@ use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use tokio::sync::mpsc;
 
-pub use client::BodyStream;
-use client::{BoxError, HttpClient, ReqBody, causes, timed_out};
+pub use client::{BodyStream, set_serving_lane};
+use client::{BoxError, Pools, ReqBody, SendError, timed_out};
 
 pub use budget::{BudgetKey, Budgets, Limit};
 pub use metrics::Metrics;
@@ -226,7 +226,7 @@ pub struct LogEntry {
 }
 
 struct Inner {
-    client: HttpClient,
+    pools: Pools,
     config: OutboundConfig,
     budgets: Budgets,
     metrics: Metrics,
@@ -305,11 +305,11 @@ enum Failure {
 
 impl Outbound {
     pub fn new(config: &OutboundConfig) -> Result<Self, OutboundError> {
-        let client = client::build(config)?;
+        let pools = Pools::new(config)?;
         let (log_tx, log_rx) = mpsc::channel(LOG_QUEUE);
         Ok(Self {
             inner: Arc::new(Inner {
-                client,
+                pools,
                 config: config.clone(),
                 budgets: Budgets::default(),
                 metrics: Metrics::default(),
@@ -457,7 +457,7 @@ impl Outbound {
                 std::mem::take(&mut header_map)
             };
             let outcome =
-                match tokio::time::timeout(first_byte, self.inner.client.request(request)).await {
+                match tokio::time::timeout(first_byte, self.inner.pools.send(request)).await {
                     Err(_) => Err(Failure::Error(
                         OutboundError::Timeout {
                             stage: if buffered && first_byte < cfg.first_byte_timeout {
@@ -722,21 +722,29 @@ fn content_length(h: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-fn classify(e: &hyper_util::client::legacy::Error, cfg: &OutboundConfig) -> Failure {
-    if e.is_connect() {
+fn classify(e: &SendError, cfg: &OutboundConfig) -> Failure {
+    match e {
         // DNS, refused, TLS handshake: nothing reached the provider.
-        let cause = causes(e);
-        let err = if timed_out(e) || cause.contains("timed out") {
-            OutboundError::Timeout {
-                stage: "connect",
-                secs: cfg.connect_timeout.as_secs(),
-            }
-        } else {
-            OutboundError::Connect(cause)
-        };
-        Failure::Error(err, Attempt::NotConnected)
-    } else {
-        Failure::Error(OutboundError::Protocol(causes(e)), Attempt::Failed)
+        SendError::Connect(e) => {
+            let cause = client::describe(&**e);
+            let err = if timed_out(&**e) || cause.contains("timed out") {
+                OutboundError::Timeout {
+                    stage: "connect",
+                    secs: cfg.connect_timeout.as_secs(),
+                }
+            } else {
+                OutboundError::Connect(cause)
+            };
+            Failure::Error(err, Attempt::NotConnected)
+        }
+        SendError::Request(e) => Failure::Error(
+            OutboundError::Protocol(client::describe(e)),
+            Attempt::Failed,
+        ),
+        SendError::InvalidUrl(m) => Failure::Error(
+            OutboundError::InvalidUrl((*m).into()),
+            Attempt::NotConnected,
+        ),
     }
 }
 
@@ -755,5 +763,100 @@ mod tests {
         );
         let u: http::Uri = "https://x.test/a".parse().unwrap();
         assert_eq!(redacted_path(&u), "/a");
+    }
+
+    /// A raw HTTP/1.1 server on loopback: answers each request with
+    /// `ok`, counts connections, and closes each connection after
+    /// `per_conn` answers.
+    async fn raw_server(
+        per_conn: usize,
+        closed: Option<(Arc<tokio::sync::Notify>, mpsc::UnboundedSender<()>)>,
+    ) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = conns.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = l.accept().await.unwrap();
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let closed = closed.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    for _ in 0..per_conn {
+                        // Read one request head (the tests send no bodies).
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            let mut chunk = [0u8; 1024];
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                        buf.drain(..end);
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .await;
+                    }
+                    // Closes without `Connection: close`, as servers whose
+                    // keep-alive timeout ran out do.
+                    if let Some((close, ack)) = closed {
+                        close.notified().await;
+                        drop(s);
+                        let _ = ack.send(());
+                    }
+                });
+            }
+        });
+        (format!("http://{addr}"), conns)
+    }
+
+    fn post(url: &str) -> OutboundRequest {
+        OutboundRequest {
+            method: Method::POST,
+            uri: url.parse().unwrap(),
+            headers: HeaderMap::new(),
+            body: OutBody::Empty,
+            context: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn pooled_connections_are_reused() {
+        let (base, conns) = raw_server(usize::MAX, None).await;
+        let out = Outbound::new(&OutboundConfig::default()).unwrap();
+        for _ in 0..20 {
+            let r = out.send(post(&format!("{base}/a"))).await.unwrap();
+            assert_eq!(r.body, b"ok");
+        }
+        assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_the_server_closed_costs_no_call() {
+        let (tx, mut closed) = mpsc::unbounded_channel();
+        let close = Arc::new(tokio::sync::Notify::new());
+        let (base, conns) = raw_server(1, Some((close.clone(), tx))).await;
+        let mut cfg = OutboundConfig::default();
+        cfg.retry.max_retries = 0;
+        let out = Outbound::new(&cfg).unwrap();
+        for i in 0..20 {
+            let r = out.send(post(&format!("{base}/a"))).await;
+            assert_eq!(r.map(|r| r.body).ok(), Some(b"ok".to_vec()), "call {i}");
+            // The connection goes back to the pool once its answer is
+            // read; then the server closes it. Whether its task has seen
+            // that yet or not, the next POST (never retried here) must
+            // not fail on it.
+            for _ in 0..4 {
+                tokio::task::yield_now().await;
+            }
+            close.notify_one();
+            closed.recv().await.unwrap();
+            if i % 2 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 20);
     }
 }

@@ -35,6 +35,9 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A packed column (request-log blocks) did not decode.
+    #[error("stored data does not decode: {0}")]
+    Corrupt(#[from] serde_json::Error),
     #[error("unsupported database URL (use sqlite:// or postgres://)")]
     UnsupportedUrl,
     /// A sync run's checkpoint moved on without it (another worker took
@@ -94,6 +97,7 @@ macro_rules! oauth_app_cols {
 }
 
 mod changes;
+mod request_log;
 mod sync;
 mod webhooks;
 pub use changes::SQLITE_POLL;
@@ -750,142 +754,6 @@ impl Store {
             ).bind(before).execute(p).await.map(|r| r.rows_affected())
         })?)
     }
-}
-
-impl Store {
-    /// Appends request-log rows in one statement.
-    pub async fn insert_request_logs(&self, rows: &[RequestLog]) -> Result<()> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        // Chunks of a few fixed sizes, so every statement is one of five
-        // the connection has prepared and cached: a statement per batch
-        // length would be parsed anew for almost every batch, and parsing
-        // a thousand-row VALUES list costs more than inserting it.
-        with_db!(self, p => {
-            let mut tx = p.begin().await?;
-            let mut rest = rows;
-            while !rest.is_empty() {
-                let n = LOG_CHUNKS.iter().copied().find(|&n| n <= rest.len()).unwrap_or(1);
-                let (chunk, tail) = rest.split_at(n);
-                let numbered = matches!(self.db, Db::Postgres(_));
-                let mut q = sqlx::query(request_log_insert(n, numbered));
-                for r in chunk {
-                    q = q
-                        .bind(&r.environment_id)
-                        .bind(&r.connection_id)
-                        .bind(&r.integration_id)
-                        .bind(r.created_at)
-                        .bind(&r.method)
-                        .bind(&r.path)
-                        .bind(r.status)
-                        .bind(r.latency_ms)
-                        .bind(r.request_bytes)
-                        .bind(r.response_bytes)
-                        .bind(r.retries)
-                        .bind(&r.layer)
-                        .bind(&r.error);
-                }
-                q.execute(&mut *tx).await?;
-                rest = tail;
-            }
-            tx.commit().await?;
-        });
-        Ok(())
-    }
-
-    /// One page of an environment's request log, newest first.
-    pub async fn list_request_logs(
-        &self,
-        environment_id: &str,
-        f: &RequestLogFilter<'_>,
-    ) -> Result<Vec<RequestLog>> {
-        let before = f.before.unwrap_or(i64::MAX);
-        Ok(with_db!(self, p => sqlx::query_as::<_, RequestLog>(
-            "SELECT id, environment_id, connection_id, integration_id, created_at, method, path, \
-             status, latency_ms, request_bytes, response_bytes, retries, layer, error \
-             FROM request_logs WHERE environment_id = $1 \
-             AND ($2 = '' OR connection_id = $2) \
-             AND status >= $3 AND status < $4 \
-             AND ($5 = '' OR layer = $5) \
-             AND created_at >= $6 AND created_at < $7 AND id < $8 \
-             ORDER BY id DESC LIMIT $9"
-        )
-        .bind(environment_id)
-        .bind(f.connection_id.unwrap_or(""))
-        .bind(f.status.0)
-        .bind(f.status.1)
-        .bind(f.layer.unwrap_or(""))
-        .bind(f.time.0)
-        .bind(f.time.1)
-        .bind(before)
-        .bind(f.limit)
-        .fetch_all(p).await)?)
-    }
-
-    /// Deletes request-log rows older than `before` (ms); returns how many.
-    ///
-    /// Ids grow with time (up to the few seconds by which several writers
-    /// may disagree), so this finds the oldest row to keep by walking from
-    /// the lowest id and deletes every id below it: no time index needed.
-    pub async fn purge_request_logs(&self, before: i64) -> Result<u64> {
-        // One statement, so rows written meanwhile (newer than any bound
-        // it computes) are never caught by it.
-        Ok(with_db!(self, p => sqlx::query(
-            "DELETE FROM request_logs WHERE id < COALESCE( \
-               (SELECT id FROM request_logs WHERE created_at >= $1 ORDER BY id LIMIT 1), \
-               (SELECT COALESCE(MAX(id), 0) + 1 FROM request_logs))",
-        )
-        .bind(before)
-        .execute(p)
-        .await
-        .map(|r| r.rows_affected()))?)
-    }
-}
-
-/// Row counts of the request-log insert statements, largest first.
-const LOG_CHUNKS: [usize; 5] = [256, 64, 16, 4, 1];
-
-/// The insert statement for `n` request-log rows (`n` in [`LOG_CHUNKS`]).
-/// SQLite's are anonymous `?`s: it looks a numbered parameter's name up
-/// in a list, once per parameter bound, so binding `$N`s is quadratic.
-fn request_log_insert(n: usize, numbered: bool) -> &'static str {
-    static SQL: [std::sync::OnceLock<Vec<(usize, String)>>; 2] =
-        [std::sync::OnceLock::new(), std::sync::OnceLock::new()];
-    let all = SQL[usize::from(numbered)].get_or_init(|| {
-        LOG_CHUNKS
-            .iter()
-            .map(|&n| {
-                let mut sql = String::from(
-                    "INSERT INTO request_logs (environment_id, connection_id, integration_id, \
-                     created_at, method, path, status, latency_ms, request_bytes, response_bytes, \
-                     retries, layer, error) VALUES ",
-                );
-                for row in 0..n {
-                    if row > 0 {
-                        sql.push(',');
-                    }
-                    sql.push('(');
-                    for col in 0..13 {
-                        if col > 0 {
-                            sql.push(',');
-                        }
-                        if numbered {
-                            sql.push_str(&format!("${}", row * 13 + col + 1));
-                        } else {
-                            sql.push('?');
-                        }
-                    }
-                    sql.push(')');
-                }
-                (n, sql)
-            })
-            .collect()
-    });
-    all.iter()
-        .find(|(k, _)| *k == n)
-        .map(|(_, s)| s.as_str())
-        .unwrap_or(&all[all.len() - 1].1)
 }
 
 async fn insert_event<'c, DB, E>(exec: E, e: &NewEvent<'_>) -> Result<(), sqlx::Error>

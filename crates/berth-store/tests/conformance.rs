@@ -532,10 +532,101 @@ async fn request_logs_filter_page_and_purge() {
             ..all.clone()
         };
         assert_eq!(s.list_request_logs(&dev.id, &f).await.unwrap().len(), 2);
-        // Everything written before the first row at or after the cut-off.
-        assert_eq!(s.purge_request_logs(1002).await.unwrap(), 4);
-        assert_eq!(s.list_request_logs(&dev.id, &all).await.unwrap().len(), 6);
-        assert_eq!(s.purge_request_logs(i64::MAX).await.unwrap(), 7);
+        // Every call made before the cut-off, in every environment: four
+        // of c1's (a block the cut goes through keeps its newer call and
+        // that call's id) and prod's.
+        assert_eq!(s.purge_request_logs(1002).await.unwrap(), 5);
+        let left = s.list_request_logs(&dev.id, &all).await.unwrap();
+        assert_eq!(
+            left.iter().map(|r| r.id).collect::<Vec<_>>(),
+            expected[..6],
+            "the calls left keep their ids"
+        );
+        assert_eq!(s.purge_request_logs(1002).await.unwrap(), 0);
+        assert_eq!(s.purge_request_logs(i64::MAX).await.unwrap(), 6);
+        assert!(s.list_request_logs(&dev.id, &all).await.unwrap().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn request_logs_page_across_blocks_in_call_order() {
+    for (s, dev, _prod) in bootstrapped().await {
+        // More calls of one connection than a block holds, interleaved
+        // with another connection's, over two writes.
+        let mut n = 0;
+        for _ in 0..2 {
+            let mut rows = Vec::new();
+            for _ in 0..1300 {
+                let conn = if n % 7 == 0 { "c2" } else { "c1" };
+                let status = if n % 5 == 0 { 429 } else { 200 };
+                rows.push(log_row(
+                    &dev.id,
+                    &format!("{n}"),
+                    conn,
+                    5000 + n,
+                    status,
+                    "provider",
+                ));
+                n += 1;
+            }
+            s.insert_request_logs(&rows).await.unwrap();
+        }
+        let all = RequestLogFilter {
+            connection_id: None,
+            status: (0, 1000),
+            layer: None,
+            time: (i64::MIN, i64::MAX),
+            before: None,
+            limit: 500,
+        };
+        let mut got = Vec::new();
+        let mut before = None;
+        loop {
+            let page = s
+                .list_request_logs(
+                    &dev.id,
+                    &RequestLogFilter {
+                        before,
+                        ..all.clone()
+                    },
+                )
+                .await
+                .unwrap();
+            let Some(last) = page.last() else { break };
+            before = Some(last.id);
+            got.extend(page);
+        }
+        assert_eq!(got.len(), 2600);
+        assert!(
+            got.windows(2).all(|w| w[0].id > w[1].id),
+            "ids strictly fall"
+        );
+        // Within a connection, newest first is call order reversed.
+        let c1: Vec<i64> = got
+            .iter()
+            .filter(|r| r.connection_id.as_deref() == Some("c1"))
+            .map(|r| r.created_at)
+            .collect();
+        assert!(c1.windows(2).all(|w| w[0] > w[1]));
+        let limited = s
+            .list_request_logs(
+                &dev.id,
+                &RequestLogFilter {
+                    connection_id: Some("c2"),
+                    status: (400, 500),
+                    time: (5000, 5700),
+                    ..all.clone()
+                },
+            )
+            .await
+            .unwrap();
+        let expect = (0..700).filter(|n| n % 7 == 0 && n % 5 == 0).count();
+        assert_eq!(limited.len(), expect);
+        assert!(
+            limited
+                .iter()
+                .all(|r| r.status == 429 && r.created_at < 5700)
+        );
     }
 }
 

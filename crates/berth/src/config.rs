@@ -108,6 +108,10 @@ pub struct ServeArgs {
     /// Memory for rendered CRM list pages, in MiB (0 turns the cache off).
     #[arg(long, env = "BERTH_PAGE_CACHE_MB")]
     pub page_cache_mb: Option<u64>,
+    /// HTTP serving threads, each a single-threaded runtime keeping the
+    /// connections it accepts (default: one per core).
+    #[arg(long, env = "BERTH_HTTP_THREADS")]
+    pub http_threads: Option<usize>,
     /// Serve the API only; run sync workers elsewhere with `berth worker`.
     #[arg(long, env = "BERTH_NO_WORKERS", value_parser = clap::builder::BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true")]
     pub no_workers: Option<bool>,
@@ -154,6 +158,7 @@ struct FileConfig {
     sync_lease_secs: Option<u64>,
     sync_full_resync_hours: Option<u64>,
     page_cache_mb: Option<u64>,
+    http_threads: Option<usize>,
     no_workers: Option<bool>,
     #[serde(default)]
     oauth_apps: std::collections::BTreeMap<String, OAuthAppConfig>,
@@ -180,6 +185,8 @@ pub struct Config {
     pub sync: berth_sync::SyncConfig,
     /// `serve` runs sync workers unless this is set.
     pub no_workers: bool,
+    /// HTTP serving threads.
+    pub http_threads: usize,
     /// Default OAuth apps by integration id, secrets resolved.
     pub oauth_apps:
         std::collections::BTreeMap<String, (String, zeroize::Zeroizing<String>, Vec<String>)>,
@@ -386,6 +393,13 @@ impl Config {
         }
         sync.page_cache_bytes = pc << 20;
         let no_workers = serve.no_workers.or(file.no_workers).unwrap_or(false);
+        let http_threads = match serve.http_threads.or(file.http_threads) {
+            Some(n) if !(1..=256).contains(&n) => {
+                bail!("the number of HTTP threads must be between 1 and 256")
+            }
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(2, usize::from),
+        };
         let mut oauth_apps = std::collections::BTreeMap::new();
         for (id, app) in file.oauth_apps {
             let secret = match (&app.client_secret, &app.client_secret_env) {
@@ -412,6 +426,7 @@ impl Config {
             webhooks,
             sync,
             no_workers,
+            http_threads,
             oauth_apps,
             listen,
             data_dir,

@@ -4,7 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
-mod http_server;
+pub mod http_server;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -116,6 +116,8 @@ pub struct App {
     pub sync: berth_sync::Engine,
     /// Whether this process runs sync workers (`serve --no-workers` does not).
     run_workers: bool,
+    /// HTTP serving threads.
+    http_threads: usize,
     /// The development token created on first start, if this start created the project.
     pub initial_token: Option<String>,
 }
@@ -155,6 +157,7 @@ impl App {
             webhooks,
             sync,
             run_workers: !config.no_workers,
+            http_threads: config.http_threads,
             initial_token,
         })
     }
@@ -174,15 +177,21 @@ impl App {
             let cancel = cancel.clone();
             tokio::spawn(async move { store.follow_record_changes(cancel.cancelled()).await })
         };
-        let router = berth_api::router(
-            AppState {
-                platform: self.platform.clone(),
-                webhooks: self.webhooks.clone(),
-                sync: self.sync.clone(),
-            },
-            axum::Router::new().nest("/sandbox/api/v1", berth_sandbox::router()),
+        let state = AppState::new(
+            self.platform.clone(),
+            self.webhooks.clone(),
+            self.sync.clone(),
         );
-        let result = http_server::serve(self.listener, router, shutdown).await;
+        let make_router = || {
+            berth_api::router(
+                state.fork(),
+                axum::Router::new().nest("/sandbox/api/v1", berth_sandbox::router()),
+            )
+        };
+        let mut server =
+            http_server::start(self.listener, self.http_threads, make_router, shutdown)
+                .context("cannot start the HTTP serving threads")?;
+        let result = server.drained().await;
         cancel.cancel();
         let _ = housekeeping.await;
         let _ = dispatcher.await;
@@ -192,6 +201,7 @@ impl App {
         }
         self.platform.flush_request_logs().await;
         self.platform.store().close().await;
+        server.release().await;
         result.context("the HTTP server failed")
     }
 }

@@ -101,6 +101,7 @@ async fn main() -> anyhow::Result<()> {
             ..Default::default()
         },
         no_workers: false,
+        http_threads: 2,
     };
     let app = berth::App::build(&config).await?;
     let base = format!("http://{}", app.addr);

@@ -114,6 +114,7 @@ async fn main() -> anyhow::Result<()> {
         webhooks: berth_webhooks_config(),
         sync: Default::default(),
         no_workers: true,
+        http_threads: 2,
     };
     let app = berth::App::build(&config).await?;
     let base = format!("http://{}", app.addr);

@@ -63,6 +63,7 @@ pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
         // Sync workers only where a test asks for them (tests/api/sync.rs),
         // so other tests see connections exactly as the API left them.
         no_workers: true,
+        http_threads: 2,
     };
     tweak(&mut config);
     let app = berth::App::build(&config).await.unwrap();
