@@ -2,8 +2,9 @@
 # Berth's proxy overhead, side by side in one run on one machine:
 #   direct       wrk -> upstream
 #   nginx        wrk -> nginx (2 workers, adds the auth header) -> upstream
-#   bare-proxy   wrk -> a bare hyper proxy on Berth's stack (adds the auth
-#                header, nothing else: the floor of what Berth can cost)
+#   bare-proxy   wrk -> a bare proxy on Berth's stack (Berth's HTTP front and
+#                outbound layer; adds the auth header, nothing else: the
+#                floor of what Berth can cost)
 #   berth-proxy  wrk -> Berth ANY /proxy/{path} (streaming) -> upstream
 #   berth-json   wrk -> Berth POST /passthrough (JSON)       -> upstream
 # The upstream is a minimal hyper server (crates/berth-bench). Load is wrk

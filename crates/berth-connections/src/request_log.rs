@@ -11,8 +11,10 @@
 
 use std::time::Duration;
 
-use berth_outbound::LogEntry;
-use berth_store::{RequestLog, RequestLogFilter, Store};
+use std::collections::HashMap;
+
+use berth_outbound::{CallContext, LogEntry};
+use berth_store::{LogBlock, LoggedCall, RequestLog, RequestLogFilter, Store};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{Platform, PlatformError, Result};
@@ -32,13 +34,13 @@ pub(crate) fn spawn_writer(
 ) -> mpsc::Sender<Msg> {
     let (tx, mut control) = mpsc::channel::<Msg>(64);
     tokio::spawn(async move {
-        let mut batch: Vec<RequestLog> = Vec::with_capacity(BATCH);
+        let mut batch: Vec<LogEntry> = Vec::with_capacity(BATCH);
         let mut queued: Vec<LogEntry> = Vec::with_capacity(BATCH);
         loop {
             let mut flush = None;
             tokio::select! {
                 e = entries.recv() => match e {
-                    Some(e) => batch.push(row(e)),
+                    Some(e) => batch.push(e),
                     None => break,
                 },
                 m = control.recv() => match m {
@@ -67,7 +69,7 @@ pub(crate) fn spawn_writer(
                     break;
                 }
                 for e in queued.drain(..) {
-                    batch.push(row(e));
+                    batch.push(e);
                     if batch.len() >= BATCH {
                         write(&store, &mut batch).await;
                     }
@@ -83,13 +85,14 @@ pub(crate) fn spawn_writer(
     tx
 }
 
-async fn write(store: &Store, batch: &mut Vec<RequestLog>) {
+async fn write(store: &Store, batch: &mut Vec<LogEntry>) {
     if batch.is_empty() {
         return;
     }
+    let blocks = blocks(batch);
     // One retry: a busy SQLite writer is the usual cause.
     for attempt in 0..2 {
-        match store.insert_request_logs(batch).await {
+        match store.insert_request_log_blocks(&blocks).await {
             Ok(()) => break,
             Err(e) if attempt == 0 => {
                 tracing::debug!(error = %e, "request log write failed; retrying");
@@ -98,26 +101,40 @@ async fn write(store: &Store, batch: &mut Vec<RequestLog>) {
             Err(e) => tracing::warn!(error = %e, rows = batch.len(), "request log rows lost"),
         }
     }
+    drop(blocks);
     batch.clear();
 }
 
-fn row(e: LogEntry) -> RequestLog {
-    RequestLog {
-        id: 0,
-        environment_id: e.environment_id,
-        connection_id: e.connection_id,
-        integration_id: e.provider,
-        created_at: e.at_ms,
-        method: e.method,
-        path: e.path,
-        status: e.status.map(i32::from).unwrap_or(502),
-        latency_ms: e.latency_ms as i64,
-        request_bytes: e.request_bytes.map(|b| b as i64),
-        response_bytes: e.response_bytes.map(|b| b as i64),
-        retries: e.retries as i32,
-        layer: e.layer.to_string(),
-        error: e.error,
+/// The entries as one block per caller context (in practice, per
+/// connection), in order; the ids are borrowed from the shared context.
+fn blocks(entries: &[LogEntry]) -> Vec<LogBlock<'_>> {
+    let mut out: Vec<LogBlock<'_>> = Vec::new();
+    let mut index: HashMap<*const CallContext, usize> = HashMap::new();
+    for e in entries {
+        let ctx = &*e.context;
+        let b = *index.entry(ctx as *const CallContext).or_insert_with(|| {
+            out.push(LogBlock {
+                environment_id: &ctx.environment_id,
+                connection_id: ctx.connection_id.as_deref(),
+                integration_id: &ctx.provider,
+                calls: Vec::new(),
+            });
+            out.len() - 1
+        });
+        out[b].calls.push(LoggedCall {
+            created_at: e.at_ms,
+            method: &e.method,
+            path: &e.path,
+            status: e.status.map(i32::from).unwrap_or(502),
+            latency_ms: e.latency_ms as i64,
+            request_bytes: e.request_bytes.map(|b| b as i64),
+            response_bytes: e.response_bytes.map(|b| b as i64),
+            retries: e.retries as i32,
+            layer: e.layer,
+            error: e.error.as_deref(),
+        });
     }
+    out
 }
 
 /// Filters of `POST /logs/list`, as the API parsed them.

@@ -142,9 +142,23 @@ pub fn forwardable_response_header(name: &str) -> bool {
 /// Removes the headers `drop` picks. One pass over the map: most calls
 /// have a handful of headers and drop two or three of them.
 fn remove_where(headers: &mut HeaderMap, drop: impl Fn(&HeaderName) -> bool) {
-    let names: Vec<HeaderName> = headers.keys().filter(|k| drop(k)).cloned().collect();
-    for name in names {
-        headers.remove(name);
+    if !headers.keys().any(&drop) {
+        return;
+    }
+    // Rebuilt with what stays rather than removed from: a removal hashes
+    // and probes again per name, and proxied calls drop most of theirs
+    // (the caller's tokens, `Host`).
+    let old = std::mem::take(headers);
+    let mut name: Option<HeaderName> = None;
+    for (k, v) in old {
+        if k.is_some() {
+            name = k;
+        }
+        if let Some(n) = &name
+            && !drop(n)
+        {
+            headers.append(n.clone(), v);
+        }
     }
 }
 
@@ -379,9 +393,12 @@ impl Platform {
             path.push_str("?***");
         }
         self.inner.outbound.record(LogEntry {
-            environment_id: conn.environment_id.clone(),
-            connection_id: Some(conn.id.clone()),
-            provider: conn.integration_id.clone(),
+            context: Arc::new(berth_outbound::CallContext {
+                provider: conn.integration_id.clone(),
+                environment_id: conn.environment_id.clone(),
+                connection_id: Some(conn.id.clone()),
+                ..Default::default()
+            }),
             at_ms: now_ms(),
             method: method.chars().take(16).collect(),
             path,
@@ -977,6 +994,43 @@ pub(crate) fn append_path(base: &hot::Base, path: &str) -> Result<http::Uri> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sanitizing_keeps_every_value_of_what_stays_in_order() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("accept", "a/1"),
+            ("x-vessel-access-token", "secret"),
+            ("connection", "x-drop-me, keep-alive"),
+            ("accept", "a/2"),
+            ("x-drop-me", "1"),
+            ("x-keep", "k"),
+            ("authorization", "Bearer caller"),
+            ("accept", "a/3"),
+            ("host", "evil.test"),
+        ] {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        sanitize_request_headers(&mut h);
+        let left: Vec<(String, String)> = h
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string()))
+            .collect();
+        assert_eq!(
+            left,
+            [
+                ("accept", "a/1"),
+                ("accept", "a/2"),
+                ("accept", "a/3"),
+                ("x-keep", "k")
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+        );
+        let mut clean = HeaderMap::new();
+        clean.insert("accept", HeaderValue::from_static("x"));
+        sanitize_request_headers(&mut clean);
+        assert_eq!(clean.len(), 1);
+    }
 
     #[test]
     fn paths_stay_under_the_base() {

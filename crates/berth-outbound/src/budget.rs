@@ -49,7 +49,8 @@ struct Entry {
 
 #[derive(Default)]
 pub struct Budgets {
-    entries: Mutex<HashMap<String, Arc<Mutex<Entry>>>>,
+    /// foldhash: keys are ids Berth made (provider and connection ids).
+    entries: Mutex<HashMap<String, Arc<Mutex<Entry>>, foldhash::fast::RandomState>>,
     clock: DefaultClock,
 }
 
@@ -83,7 +84,12 @@ impl Budgets {
                         .unwrap_or(false)
             });
         }
-        let entry = map.entry(key.key.clone()).or_default().clone();
+        // Looked up by reference first: cloning the key for `entry` cost an
+        // allocation on every call.
+        let entry = match map.get(&key.key) {
+            Some(e) => e.clone(),
+            None => map.entry(key.key.clone()).or_default().clone(),
+        };
         drop(map);
         {
             let mut e = entry.lock().unwrap_or_else(|p| p.into_inner());

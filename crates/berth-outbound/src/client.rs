@@ -68,21 +68,29 @@ pub fn set_serving_lane(n: usize) {
     LANE.with(|l| l.set(1 + n % (LANES - 1)));
 }
 
-type Key = (http::uri::Scheme, http::uri::Authority);
+/// Where a connection goes: TLS or not, and the authority as the URL
+/// spells it (looked up as `&str`, so a pooled call allocates no key).
+#[derive(Clone)]
+struct Key {
+    tls: bool,
+    authority: http::uri::Authority,
+}
 type Sender = hyper::client::conn::http1::SendRequest<ReqBody>;
 
-/// Idle connections by host, each with when it went idle; newest last.
-type Idle = HashMap<Key, Vec<(Sender, Instant)>, foldhash::fast::RandomState>;
+/// Idle connections by authority, each with when it went idle; newest
+/// last.
+type Idle = HashMap<String, Vec<(Sender, Instant)>, foldhash::fast::RandomState>;
 
 #[derive(Default)]
 struct Lane {
-    idle: Mutex<Idle>,
+    /// Plain and TLS connections.
+    idle: Mutex<[Idle; 2]>,
 }
 
 impl Lane {
     fn take(&self, key: &Key) -> Option<Sender> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.get_mut(key)?;
+        let list = idle[usize::from(key.tls)].get_mut(key.authority.as_str())?;
         while let Some((tx, since)) = list.pop() {
             if tx.is_ready() && since.elapsed() < IDLE {
                 return Some(tx);
@@ -94,7 +102,11 @@ impl Lane {
     fn put(&self, key: Key, tx: Sender) {
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.entry(key).or_default();
+        let map = &mut idle[usize::from(key.tls)];
+        let list = match map.get_mut(key.authority.as_str()) {
+            Some(list) => list,
+            None => map.entry(key.authority.as_str().to_string()).or_default(),
+        };
         if list.first().is_some_and(|(_, since)| now - *since >= IDLE) {
             list.retain(|(tx, since)| now - *since < IDLE && !tx.is_closed());
         }
@@ -152,7 +164,10 @@ impl Pools {
         let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
             return Err(SendError::InvalidUrl("the URL has no scheme or host"));
         };
-        let key: Key = (scheme.clone(), authority.clone());
+        let key = Key {
+            tls: *scheme == http::uri::Scheme::HTTPS,
+            authority: authority.clone(),
+        };
         if !req.headers().contains_key(http::header::HOST) {
             let host = match authority.port_u16() {
                 Some(443) if *scheme == http::uri::Scheme::HTTPS => authority.host(),

@@ -207,9 +207,9 @@ pub struct StreamingResponse {
 /// One row of the request log.
 #[derive(Debug, Clone)]
 pub struct LogEntry {
-    pub environment_id: String,
-    pub connection_id: Option<String>,
-    pub provider: String,
+    /// Whose call it was: environment, connection and provider, shared
+    /// with the caller rather than copied per call.
+    pub context: Arc<CallContext>,
     pub at_ms: i64,
     pub method: String,
     /// Query values are redacted.
@@ -514,15 +514,13 @@ impl Outbound {
 
     fn entry_for(
         &self,
-        ctx: &CallContext,
+        ctx: &Arc<CallContext>,
         method: &Method,
         uri: &http::Uri,
         request_bytes: Option<u64>,
     ) -> LogEntry {
         LogEntry {
-            environment_id: ctx.environment_id.clone(),
-            connection_id: ctx.connection_id.clone(),
-            provider: ctx.provider.clone(),
+            context: ctx.clone(),
             at_ms: now_ms(),
             method: method.to_string(),
             path: redacted_path(uri),
@@ -559,11 +557,8 @@ impl Outbound {
     pub async fn send(&self, req: OutboundRequest) -> Result<OutboundResponse, OutboundError> {
         let started = Instant::now();
         let method = req.method.clone();
-        let provider = req
-            .context
-            .as_ref()
-            .map(|c| c.provider.clone())
-            .unwrap_or_else(|| "unknown".into());
+        let ctx = req.context.clone();
+        let provider = ctx.as_deref().map_or("unknown", |c| c.provider.as_str());
         let request_bytes = match &req.body {
             OutBody::Bytes(b) => Some(b.len() as u64),
             OutBody::Empty => Some(0),
@@ -606,11 +601,11 @@ impl Outbound {
         let latency_ms = latency.as_millis() as u64;
         match &result {
             Ok(r) => {
-                self.count(&provider, r.status.to_string(), latency);
+                self.count(provider, r.status.to_string(), latency);
                 tracing::info!(target: "berth::outbound", %method, %host, %path, status = r.status, latency_ms, retries, "provider call");
             }
             Err(e) => {
-                self.count(&provider, status_label(e), latency);
+                self.count(provider, status_label(e), latency);
                 tracing::warn!(target: "berth::outbound", %method, %host, %path, latency_ms, retries, error = %e, "provider call failed");
             }
         }
@@ -640,11 +635,8 @@ impl Outbound {
         req: OutboundRequest,
     ) -> Result<StreamingResponse, OutboundError> {
         let started = Instant::now();
-        let provider = req
-            .context
-            .as_ref()
-            .map(|c| c.provider.clone())
-            .unwrap_or_else(|| "unknown".into());
+        let ctx = req.context.clone();
+        let provider = ctx.as_deref().map_or("unknown", |c| c.provider.as_str());
         let request_bytes = match &req.body {
             OutBody::Bytes(b) => Some(b.len() as u64),
             OutBody::Empty => Some(0),
@@ -659,7 +651,7 @@ impl Outbound {
         match result {
             Ok(resp) => {
                 let status = resp.status().as_u16();
-                self.count(&provider, status.to_string(), latency);
+                self.count(provider, status.to_string(), latency);
                 let (parts, body) = resp.into_parts();
                 let headers = parts.headers;
                 let entry = entry.map(|mut e| {
@@ -684,7 +676,7 @@ impl Outbound {
                 })
             }
             Err(e) => {
-                self.count(&provider, status_label(&e), latency);
+                self.count(provider, status_label(&e), latency);
                 if let Some(mut entry) = entry {
                     entry.latency_ms = latency.as_millis() as u64;
                     entry.retries = retries;

@@ -98,6 +98,7 @@ macro_rules! oauth_app_cols {
 
 mod changes;
 mod request_log;
+pub use request_log::{LogBlock, LoggedCall};
 mod sync;
 mod webhooks;
 pub use changes::SQLITE_POLL;

@@ -42,19 +42,43 @@ struct Packed<'a>(
     #[serde(borrow)] Option<Cow<'a, str>>,
 );
 
+/// The calls of one connection to append, oldest first.
+#[derive(Debug, Clone)]
+pub struct LogBlock<'a> {
+    pub environment_id: &'a str,
+    pub connection_id: Option<&'a str>,
+    pub integration_id: &'a str,
+    pub calls: Vec<LoggedCall<'a>>,
+}
+
+/// One call of a [`LogBlock`].
+#[derive(Debug, Clone)]
+pub struct LoggedCall<'a> {
+    pub created_at: i64,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub status: i32,
+    pub latency_ms: i64,
+    pub request_bytes: Option<i64>,
+    pub response_bytes: Option<i64>,
+    pub retries: i32,
+    pub layer: &'a str,
+    pub error: Option<&'a str>,
+}
+
 impl<'a> Packed<'a> {
-    fn of(r: &'a RequestLog) -> Self {
+    fn of(r: &LoggedCall<'a>) -> Self {
         Packed(
             r.created_at,
-            Cow::Borrowed(&r.method),
-            Cow::Borrowed(&r.path),
+            Cow::Borrowed(r.method),
+            Cow::Borrowed(r.path),
             r.status,
             r.latency_ms,
             r.request_bytes,
             r.response_bytes,
             r.retries,
-            Cow::Borrowed(&r.layer),
-            r.error.as_deref().map(Cow::Borrowed),
+            Cow::Borrowed(r.layer),
+            r.error.map(Cow::Borrowed),
         )
     }
 
@@ -121,14 +145,10 @@ struct BlockRow {
 }
 
 impl Store {
-    /// Appends calls to the log. Consecutive calls of one connection go
-    /// into one block; the order of calls within a connection is kept.
+    /// Appends rows to the log (grouped by connection into blocks; the
+    /// order of calls within a connection is kept).
     pub async fn insert_request_logs(&self, rows: &[RequestLog]) -> Result<()> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        // Group by source, in order of first appearance.
-        let mut groups: Vec<Vec<&RequestLog>> = Vec::new();
+        let mut blocks: Vec<LogBlock<'_>> = Vec::new();
         let mut index: HashMap<(&str, Option<&str>, &str), usize> = HashMap::new();
         for r in rows {
             let key = (
@@ -136,31 +156,55 @@ impl Store {
                 r.connection_id.as_deref(),
                 r.integration_id.as_str(),
             );
-            let g = *index.entry(key).or_insert_with(|| {
-                groups.push(Vec::new());
-                groups.len() - 1
+            let b = *index.entry(key).or_insert_with(|| {
+                blocks.push(LogBlock {
+                    environment_id: key.0,
+                    connection_id: key.1,
+                    integration_id: key.2,
+                    calls: Vec::new(),
+                });
+                blocks.len() - 1
             });
-            groups[g].push(r);
+            blocks[b].calls.push(LoggedCall {
+                created_at: r.created_at,
+                method: &r.method,
+                path: &r.path,
+                status: r.status,
+                latency_ms: r.latency_ms,
+                request_bytes: r.request_bytes,
+                response_bytes: r.response_bytes,
+                retries: r.retries,
+                layer: &r.layer,
+                error: r.error.as_deref(),
+            });
         }
-        let mut json = Vec::with_capacity(rows.len().min(BLOCK_MAX) * 96);
+        self.insert_request_log_blocks(&blocks).await
+    }
+
+    /// Appends each connection's calls as one or more block rows (at most
+    /// [`BLOCK_MAX`] calls each), all in one transaction.
+    pub async fn insert_request_log_blocks(&self, blocks: &[LogBlock<'_>]) -> Result<()> {
+        if blocks.iter().all(|b| b.calls.is_empty()) {
+            return Ok(());
+        }
+        let mut json = Vec::with_capacity(BLOCK_MAX * 96);
         with_db!(self, p => {
             let mut tx = p.begin().await?;
-            for group in &groups {
-                for block in group.chunks(BLOCK_MAX) {
-                    let packed: Vec<Packed<'_>> = block.iter().map(|r| Packed::of(r)).collect();
+            for block in blocks {
+                for calls in block.calls.chunks(BLOCK_MAX) {
+                    let packed: Vec<Packed<'_>> = calls.iter().map(Packed::of).collect();
                     let sum = summarize(packed.iter()).expect("a chunk is never empty");
                     json.clear();
                     serde_json::to_writer(&mut json, &packed)?;
                     let entries = std::str::from_utf8(&json).expect("serde_json writes UTF-8");
-                    let first = block[0];
                     sqlx::query(
                         "INSERT INTO request_log_blocks (environment_id, connection_id, \
                          integration_id, min_created_at, max_created_at, status_classes, layers, \
                          entry_count, entries) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                     )
-                    .bind(first.environment_id.as_str())
-                    .bind(first.connection_id.as_deref())
-                    .bind(first.integration_id.as_str())
+                    .bind(block.environment_id)
+                    .bind(block.connection_id)
+                    .bind(block.integration_id)
                     .bind(sum.min)
                     .bind(sum.max)
                     .bind(sum.classes as i32)
