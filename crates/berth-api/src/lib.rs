@@ -116,31 +116,43 @@ pub fn router(state: AppState, extra: Router) -> Router {
     // One `layer` call with the stack composed: each `Router::layer` wraps
     // every route in another boxed service, and three of them showed up on
     // every proxied call.
-    let stack = tower::ServiceBuilder::new()
-        .layer(
-            // Spans carry method and path only: query strings hold v1 access
-            // tokens and must never reach a log line.
-            TraceLayer::new_for_http()
-                .make_span_with(|req: &Request<_>| {
-                    tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
-                })
-                .on_request(())
-                .on_response(
-                    |res: &axum::http::Response<_>, latency: std::time::Duration, _span: &tracing::Span| {
-                        tracing::info!(status = res.status().as_u16(), latency_ms = latency.as_millis() as u64, "request");
-                    },
-                ),
-        )
-        .layer(CatchPanicLayer::custom(|_| {
-            ApiError::<V2>::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "INTERNAL",
-                "internal error; the details are in the server log",
-            )
-            .into_response()
-        }))
+    let app = api.merge(extra);
+    let limits = tower::ServiceBuilder::new()
+        .layer(CatchPanicLayer::custom(panic_response))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
-    api.merge(extra).layer(stack)
+    // Decision: the access-log layer only when its lines are written (the
+    // filter is fixed at start): it reads the clock three times and wraps
+    // every response body, for nothing when `BERTH_LOG` is `warn`.
+    if !tracing::enabled!(tracing::Level::INFO) {
+        return app.layer(limits);
+    }
+    app.layer(
+        tower::ServiceBuilder::new()
+            .layer(
+                // Spans carry method and path only: query strings hold v1
+                // access tokens and must never reach a log line.
+                TraceLayer::new_for_http()
+                    .make_span_with(|req: &Request<_>| {
+                        tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
+                    })
+                    .on_request(())
+                    .on_response(
+                        |res: &axum::http::Response<_>, latency: std::time::Duration, _span: &tracing::Span| {
+                            tracing::info!(status = res.status().as_u16(), latency_ms = latency.as_millis() as u64, "request");
+                        },
+                    ),
+            )
+            .layer(limits),
+    )
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    ApiError::<V2>::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "INTERNAL",
+        "internal error; the details are in the server log",
+    )
+    .into_response()
 }
 
 async fn not_found() -> ApiError<V2> {

@@ -34,6 +34,7 @@ use client::{BoxError, Pools, ReqBody, SendError, timed_out};
 
 pub use budget::{BudgetKey, Budgets, Limit};
 pub use metrics::Metrics;
+use metrics::StatusKey;
 pub use retry::RetryPolicy;
 use retry::{Attempt, is_idempotent, parse_retry_after};
 
@@ -348,17 +349,10 @@ impl Outbound {
         }
     }
 
-    fn count(&self, provider: &str, status: String, latency: Duration) {
-        let m = &self.inner.metrics;
-        m.requests
-            .get_or_create(&metrics::ProviderStatus {
-                provider: provider.to_string(),
-                status,
-            })
-            .inc();
-        m.latency
-            .get_or_create(&Metrics::provider(provider))
-            .observe(latency.as_secs_f64());
+    fn count(&self, provider: &str, status: StatusKey, latency: Duration) {
+        self.inner
+            .metrics
+            .observe_call(provider, status, latency.as_secs_f64());
     }
 
     /// Budgets, then attempts with retries. Returns the last response (any
@@ -601,7 +595,7 @@ impl Outbound {
         let latency_ms = latency.as_millis() as u64;
         match &result {
             Ok(r) => {
-                self.count(provider, r.status.to_string(), latency);
+                self.count(provider, StatusKey::Code(r.status), latency);
                 tracing::info!(target: "berth::outbound", %method, %host, %path, status = r.status, latency_ms, retries, "provider call");
             }
             Err(e) => {
@@ -651,7 +645,7 @@ impl Outbound {
         match result {
             Ok(resp) => {
                 let status = resp.status().as_u16();
-                self.count(provider, status.to_string(), latency);
+                self.count(provider, StatusKey::Code(status), latency);
                 let (parts, body) = resp.into_parts();
                 let headers = parts.headers;
                 let entry = entry.map(|mut e| {
@@ -701,10 +695,10 @@ pub fn error_status(e: &OutboundError) -> u16 {
     }
 }
 
-fn status_label(e: &OutboundError) -> String {
+fn status_label(e: &OutboundError) -> StatusKey {
     match e {
-        OutboundError::RateLimited { .. } => "rate_limited".into(),
-        _ => "error".into(),
+        OutboundError::RateLimited { .. } => StatusKey::RateLimited,
+        _ => StatusKey::Error,
     }
 }
 

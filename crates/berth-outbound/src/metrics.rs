@@ -2,6 +2,10 @@
 //! (integration id) and the status class, never anything tenant-specific:
 //! a connection id as a label would make the series count unbounded.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -29,6 +33,8 @@ pub struct WaitLabel {
 }
 
 pub struct Metrics {
+    /// Tells this registry's handles apart in a thread's cache.
+    id: u64,
     registry: Registry,
     pub requests: Family<ProviderStatus, Counter>,
     pub latency: Family<ProviderLabel, Histogram>,
@@ -79,7 +85,9 @@ impl Default for Metrics {
             "Request-log entries dropped because the writer fell behind",
             request_logs_dropped.clone(),
         );
+        static NEXT: AtomicU64 = AtomicU64::new(0);
         Self {
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
             registry,
             requests,
             latency,
@@ -104,4 +112,72 @@ impl Metrics {
             provider: provider.to_string(),
         }
     }
+
+    /// Counts a finished call and its latency. The handles of a
+    /// (provider, status) are looked up in the registry once per thread and
+    /// kept: the registry's label sets are allocated and SipHashed per
+    /// lookup, which showed on every proxied call.
+    pub(crate) fn observe_call(&self, provider: &str, status: StatusKey, latency_secs: f64) {
+        HANDLES.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            let per = cache.entry(self.id).or_default();
+            let handles = match per.get_mut(provider) {
+                Some(h) => h,
+                None => per.entry(provider.to_string()).or_insert_with(|| Handles {
+                    latency: self
+                        .latency
+                        .get_or_create(&Self::provider(provider))
+                        .clone(),
+                    statuses: Vec::new(),
+                }),
+            };
+            handles.latency.observe(latency_secs);
+            match handles.statuses.iter().find(|(k, _)| *k == status) {
+                Some((_, c)) => {
+                    c.inc();
+                }
+                None => {
+                    let c = self
+                        .requests
+                        .get_or_create(&ProviderStatus {
+                            provider: provider.to_string(),
+                            status: status.label(),
+                        })
+                        .clone();
+                    c.inc();
+                    handles.statuses.push((status, c));
+                }
+            }
+        });
+    }
+}
+
+/// The `status` label of a call.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum StatusKey {
+    Code(u16),
+    Error,
+    RateLimited,
+}
+
+impl StatusKey {
+    fn label(self) -> String {
+        match self {
+            StatusKey::Code(c) => c.to_string(),
+            StatusKey::Error => "error".into(),
+            StatusKey::RateLimited => "rate_limited".into(),
+        }
+    }
+}
+
+/// A provider's metric handles, as one thread keeps them.
+struct Handles {
+    latency: Histogram,
+    statuses: Vec<(StatusKey, Counter)>,
+}
+
+thread_local! {
+    /// Registry id -> provider -> handles.
+    static HANDLES: RefCell<HashMap<u64, HashMap<String, Handles, foldhash::fast::RandomState>>> =
+        RefCell::new(HashMap::new());
 }
