@@ -83,14 +83,22 @@ type Idle = HashMap<String, Vec<(Sender, Instant)>, foldhash::fast::RandomState>
 
 #[derive(Default)]
 struct Lane {
+    idle: Mutex<LaneIdle>,
+}
+
+#[derive(Default)]
+struct LaneIdle {
     /// Plain and TLS connections.
-    idle: Mutex<[Idle; 2]>,
+    maps: [Idle; 2],
+    /// When the next `put` sweeps every host's list (hosts no longer
+    /// called would otherwise keep their idle connections).
+    next_sweep: Option<Instant>,
 }
 
 impl Lane {
     fn take(&self, key: &Key) -> Option<Sender> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle[usize::from(key.tls)].get_mut(key.authority.as_str())?;
+        let list = idle.maps[usize::from(key.tls)].get_mut(key.authority.as_str())?;
         while let Some((tx, since)) = list.pop() {
             if tx.is_ready() && since.elapsed() < IDLE {
                 return Some(tx);
@@ -102,7 +110,16 @@ impl Lane {
     fn put(&self, key: Key, tx: Sender) {
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let map = &mut idle[usize::from(key.tls)];
+        if idle.next_sweep.is_none_or(|at| now >= at) {
+            for map in &mut idle.maps {
+                map.retain(|_, list| {
+                    list.retain(|(tx, since)| now - *since < IDLE && !tx.is_closed());
+                    !list.is_empty()
+                });
+            }
+            idle.next_sweep = Some(now + IDLE);
+        }
+        let map = &mut idle.maps[usize::from(key.tls)];
         let list = match map.get_mut(key.authority.as_str()) {
             Some(list) => list,
             None => map.entry(key.authority.as_str().to_string()).or_default(),
