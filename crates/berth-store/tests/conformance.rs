@@ -467,6 +467,18 @@ fn log_row(env: &str, label: &str, conn: &str, at: i64, status: i32, layer: &str
     }
 }
 
+/// A filter every call matches, `limit` a page.
+fn every_call(limit: i64) -> RequestLogFilter<'static> {
+    RequestLogFilter {
+        connection_id: None,
+        status: (0, 1000),
+        layer: None,
+        time: (i64::MIN, i64::MAX),
+        before: None,
+        limit,
+    }
+}
+
 #[tokio::test]
 async fn request_logs_filter_page_and_purge() {
     for (s, dev, prod) in bootstrapped().await {
@@ -486,14 +498,7 @@ async fn request_logs_filter_page_and_purge() {
         rows.push(log_row(&prod.id, "other", "c1", 1000, 200, "provider"));
         s.insert_request_logs(&rows).await.unwrap();
         s.insert_request_logs(&[]).await.unwrap();
-        let all = RequestLogFilter {
-            connection_id: None,
-            status: (0, 1000),
-            layer: None,
-            time: (i64::MIN, i64::MAX),
-            before: None,
-            limit: 100,
-        };
+        let all = every_call(100);
         let page = s.list_request_logs(&dev.id, &all).await.unwrap();
         assert_eq!(page.len(), 10, "scoped to the environment");
         assert_eq!(page[0].path, "/l09", "newest first");
@@ -571,14 +576,7 @@ async fn request_logs_page_across_blocks_in_call_order() {
             }
             s.insert_request_logs(&rows).await.unwrap();
         }
-        let all = RequestLogFilter {
-            connection_id: None,
-            status: (0, 1000),
-            layer: None,
-            time: (i64::MIN, i64::MAX),
-            before: None,
-            limit: 500,
-        };
+        let all = every_call(500);
         let mut got = Vec::new();
         let mut before = None;
         loop {
