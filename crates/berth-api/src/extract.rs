@@ -92,6 +92,19 @@ fn header<'a>(parts: &'a Parts, names: &[&str]) -> Option<&'a str> {
         .filter(|v| !v.is_empty())
 }
 
+/// The request's API token, or the family's error naming its header.
+fn api_token_header<F: Family>(parts: &Parts) -> Result<&str, ApiError<F>> {
+    header(parts, F::API_TOKEN_HEADERS).ok_or_else(|| {
+        ApiError::unauthorized(
+            "MISSING_API_TOKEN",
+            format!(
+                "missing API token: send it in the {} header",
+                F::API_TOKEN_HEADERS[0]
+            ),
+        )
+    })
+}
+
 /// The environment of the request's API token (required).
 pub struct ApiEnv<F>(pub Environment, pub PhantomData<F>);
 
@@ -102,15 +115,7 @@ impl<F: Family> FromRequestParts<AppState> for ApiEnv<F> {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let token = header(parts, F::API_TOKEN_HEADERS).ok_or_else(|| {
-            ApiError::unauthorized(
-                "MISSING_API_TOKEN",
-                format!(
-                    "missing API token: send it in the {} header",
-                    F::API_TOKEN_HEADERS[0]
-                ),
-            )
-        })?;
+        let token = api_token_header::<F>(parts)?;
         let env = state.platform.authenticate_api_token(token).await?;
         Ok(ApiEnv(env, PhantomData))
     }
@@ -271,15 +276,7 @@ impl<F: Family> FromRequestParts<AppState> for AccessConnection<F> {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         // Shared, not copied: this runs on every proxied call.
-        let api_token = header(parts, F::API_TOKEN_HEADERS).ok_or_else(|| {
-            ApiError::unauthorized(
-                "MISSING_API_TOKEN",
-                format!(
-                    "missing API token: send it in the {} header",
-                    F::API_TOKEN_HEADERS[0]
-                ),
-            )
-        })?;
+        let api_token = api_token_header::<F>(parts)?;
         let env = state
             .platform
             .authenticate_api_token_shared(api_token)

@@ -311,10 +311,11 @@ impl Store {
             .iter()
             .map(|(n,)| u64::try_from(*n).unwrap_or(0))
             .sum();
-        // Blocks the cut-off goes through: blank their old calls.
+        // Blocks the cut-off goes through (after the delete, every block
+        // with an older call; found by the start index): blank their old
+        // calls.
         let cut: Vec<(i64, String)> = with_db!(self, p => sqlx::query_as(
-            "SELECT id, entries FROM request_log_blocks \
-             WHERE min_created_at < $1 AND max_created_at >= $1",
+            "SELECT id, entries FROM request_log_blocks WHERE min_created_at < $1",
         )
         .bind(before)
         .fetch_all(p)

@@ -29,4 +29,7 @@ CREATE TABLE request_log_blocks (
 );
 CREATE INDEX request_log_blocks_env ON request_log_blocks (environment_id, id);
 CREATE INDEX request_log_blocks_conn ON request_log_blocks (connection_id, id);
+-- Retention: whole blocks by their newest call, then the few blocks the
+-- cut-off goes through by their oldest.
 CREATE INDEX request_log_blocks_age ON request_log_blocks (max_created_at);
+CREATE INDEX request_log_blocks_start ON request_log_blocks (min_created_at);
