@@ -1153,6 +1153,70 @@ fn clean(s: &str) -> String {
     s.chars().filter(|c| !c.is_control()).take(300).collect()
 }
 
+impl Platform {
+    /// Re-seals under the active key every stored OAuth app secret and the
+    /// data of every connect flow still waiting for its redirect, so that
+    /// `berth vault rotate-key --prune` leaves nothing only an old key
+    /// opens. Returns how many were re-sealed.
+    pub async fn reseal_oauth_secrets(&self) -> Result<u64> {
+        let vault = &self.inner.vault;
+        let mut count = 0;
+        let mut after = String::new();
+        loop {
+            let page = self.store().oauth_apps_page(&after, 200).await?;
+            let Some(last) = page.last() else { break };
+            after = last.id.clone();
+            for app in page {
+                if !vault.needs_reseal(&app.sealed_secret) {
+                    continue;
+                }
+                let aad = app_aad(&app.environment_id, &app.id);
+                let plain = vault
+                    .open(&app.sealed_secret, aad.as_bytes())
+                    .map_err(|e| PlatformError::Internal(Box::new(e)))?;
+                let sealed = vault.seal(&plain, aad.as_bytes());
+                // Only a delete can change a stored secret, and then
+                // nothing is left to re-seal.
+                if self
+                    .store()
+                    .reseal_oauth_app(&app.id, &app.sealed_secret, &sealed)
+                    .await?
+                {
+                    count += 1;
+                }
+            }
+        }
+        let mut after = String::new();
+        loop {
+            let page = self
+                .store()
+                .open_oauth_flows_page(&after, now_ms(), 200)
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = last.id.clone();
+            for flow in page {
+                if !vault.needs_reseal(&flow.sealed) {
+                    continue;
+                }
+                let aad = flow_aad(&flow.environment_id, &flow.id);
+                let plain = vault
+                    .open(&flow.sealed, aad.as_bytes())
+                    .map_err(|e| PlatformError::Internal(Box::new(e)))?;
+                let sealed = vault.seal(&plain, aad.as_bytes());
+                // A flow used meanwhile needs its data no more.
+                if self
+                    .store()
+                    .reseal_oauth_flow(&flow.id, &flow.sealed, &sealed)
+                    .await?
+                {
+                    count += 1;
+                }
+            }
+        }
+        Ok(count)
+    }
+}
+
 fn app_aad(environment_id: &str, app_id: &str) -> String {
     format!("oauth-app/{environment_id}/{app_id}")
 }

@@ -710,6 +710,47 @@ impl Store {
             == 1)
     }
 
+    /// Live OAuth apps of every environment, by id, after `after` (key
+    /// rotation walks them).
+    pub async fn oauth_apps_page(&self, after: &str, limit: i64) -> Result<Vec<OAuthApp>> {
+        Ok(with_db!(self, p => sqlx::query_as::<_, OAuthApp>(
+            concat!("SELECT ", oauth_app_cols!(), " FROM oauth_apps \
+             WHERE id > $1 AND deleted_at IS NULL ORDER BY id LIMIT $2")
+        ).bind(after).bind(limit).fetch_all(p).await)?)
+    }
+
+    /// Replaces a live app's sealed secret if it is still `old` (a delete
+    /// meanwhile wins).
+    pub async fn reseal_oauth_app(&self, id: &str, old: &str, new: &str) -> Result<bool> {
+        Ok(with_db!(self, p => sqlx::query(
+            "UPDATE oauth_apps SET sealed_secret = $3 \
+             WHERE id = $1 AND sealed_secret = $2 AND deleted_at IS NULL"
+        ).bind(id).bind(old).bind(new).execute(p).await.map(|r| r.rows_affected()))?
+            == 1)
+    }
+
+    /// Connect flows still waiting for their provider's redirect, by id,
+    /// after `after`.
+    pub async fn open_oauth_flows_page(
+        &self,
+        after: &str,
+        now: i64,
+        limit: i64,
+    ) -> Result<Vec<OAuthFlow>> {
+        Ok(with_db!(self, p => sqlx::query_as::<_, OAuthFlow>(
+            "SELECT id, session_id, environment_id, sealed, created_at, expires_at FROM oauth_flows \
+             WHERE id > $1 AND used_at IS NULL AND expires_at > $2 ORDER BY id LIMIT $3"
+        ).bind(after).bind(now).bind(limit).fetch_all(p).await)?)
+    }
+
+    /// Replaces an unused flow's sealed data if it is still `old`.
+    pub async fn reseal_oauth_flow(&self, id: &str, old: &str, new: &str) -> Result<bool> {
+        Ok(with_db!(self, p => sqlx::query(
+            "UPDATE oauth_flows SET sealed = $3 WHERE id = $1 AND sealed = $2 AND used_at IS NULL"
+        ).bind(id).bind(old).bind(new).execute(p).await.map(|r| r.rows_affected()))?
+            == 1)
+    }
+
     pub async fn insert_oauth_flow(&self, f: &OAuthFlow) -> Result<()> {
         with_db!(self, p => sqlx::query(
             "INSERT INTO oauth_flows (id, session_id, environment_id, sealed, created_at, expires_at) \

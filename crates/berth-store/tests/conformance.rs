@@ -436,6 +436,79 @@ async fn credential_compare_and_swap() {
 }
 
 #[tokio::test]
+async fn key_rotation_walks_and_swaps_oauth_secrets() {
+    for (s, dev, prod) in bootstrapped().await {
+        for (id, env) in [("app-b", &dev), ("app-a", &prod), ("app-c", &dev)] {
+            s.insert_oauth_app(&OAuthApp {
+                id: id.into(),
+                environment_id: env.id.clone(),
+                integration_id: "hubspot".into(),
+                client_id: "cid".into(),
+                sealed_secret: format!("old-{id}"),
+                scopes: "[]".into(),
+                created_at: 1,
+            })
+            .await
+            .unwrap();
+        }
+        assert!(s.delete_oauth_app(&dev.id, "app-c", 2).await.unwrap());
+        let first = s.oauth_apps_page("", 1).await.unwrap();
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].id, "app-a", "every environment, by id");
+        let rest = s.oauth_apps_page("app-a", 10).await.unwrap();
+        let ids: Vec<&str> = rest.iter().map(|a| a.id.as_str()).collect();
+        assert_eq!(ids, ["app-b"], "deleted apps are not walked");
+        assert!(
+            s.reseal_oauth_app("app-b", "old-app-b", "new-b")
+                .await
+                .unwrap()
+        );
+        assert!(
+            !s.reseal_oauth_app("app-b", "old-app-b", "newer-b")
+                .await
+                .unwrap(),
+            "a secret changed meanwhile is not overwritten"
+        );
+        assert!(
+            !s.reseal_oauth_app("app-c", "", "x").await.unwrap(),
+            "deleted stays erased"
+        );
+        let app = s.get_oauth_app(&dev.id, "app-b").await.unwrap().unwrap();
+        assert_eq!(app.sealed_secret, "new-b");
+
+        session(&s, &dev.id, "sess-f", 10_000).await;
+        for (id, expires_at) in [("flow-1", 10_000), ("flow-2", 10_000), ("flow-old", 50)] {
+            s.insert_oauth_flow(&OAuthFlow {
+                id: id.into(),
+                session_id: "sess-f".into(),
+                environment_id: dev.id.clone(),
+                sealed: format!("old-{id}"),
+                created_at: 1,
+                expires_at,
+            })
+            .await
+            .unwrap();
+        }
+        assert!(s.consume_oauth_flow("flow-2", 100).await.unwrap().is_some());
+        let open = s.open_oauth_flows_page("", 100, 10).await.unwrap();
+        let ids: Vec<&str> = open.iter().map(|f| f.id.as_str()).collect();
+        assert_eq!(ids, ["flow-1"], "used and expired flows are not walked");
+        assert!(
+            s.reseal_oauth_flow("flow-1", "old-flow-1", "new-1")
+                .await
+                .unwrap()
+        );
+        assert!(
+            !s.reseal_oauth_flow("flow-2", "old-flow-2", "new-2")
+                .await
+                .unwrap()
+        );
+        let f = s.consume_oauth_flow("flow-1", 100).await.unwrap().unwrap();
+        assert_eq!(f.sealed, "new-1");
+    }
+}
+
+#[tokio::test]
 async fn expired_sessions_are_cleaned_but_exchanged_ones_kept() {
     for (s, dev, _) in bootstrapped().await {
         session(&s, &dev.id, "old", 5).await;

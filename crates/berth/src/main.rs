@@ -216,8 +216,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 config.webhooks.clone(),
             );
             let w = hooks.reseal_secrets().await?;
+            let o = platform.reseal_oauth_secrets().await?;
             eprintln!(
-                "re-encrypted {n} credential(s) and {w} webhook endpoint(s) under key {}",
+                "re-encrypted {n} credential(s), {w} webhook endpoint(s) and {o} OAuth app secret(s) or pending connect flow(s) under key {}",
                 platform_key_id(&config)?
             );
             if prune && let Some(path) = &key_file {

@@ -288,6 +288,16 @@ async fn operator_flow_with_the_real_binary_leaks_no_secret_into_logs() {
     .await;
     assert_eq!(status, 200, "{hook}");
     let hook_secret = hook["result"]["secret"].as_str().unwrap().to_string();
+    // An OAuth app: its client secret is vaulted and re-sealed on rotation.
+    let oauth_secret = "cli-oauth-client-secret-value";
+    let (status, oauth_app) = post(
+        &base,
+        "/auth/oauth-apps/create",
+        &[("x-vessel-api-token", &initial)],
+        json!({"integrationId": "hubspot", "clientId": "cli-client", "clientSecret": oauth_secret}),
+    )
+    .await;
+    assert_eq!(status, 200, "{oauth_app}");
 
     let (ok, stdout_rest, logs) = server.stop();
     assert!(ok, "graceful exit on SIGTERM; logs:\n{logs}");
@@ -302,6 +312,7 @@ async fn operator_flow_with_the_real_binary_leaks_no_secret_into_logs() {
         &public,
         api_key,
         &hook_secret,
+        oauth_secret,
     ] {
         assert!(
             !logs.contains(secret),
@@ -319,7 +330,9 @@ async fn operator_flow_with_the_real_binary_leaks_no_secret_into_logs() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(
-        err.contains("re-encrypted 2 credential(s) and 1 webhook endpoint(s)"),
+        err.contains(
+            "re-encrypted 2 credential(s), 1 webhook endpoint(s) and 1 OAuth app secret(s)"
+        ),
         "{err}"
     );
     let new_keys = std::fs::read_to_string(data.join("master.key")).unwrap();
@@ -347,6 +360,32 @@ async fn operator_flow_with_the_real_binary_leaks_no_secret_into_logs() {
     .await;
     assert_eq!(s, 200, "{r}");
     assert_eq!(r["result"]["connections"].as_array().unwrap().len(), 1);
+    // The OAuth app's secret opens under the new key alone: starting a
+    // connect flow resolves the app and opens its secret.
+    let (s, r) = post(
+        &again.base,
+        "/auth/session-token",
+        &[("x-vessel-api-token", &initial)],
+        json!({"integrationId": "hubspot"}),
+    )
+    .await;
+    assert_eq!(s, 200, "{r}");
+    let st = r["result"]["sessionToken"].as_str().unwrap().to_string();
+    let (s, r) = post(
+        &again.base,
+        "/auth/start",
+        &[("x-vessel-session-token", &st)],
+        json!({"authType": "oauth2"}),
+    )
+    .await;
+    assert_eq!(s, 200, "{r}");
+    assert!(
+        r["result"]["oauthURL"]
+            .as_str()
+            .unwrap()
+            .contains("client_id=cli-client"),
+        "{r}"
+    );
     let (ok, _, _) = again.stop();
     assert!(ok);
 }
