@@ -11,15 +11,21 @@
 # at fixed connections and duration. Prints req/s, p50/p99 and Berth's
 # ratio to nginx, and writes the table to bench/results/proxy.md.
 #
-#   scripts/bench-proxy.sh                 # 8 and 64 connections, 10 s each
-#   BENCH_DURATION=30 BENCH_CONNECTIONS="64" scripts/bench-proxy.sh
+#   scripts/bench-proxy.sh        # 8 and 64 connections, 10 rounds of 1 s
+#   BENCH_ROUNDS=10 BENCH_SLICE=3 BENCH_CONNECTIONS="64" scripts/bench-proxy.sh
+#
+# The targets take turns: each round runs every target for BENCH_SLICE
+# seconds, and a target's req/s is over all its rounds. Run one after the
+# other, a target that happened to run in a fast spell of this (shared,
+# virtual) machine showed twice another's throughput.
 #
 # Berth runs with its defaults (SQLite store, request log on, every call
 # authenticated and logged to the store) except BERTH_LOG=warn, the
 # counterpart of nginx's `access_log off`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DUR=${BENCH_DURATION:-10}
+ROUNDS=${BENCH_ROUNDS:-10}
+SLICE=${BENCH_SLICE:-1}
 CONNS=${BENCH_CONNECTIONS:-"8 64"}
 WRK_THREADS=${BENCH_WRK_THREADS:-2}
 OUT=${BENCH_OUT:-bench/results/proxy.md}
@@ -146,8 +152,8 @@ pids_of() {
   esac
 }
 
-run() { # name conns -> "rps p50 p99 kinstr"
-  local name=$1 c=$2 args=()
+run() { # name conns secs -> "requests secs p50 p99 instructions"
+  local name=$1 c=$2 secs=$3 args=()
   case $name in
     direct) args=(-H "Authorization: Bearer bench-key" "http://127.0.0.1:$UP/x") ;;
     nginx) args=("http://127.0.0.1:$NG/x") ;;
@@ -155,51 +161,68 @@ run() { # name conns -> "rps p50 p99 kinstr"
     berth-proxy) args=(-H "x-vessel-api-token: $API" -H "x-vessel-access-token: $ACCESS" "$B/proxy/x") ;;
     berth-json) args=(-s "$WORK/post.lua" -H "x-vessel-api-token: $API" -H "x-vessel-access-token: $ACCESS" "$B/passthrough") ;;
   esac
-  wrk -t"$WRK_THREADS" -c"$c" -d1s "${args[@]}" >/dev/null 2>&1 || true # warm-up
-  if [ -n "${BENCH_PROFILE:-}" ] && [ "$name" = "$BENCH_PROFILE" ]; then
-    # BENCH_PROFILE=berth-proxy: a perf profile of Berth under this load.
-    perf record -F 999 -g -o "${BENCH_PROFILE_OUT:-/tmp/berth-bench.perf}" -p "$BERTH_PID" -- sleep "$DUR" >/dev/null 2>&1 &
-  fi
-  local t0; t0=$(awk '{print $14+$15}' "/proc/$BERTH_PID/stat")
   local ppid="" target; target=$(pids_of "$name")
   if [ "$PERF" = 1 ] && [ -n "$target" ]; then
-    perf stat -x, -e instructions:u -p "$target" -o "$WORK/perf.$name.$c" -- sleep "$DUR" >/dev/null 2>&1 &
+    perf stat -x, -e instructions:u -p "$target" -o "$WORK/perf.out" -- sleep "$secs" >/dev/null 2>&1 &
     ppid=$!
   fi
-  local out; out=$(wrk -t"$WRK_THREADS" -c"$c" -d"${DUR}s" --latency "${args[@]}")
+  local out; out=$(wrk -t"$WRK_THREADS" -c"$c" -d"${secs}s" --latency "${args[@]}")
   [ -n "$ppid" ] && wait "$ppid"
-  local t1; t1=$(awk '{print $14+$15}' "/proc/$BERTH_PID/stat")
-  echo "$name c=$c: Berth used $(( (t1 - t0) ))/$(getconf CLK_TCK) CPU-seconds in ${DUR}s" >&2
   if grep -q "Non-2xx" <<<"$out"; then echo "$name: non-2xx answers:" >&2; echo "$out" >&2; exit 1; fi
-  local rps p50 p99
-  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  local reqs took p50 p99 ins="-"
+  reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+  took=$(awk '/requests in/ {sub(/s,$/, "", $4); print $4}' <<<"$out")
   p50=$(to_ms "$(awk '$1=="50%" {print $2}' <<<"$out")")
   p99=$(to_ms "$(awk '$1=="99%" {print $2}' <<<"$out")")
-  local reqs kin="-"
-  reqs=$(awk '/requests in/ {print $1}' <<<"$out")
-  if [ -n "$ppid" ] && [ -s "$WORK/perf.$name.$c" ]; then
-    kin=$(awk -F, -v r="$reqs" '/instructions/ && $1 ~ /^[0-9]+$/ {printf "%.1f", $1 / r / 1000}' "$WORK/perf.$name.$c")
-    [ -n "$kin" ] || kin="-"
+  if [ -n "$ppid" ] && [ -s "$WORK/perf.out" ]; then
+    ins=$(awk -F, '/instructions/ && $1 ~ /^[0-9]+$/ {print $1}' "$WORK/perf.out")
+    [ -n "$ins" ] || ins="-"
   fi
-  echo "$rps $p50 $p99 $kin"
+  echo "$reqs $took $p50 $p99 $ins"
 }
 
+# Aggregates one target's rounds: "req/s p50 p99 k-instructions/req"
+# (req/s over all rounds, latencies the median of the rounds').
+summarize() {
+  awk '
+    { reqs += $1; secs += $2; p50[NR] = $3; p99[NR] = $4
+      if ($5 != "-") { ins += $5; ireqs += $1 } }
+    function median(a, n,   i, j, t) {
+      for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+      return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+    }
+    END { printf "%.0f %.3f %.3f %s\n", reqs / secs, median(p50, NR), median(p99, NR),
+          ireqs ? sprintf("%.1f", ins / ireqs / 1000) : "-" }'
+}
+
+TARGETS="direct nginx bare-proxy berth-proxy berth-json"
 mkdir -p "$(dirname "$OUT")"
 {
-  echo "| connections | target | req/s | p50 ms | p99 ms | req/s vs nginx | p50 − nginx ms | p99 − nginx ms | k instructions/req |"
-  echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
+  echo "| connections | target | req/s | p50 ms | p99 ms | req/s vs nginx | rounds: lowest–highest | p50 − nginx ms | p99 − nginx ms | k instructions/req |"
+  echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
 } >"$WORK/table.md"
 for c in $CONNS; do
-  declare -A R=()
-  for t in direct nginx bare-proxy berth-proxy berth-json; do
-    R[$t]=$(run "$t" "$c")
-    echo "c=$c $t: ${R[$t]}" >&2
+  for t in $TARGETS; do
+    run "$t" "$c" 1 >/dev/null # warm-up
+    : >"$WORK/rounds.$t"
   done
-  read -r nrps np50 np99 _ <<<"${R[nginx]}"
-  for t in direct nginx bare-proxy berth-proxy berth-json; do
-    read -r rps p50 p99 kin <<<"${R[$t]}"
-    awk -v c="$c" -v t="$t" -v rps="$rps" -v p50="$p50" -v p99="$p99" -v nr="$nrps" -v n50="$np50" -v n99="$np99" -v kin="$kin" \
-      'BEGIN { printf "| %s | %s | %.0f | %.3f | %.3f | %.2fx | %+.3f | %+.3f | %s |\n", c, t, rps, p50, p99, rps/nr, p50-n50, p99-n99, kin }' >>"$WORK/table.md"
+  # Interleaved: every round runs each target once, so a slow or fast
+  # spell of the machine (it has them) falls on all of them alike.
+  for r in $(seq 1 "$ROUNDS"); do
+    for t in $TARGETS; do
+      line=$(run "$t" "$c" "$SLICE")
+      echo "$line" >>"$WORK/rounds.$t"
+      echo "c=$c round $r $t: $line" >&2
+    done
+  done
+  read -r nrps np50 np99 _ <<<"$(summarize <"$WORK/rounds.nginx")"
+  for t in $TARGETS; do
+    read -r rps p50 p99 kin <<<"$(summarize <"$WORK/rounds.$t")"
+    spread=$(paste -d' ' "$WORK/rounds.$t" "$WORK/rounds.nginx" |
+      awk '{ r = ($1 / $2) / ($6 / $7); if (NR == 1 || r < lo) lo = r; if (NR == 1 || r > hi) hi = r }
+           END { printf "%.2f–%.2fx", lo, hi }')
+    awk -v c="$c" -v t="$t" -v rps="$rps" -v p50="$p50" -v p99="$p99" -v nr="$nrps" -v n50="$np50" -v n99="$np99" -v kin="$kin" -v sp="$spread" \
+      'BEGIN { printf "| %s | %s | %.0f | %.3f | %.3f | %.2fx | %s | %+.3f | %+.3f | %s |\n", c, t, rps, p50, p99, rps/nr, sp, p50-n50, p99-n99, kin }' >>"$WORK/table.md"
   done
 done
 RSS=$(awk '/VmHWM/ {print $2}' "/proc/$BERTH_PID/status")
@@ -212,9 +235,11 @@ RSS_AFTER=$(awk '/VmHWM/ {print $2}' "/proc/$BERTH_PID/status")
 {
   echo "# Proxy benchmark"
   echo
-  echo "\`scripts/bench-proxy.sh\` on $(date -u +%Y-%m-%d), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), wrk -t$WRK_THREADS, ${DUR}s per cell, nginx $("$NGINX" -v 2>&1 | cut -d/ -f2) with 2 workers."
+  echo "\`scripts/bench-proxy.sh\` on $(date -u +%Y-%m-%d), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), wrk -t$WRK_THREADS, $ROUNDS interleaved rounds of ${SLICE}s per target, nginx $("$NGINX" -v 2>&1 | cut -d/ -f2) with 2 workers."
   echo
   cat "$WORK/table.md"
+  echo
+  echo "req/s is over all rounds; \"rounds\" is the lowest and highest ratio to nginx within one round; p50 and p99 are the medians of the rounds'."
   echo
   echo "k instructions/req: user-space instructions of the proxy's own process(es) per request, from \`perf stat\` during the run (\`-\` where perf is missing or for \`direct\`, which has no proxy); it repeats within a few percent between runs where req/s does not."
   echo

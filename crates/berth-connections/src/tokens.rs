@@ -872,43 +872,44 @@ pub fn validate_path(path: &str) -> Result<()> {
     }
     let (p, _) = path.split_once('?').unwrap_or((path, ""));
     // Every decoding a provider or proxy might apply, raw included.
-    let mut forms = vec![path.to_string()];
-    let mut cur = path.to_string();
-    for _ in 0..3 {
-        match decode_once(&cur) {
-            Some(d) => {
-                forms.push(d.clone());
-                cur = d;
-            }
-            None => break,
-        }
-    }
-    if forms.iter().any(|f| f.chars().any(char::is_control)) {
+    if any_form(path, |f| f.chars().any(char::is_control)) {
         return Err(bad("control characters (CR, LF, NUL...) are not allowed"));
     }
-    let mut path_forms = vec![p.to_string()];
-    let mut cur = p.to_string();
-    for _ in 0..3 {
-        match decode_once(&cur) {
-            Some(d) => {
-                path_forms.push(d.clone());
-                cur = d;
-            }
-            None => break,
-        }
-    }
-    for f in &path_forms {
+    let mut why = "";
+    if any_form(p, |f| {
         if f.contains('\\') || f.starts_with("//") {
-            return Err(bad("encoded backslashes or authorities are not allowed"));
+            why = "encoded backslashes or authorities are not allowed";
+            return true;
         }
         if f.split('/').any(|seg| {
             let seg = seg.split(';').next().unwrap_or(seg);
             seg == ".." || seg == "."
         }) {
-            return Err(bad("`.` and `..` segments are not allowed"));
+            why = "`.` and `..` segments are not allowed";
+            return true;
         }
+        false
+    }) {
+        return Err(bad(why));
     }
     Ok(())
+}
+
+/// Whether `bad` holds for `s` or for any of its first three
+/// percent-decodings. Allocates only when `s` holds a `%`.
+fn any_form(s: &str, mut bad: impl FnMut(&str) -> bool) -> bool {
+    if bad(s) {
+        return true;
+    }
+    let mut cur: Option<String> = None;
+    for _ in 0..3 {
+        match decode_once(cur.as_deref().unwrap_or(s)) {
+            Some(d) if bad(&d) => return true,
+            Some(d) => cur = Some(d),
+            None => break,
+        }
+    }
+    false
 }
 
 pub(crate) fn parse_base(base: &str) -> Result<url::Url> {

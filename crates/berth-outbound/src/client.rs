@@ -214,10 +214,27 @@ impl Pools {
                 },
             }
         }
+        // Boxed: connecting (TCP, TLS, handshake) is a future several
+        // times the size of the rest, and every call, most of which reuse
+        // a connection, would otherwise carry it and copy it around.
+        let mut tx = Box::pin(self.connect(uri)).await?;
+        match tx.try_send_request(req).await {
+            Ok(resp) => {
+                give_back(lane, key, tx, &resp);
+                Ok(resp)
+            }
+            Err(e) => Err(SendError::Request(e.into_error())),
+        }
+    }
+}
+
+impl Pools {
+    /// A new connection to `uri`'s host, its driver running on this thread.
+    async fn connect(&self, uri: http::Uri) -> Result<Sender, SendError> {
         let io = tower_service::Service::call(&mut self.https.clone(), uri)
             .await
             .map_err(SendError::Connect)?;
-        let (mut tx, conn) = hyper::client::conn::http1::Builder::new()
+        let (tx, conn) = hyper::client::conn::http1::Builder::new()
             .handshake(io)
             .await
             .map_err(|e| SendError::Connect(Box::new(e)))?;
@@ -226,13 +243,7 @@ impl Pools {
                 tracing::debug!(target: "berth::outbound", error = %e, "provider connection ended");
             }
         });
-        match tx.try_send_request(req).await {
-            Ok(resp) => {
-                give_back(lane, key, tx, &resp);
-                Ok(resp)
-            }
-            Err(e) => Err(SendError::Request(e.into_error())),
-        }
+        Ok(tx)
     }
 }
 

@@ -112,6 +112,10 @@ pub struct ServeArgs {
     /// connections it accepts (default: one per core).
     #[arg(long, env = "BERTH_HTTP_THREADS")]
     pub http_threads: Option<usize>,
+    /// Pin each HTTP serving thread to its own CPU: `auto` (when there are
+    /// as many threads as CPUs the process may use), `on` or `off`.
+    #[arg(long, env = "BERTH_HTTP_PIN")]
+    pub http_pin: Option<String>,
     /// Serve the API only; run sync workers elsewhere with `berth worker`.
     #[arg(long, env = "BERTH_NO_WORKERS", value_parser = clap::builder::BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true")]
     pub no_workers: Option<bool>,
@@ -159,6 +163,7 @@ struct FileConfig {
     sync_full_resync_hours: Option<u64>,
     page_cache_mb: Option<u64>,
     http_threads: Option<usize>,
+    http_pin: Option<String>,
     no_workers: Option<bool>,
     #[serde(default)]
     oauth_apps: std::collections::BTreeMap<String, OAuthAppConfig>,
@@ -187,6 +192,8 @@ pub struct Config {
     pub no_workers: bool,
     /// HTTP serving threads.
     pub http_threads: usize,
+    /// Whether they are pinned to CPUs.
+    pub http_pin: crate::http_server::Pinning,
     /// Default OAuth apps by integration id, secrets resolved.
     pub oauth_apps:
         std::collections::BTreeMap<String, (String, zeroize::Zeroizing<String>, Vec<String>)>,
@@ -400,6 +407,10 @@ impl Config {
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(2, usize::from),
         };
+        let http_pin = match serve.http_pin.as_deref().or(file.http_pin.as_deref()) {
+            Some(p) => p.parse().map_err(|e| anyhow::anyhow!("http_pin: {e}"))?,
+            None => crate::http_server::Pinning::Auto,
+        };
         let mut oauth_apps = std::collections::BTreeMap::new();
         for (id, app) in file.oauth_apps {
             let secret = match (&app.client_secret, &app.client_secret_env) {
@@ -427,6 +438,7 @@ impl Config {
             sync,
             no_workers,
             http_threads,
+            http_pin,
             oauth_apps,
             listen,
             data_dir,

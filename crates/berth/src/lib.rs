@@ -118,6 +118,7 @@ pub struct App {
     run_workers: bool,
     /// HTTP serving threads.
     http_threads: usize,
+    http_pin: http_server::Pinning,
     /// The development token created on first start, if this start created the project.
     pub initial_token: Option<String>,
 }
@@ -158,6 +159,7 @@ impl App {
             sync,
             run_workers: !config.no_workers,
             http_threads: config.http_threads,
+            http_pin: config.http_pin,
             initial_token,
         })
     }
@@ -188,9 +190,14 @@ impl App {
                 axum::Router::new().nest("/sandbox/api/v1", berth_sandbox::router()),
             )
         };
-        let mut server =
-            http_server::start(self.listener, self.http_threads, make_router, shutdown)
-                .context("cannot start the HTTP serving threads")?;
+        let mut server = http_server::start(
+            self.listener,
+            self.http_threads,
+            self.http_pin,
+            make_router,
+            shutdown,
+        )
+        .context("cannot start the HTTP serving threads")?;
         let result = server.drained().await;
         cancel.cancel();
         let _ = housekeeping.await;

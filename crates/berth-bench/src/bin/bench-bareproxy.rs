@@ -41,6 +41,7 @@ fn main() -> anyhow::Result<()> {
             let mut server = berth::http_server::start(
                 listener,
                 threads,
+                berth::http_server::Pinning::Auto,
                 make_router,
                 std::future::pending::<()>(),
             )?;

@@ -34,12 +34,16 @@ fn env_num(k: &str, d: usize) -> usize {
 
 /// Runs wrk; returns requests per second.
 async fn wrk(url: &str, header: Option<&str>, secs: usize) -> anyhow::Result<f64> {
-    let mut cmd = tokio::process::Command::new("wrk");
+    let mut cmd = std::process::Command::new("wrk");
     cmd.args(["-t2", "-c16", &format!("-d{secs}s"), "--latency"]);
     if let Some(h) = header {
         cmd.args(["-H", h]);
     }
-    let out = cmd.arg(url).output().await?;
+    cmd.arg(url);
+    // Blocking, on a thread of its own: tokio's process support would put
+    // a check for exited children into every runtime's idle loop, Berth's
+    // serving threads included (features are shared by the whole build).
+    let out = tokio::task::spawn_blocking(move || cmd.output()).await??;
     let text = String::from_utf8_lossy(&out.stdout);
     anyhow::ensure!(
         !text.contains("Non-2xx"),
@@ -102,6 +106,7 @@ async fn main() -> anyhow::Result<()> {
         },
         no_workers: false,
         http_threads: 2,
+        http_pin: berth::http_server::Pinning::Auto,
     };
     let app = berth::App::build(&config).await?;
     let base = format!("http://{}", app.addr);

@@ -115,6 +115,7 @@ async fn main() -> anyhow::Result<()> {
         sync: Default::default(),
         no_workers: true,
         http_threads: 2,
+        http_pin: berth::http_server::Pinning::Auto,
     };
     let app = berth::App::build(&config).await?;
     let base = format!("http://{}", app.addr);

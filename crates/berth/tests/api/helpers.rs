@@ -64,6 +64,7 @@ pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
         // so other tests see connections exactly as the API left them.
         no_workers: true,
         http_threads: 2,
+        http_pin: berth::http_server::Pinning::Auto,
     };
     tweak(&mut config);
     let app = berth::App::build(&config).await.unwrap();
