@@ -578,6 +578,36 @@ impl Store {
         Ok(())
     }
 
+    /// Deletes webhook history from before `cutoff`: delivery attempts,
+    /// finished (delivered or dead) messages, and events no message refers
+    /// to any more. At most `batch` rows per statement, so no statement
+    /// holds the write lock for long. Returns the rows deleted.
+    pub async fn purge_webhook_history(&self, cutoff: i64, batch: i64) -> Result<u64> {
+        const STATEMENTS: [&str; 3] = [
+            "DELETE FROM webhook_attempts WHERE id IN (SELECT id FROM webhook_attempts \
+             WHERE attempted_at < $1 ORDER BY id LIMIT $2)",
+            "DELETE FROM webhook_messages WHERE seq IN (SELECT seq FROM webhook_messages \
+             WHERE state IN ('delivered', 'dead') AND updated_at < $1 ORDER BY seq LIMIT $2)",
+            // Only events every message of which is gone: one still being
+            // delivered keeps its event, whatever its age.
+            "DELETE FROM events WHERE seq IN (SELECT e.seq FROM events e WHERE e.created_at < $1 \
+             AND NOT EXISTS (SELECT 1 FROM webhook_messages m WHERE m.event_id = e.id) \
+             ORDER BY e.seq LIMIT $2)",
+        ];
+        let mut total = 0;
+        for sql in STATEMENTS {
+            loop {
+                let n = with_db!(self, p => sqlx::query(sql).bind(cutoff).bind(batch)
+                    .execute(p).await.map(|r| r.rows_affected()))?;
+                total += n;
+                if n < batch.max(1) as u64 {
+                    break;
+                }
+            }
+        }
+        Ok(total)
+    }
+
     /// One page of an environment's messages, newest first.
     pub async fn list_webhook_messages(
         &self,

@@ -509,6 +509,111 @@ async fn key_rotation_walks_and_swaps_oauth_secrets() {
 }
 
 #[tokio::test]
+async fn webhook_history_retention_keeps_what_is_still_in_flight() {
+    for (s, dev, prod) in bootstrapped().await {
+        s.create_webhook_endpoint(&NewWebhookEndpoint {
+            id: "ep",
+            environment_id: &dev.id,
+            flavor: "berth",
+            url: "https://example.test/h",
+            description: None,
+            filters: &[EventFilter {
+                pattern: "*".into(),
+                prefix: Some(String::new()),
+            }],
+            connection_ids: None,
+            secret_sealed: "sealed",
+            vessel_key_sealed: None,
+            disabled: false,
+            now: 1,
+        })
+        .await
+        .unwrap();
+        let events = [
+            ("e-done", &dev, 100),
+            ("e-dead", &dev, 100),
+            ("e-retry", &dev, 100),
+            ("e-new", &dev, 5000),
+            ("e-nomsg", &prod, 100),
+        ];
+        for (id, env, at) in events {
+            s.insert_event(&NewEvent {
+                id,
+                environment_id: &env.id,
+                connection_id: None,
+                event_type: "connection.created",
+                payload: "{}",
+                created_at: at,
+            })
+            .await
+            .unwrap();
+        }
+        let claimed = s
+            .claim_webhook_messages(200, 60_000, 10, &[])
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 3, "the old messages are due");
+        let results: Vec<AttemptResult> = claimed
+            .iter()
+            .map(|m| AttemptResult {
+                message_seq: m.seq,
+                environment_id: m.environment_id.clone(),
+                endpoint_id: m.endpoint_id.clone(),
+                event_id: m.event_id.clone(),
+                attempted_at: 200,
+                replay: false,
+                success: m.event_id == "e-done",
+                status_code: Some(if m.event_id == "e-done" { 200 } else { 500 }),
+                latency_ms: 1,
+                error: None,
+                response_excerpt: None,
+                attempts: 1,
+                next_attempt_at: (m.event_id == "e-retry").then_some(10_000),
+            })
+            .collect();
+        s.record_webhook_attempts(&results).await.unwrap();
+
+        // Batches of one row: every statement loops until it is done.
+        assert_eq!(s.purge_webhook_history(1000, 1).await.unwrap(), 3 + 2 + 3);
+        assert_eq!(s.purge_webhook_history(1000, 1).await.unwrap(), 0);
+        let left = s
+            .list_webhook_messages(
+                &dev.id,
+                &MessageFilter {
+                    endpoint_id: None,
+                    state: None,
+                    event_id: None,
+                    before_seq: None,
+                    limit: 10,
+                },
+            )
+            .await
+            .unwrap();
+        let mut ids: Vec<&str> = left.iter().map(|m| m.event_id.as_str()).collect();
+        ids.sort();
+        assert_eq!(
+            ids,
+            ["e-new", "e-retry"],
+            "unfinished and recent messages stay"
+        );
+        let ids: Vec<String> = events.iter().map(|e| e.0.to_string()).collect();
+        let mut kept: Vec<String> = s
+            .events_by_ids(&ids)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        kept.sort();
+        assert_eq!(
+            kept,
+            ["e-new", "e-retry"],
+            "events of live messages and recent ones stay"
+        );
+    }
+}
+
+#[tokio::test]
 async fn expired_sessions_are_cleaned_but_exchanged_ones_kept() {
     for (s, dev, _) in bootstrapped().await {
         session(&s, &dev.id, "old", 5).await;

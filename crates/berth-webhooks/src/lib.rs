@@ -59,6 +59,9 @@ pub struct WebhookConfig {
     pub max_in_flight_per_endpoint: usize,
     /// How often a dispatcher looks for due messages when nothing woke it.
     pub poll_interval: Duration,
+    /// Delivery attempts, finished messages and their events older than
+    /// this are deleted; `None` keeps them forever.
+    pub retention: Option<Duration>,
 }
 
 impl Default for WebhookConfig {
@@ -76,6 +79,7 @@ impl Default for WebhookConfig {
             max_in_flight: 512,
             max_in_flight_per_endpoint: 64,
             poll_interval: Duration::from_millis(500),
+            retention: Some(Duration::from_secs(30 * 24 * h)),
         }
     }
 }
@@ -486,6 +490,16 @@ impl Webhooks {
             .store
             .replay_failed_webhook_messages(&env.id, endpoint_id, since, now_ms())
             .await?)
+    }
+
+    /// Deletes the history past the retention period (see
+    /// [`WebhookConfig::retention`]); returns the rows deleted.
+    pub async fn purge_history(&self, now: i64) -> Result<u64> {
+        let Some(keep) = self.inner.config.retention else {
+            return Ok(0);
+        };
+        let cutoff = now - keep.as_millis() as i64;
+        Ok(self.inner.store.purge_webhook_history(cutoff, 5000).await?)
     }
 
     /// Re-seals every endpoint's secrets under the vault's active key (part

@@ -81,6 +81,10 @@ pub struct ServeArgs {
     /// An endpoint failing without any success for this many hours is disabled.
     #[arg(long, env = "BERTH_WEBHOOK_DISABLE_AFTER_HOURS")]
     pub webhook_disable_after_hours: Option<u64>,
+    /// Days webhook delivery history (attempts, delivered or dead messages,
+    /// their events) is kept; 0 keeps it forever.
+    #[arg(long, env = "BERTH_WEBHOOK_RETENTION_DAYS")]
+    pub webhook_retention_days: Option<u64>,
     /// Webhook deliveries in flight per process.
     #[arg(long, env = "BERTH_WEBHOOK_MAX_IN_FLIGHT")]
     pub webhook_max_in_flight: Option<usize>,
@@ -154,6 +158,7 @@ struct FileConfig {
     webhook_timeout_secs: Option<u64>,
     webhook_retry_schedule: Option<String>,
     webhook_disable_after_hours: Option<u64>,
+    webhook_retention_days: Option<u64>,
     webhook_max_in_flight: Option<usize>,
     webhook_max_in_flight_per_endpoint: Option<usize>,
     sync_interval_secs: Option<u64>,
@@ -337,6 +342,14 @@ impl Config {
             bail!("webhook disable-after must be between 1 and 2160 hours");
         }
         webhooks.disable_after = Duration::from_secs(da * 3600);
+        let rd = serve
+            .webhook_retention_days
+            .or(file.webhook_retention_days)
+            .unwrap_or(30);
+        if rd > 3650 {
+            bail!("webhook retention must be between 0 (keep forever) and 3650 days");
+        }
+        webhooks.retention = (rd > 0).then(|| Duration::from_secs(rd * 24 * 3600));
         let mif = serve
             .webhook_max_in_flight
             .or(file.webhook_max_in_flight)

@@ -170,7 +170,11 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let cancel = CancellationToken::new();
-        let housekeeping = tokio::spawn(housekeeping(self.platform.clone(), cancel.clone()));
+        let housekeeping = tokio::spawn(housekeeping(
+            self.platform.clone(),
+            self.webhooks.clone(),
+            cancel.clone(),
+        ));
         let dispatcher = berth_webhooks::Dispatcher::spawn(self.webhooks.clone(), cancel.clone());
         let workers = self.run_workers.then(|| self.sync.spawn(cancel.clone()));
         // Rendered list pages must notice writes made by other processes.
@@ -237,7 +241,11 @@ pub async fn run_worker(
 }
 
 /// Periodic clean-up; stops when `cancel` fires.
-async fn housekeeping(platform: Platform, cancel: CancellationToken) {
+async fn housekeeping(
+    platform: Platform,
+    webhooks: berth_webhooks::Webhooks,
+    cancel: CancellationToken,
+) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
     let mut logs_tick = tokio::time::interval(std::time::Duration::from_secs(300));
     loop {
@@ -257,6 +265,11 @@ async fn housekeeping(platform: Platform, cancel: CancellationToken) {
                     Ok(n) if n > 0 => tracing::info!(deleted = n, "removed expired connect sessions"),
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "session clean-up failed"),
+                }
+                match webhooks.purge_history(berth_connections::now_ms()).await {
+                    Ok(n) if n > 0 => tracing::info!(deleted = n, "removed webhook history past retention"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "webhook history clean-up failed"),
                 }
             }
         }

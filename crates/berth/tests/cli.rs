@@ -419,6 +419,13 @@ fn bad_configuration_fails_fast_with_a_reason() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("BERTH_MASTER_KEY"));
+    let out = Command::new(BIN)
+        .args(["serve", "--webhook-retention-days", "9999", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("webhook retention"));
 }
 
 /// kill -9 in the middle of delivering: after a restart every event is
