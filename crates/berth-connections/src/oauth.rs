@@ -1159,7 +1159,6 @@ impl Platform {
     /// `berth vault rotate-key --prune` leaves nothing only an old key
     /// opens. Returns how many were re-sealed.
     pub async fn reseal_oauth_secrets(&self) -> Result<u64> {
-        let vault = &self.inner.vault;
         let mut count = 0;
         let mut after = String::new();
         loop {
@@ -1167,20 +1166,14 @@ impl Platform {
             let Some(last) = page.last() else { break };
             after = last.id.clone();
             for app in page {
-                if !vault.needs_reseal(&app.sealed_secret) {
-                    continue;
-                }
-                let aad = app_aad(&app.environment_id, &app.id);
-                let plain = vault
-                    .open(&app.sealed_secret, aad.as_bytes())
-                    .map_err(|e| PlatformError::Internal(Box::new(e)))?;
-                let sealed = vault.seal(&plain, aad.as_bytes());
                 // Only a delete can change a stored secret, and then
                 // nothing is left to re-seal.
-                if self
-                    .store()
-                    .reseal_oauth_app(&app.id, &app.sealed_secret, &sealed)
-                    .await?
+                let aad = app_aad(&app.environment_id, &app.id);
+                if let Some(sealed) = self.resealed(&app.sealed_secret, &aad)?
+                    && self
+                        .store()
+                        .reseal_oauth_app(&app.id, &app.sealed_secret, &sealed)
+                        .await?
                 {
                     count += 1;
                 }
@@ -1195,25 +1188,31 @@ impl Platform {
             let Some(last) = page.last() else { break };
             after = last.id.clone();
             for flow in page {
-                if !vault.needs_reseal(&flow.sealed) {
-                    continue;
-                }
-                let aad = flow_aad(&flow.environment_id, &flow.id);
-                let plain = vault
-                    .open(&flow.sealed, aad.as_bytes())
-                    .map_err(|e| PlatformError::Internal(Box::new(e)))?;
-                let sealed = vault.seal(&plain, aad.as_bytes());
                 // A flow used meanwhile needs its data no more.
-                if self
-                    .store()
-                    .reseal_oauth_flow(&flow.id, &flow.sealed, &sealed)
-                    .await?
+                let aad = flow_aad(&flow.environment_id, &flow.id);
+                if let Some(sealed) = self.resealed(&flow.sealed, &aad)?
+                    && self
+                        .store()
+                        .reseal_oauth_flow(&flow.id, &flow.sealed, &sealed)
+                        .await?
                 {
                     count += 1;
                 }
             }
         }
         Ok(count)
+    }
+
+    /// `sealed` under the active key, if another key sealed it.
+    fn resealed(&self, sealed: &str, aad: &str) -> Result<Option<String>> {
+        let vault = &self.inner.vault;
+        if !vault.needs_reseal(sealed) {
+            return Ok(None);
+        }
+        let plain = vault
+            .open(sealed, aad.as_bytes())
+            .map_err(|e| PlatformError::Internal(Box::new(e)))?;
+        Ok(Some(vault.seal(&plain, aad.as_bytes())))
     }
 }
 
