@@ -287,6 +287,7 @@ impl Platform {
         if let Some(env) = self.inner.hot.env(&digest) {
             return Ok(env);
         }
+        let ticket = self.inner.hot.ticket();
         let env = self
             .inner
             .store
@@ -295,7 +296,7 @@ impl Platform {
             .ok_or_else(|| {
                 PlatformError::unauthorized("INVALID_API_TOKEN", "invalid or revoked API token")
             })?;
-        Ok(self.inner.hot.put_env(digest, env))
+        Ok(self.inner.hot.put_env(ticket, digest, env))
     }
 
     // ---- sessions -----------------------------------------------------------
@@ -571,6 +572,7 @@ impl Platform {
         if let Some(c) = self.inner.hot.conn(&env.id, &digest) {
             return Ok(c);
         }
+        let ticket = self.inner.hot.ticket();
         let conn = self
             .inner
             .store
@@ -582,7 +584,7 @@ impl Platform {
                     "invalid access token (the connection may have been deleted)",
                 )
             })?;
-        Ok(self.inner.hot.put_conn(digest, conn))
+        Ok(self.inner.hot.put_conn(ticket, digest, conn))
     }
 
     /// Deletes a connection: revokes its access token, erases its

@@ -248,11 +248,23 @@ impl Platform {
     ) -> Result<StreamingResponse> {
         let integration = self.integration_of(conn)?;
         let c = self.hot_credential(integration, conn, None).await?;
+        let refreshable = refreshable(&c.cred);
+        // What a retry after a refresh sends; kept only when one can
+        // happen (a replayable body, a refreshable credential).
         let replay = match &call.body {
+            _ if !refreshable => None,
             OutBody::Empty => Some(OutBody::Empty),
             OutBody::Bytes(b) => Some(OutBody::Bytes(b.clone())),
             OutBody::Stream(_) => None,
-        };
+        }
+        .map(|body| Prepared {
+            method: call.method.clone(),
+            path: call.path.clone(),
+            query: Vec::new(),
+            headers: call.headers.clone(),
+            body,
+            content_length: None,
+        });
         let StreamCall {
             method,
             path,
@@ -260,32 +272,22 @@ impl Platform {
             body,
             content_length,
         } = call;
-        let prepared = |headers, body, content_length| Prepared {
-            method: method.clone(),
-            path: path.clone(),
+        let first = Prepared {
+            method,
+            path,
             query: Vec::new(),
             headers,
             body,
             content_length,
         };
-        let retry_headers = replay.as_ref().map(|_| headers.clone());
-        let resp = self
-            .stream_once(
-                integration,
-                conn,
-                &c,
-                prepared(headers, body, content_length),
-            )
-            .await?;
-        if resp.status == 401 && refreshable(&c.cred) {
+        let resp = self.stream_once(integration, conn, &c, first).await?;
+        if resp.status == 401 && refreshable {
             let c = self
                 .hot_credential(integration, conn, Some(c.version))
                 .await?;
-            if let (Some(body), Some(headers)) = (replay, retry_headers) {
+            if let Some(again) = replay {
                 drop(resp);
-                return self
-                    .stream_once(integration, conn, &c, prepared(headers, body, None))
-                    .await;
+                return self.stream_once(integration, conn, &c, again).await;
             }
         }
         Ok(resp)
@@ -339,6 +341,7 @@ impl Platform {
         {
             return Ok(c);
         }
+        let ticket = self.inner.hot.ticket();
         // Boxed: the refresh path's future is ten times the size of the
         // rest of a proxied call's, and every call would carry (and copy)
         // it inline.
@@ -348,6 +351,7 @@ impl Platform {
         let headers = berth_outbound::header_map(target.headers.iter().map(|(k, v)| (k, v))).ok();
         let context = Arc::new(self.call_context(integration, conn));
         Ok(self.inner.hot.put_credential(
+            ticket,
             &conn.id,
             hot::Credential {
                 cred,
@@ -400,7 +404,7 @@ impl Platform {
                 ..Default::default()
             }),
             at_ms: now_ms(),
-            method: method.chars().take(16).collect(),
+            method: method.chars().take(16).collect::<String>().into(),
             path,
             status: Some(status),
             latency_ms: 0,
@@ -424,11 +428,11 @@ impl Platform {
 
     /// Which budgets a call of `conn` draws from.
     fn call_context(&self, integration: &Integration, conn: &Connection) -> CallContext {
-        let own = BudgetKey {
-            key: format!("{}:{}:c:{}", integration.id, conn.environment_id, conn.id),
-            scope: "connection",
-            limit: None,
-        };
+        let own = BudgetKey::new(
+            format!("{}:{}:c:{}", integration.id, conn.environment_id, conn.id),
+            "connection",
+            None,
+        );
         let key = match &integration.rate_limit {
             None => own,
             Some(rl) => {
@@ -440,11 +444,11 @@ impl Platform {
                 match (rl.scope, account) {
                     // Shared by every connection of the tenant to this
                     // provider account; never across tenants.
-                    (LimitScope::Account, Some(a)) => BudgetKey {
-                        key: format!("{}:{}:a:{a}", integration.id, conn.environment_id),
-                        scope: "account",
+                    (LimitScope::Account, Some(a)) => BudgetKey::new(
+                        format!("{}:{}:a:{a}", integration.id, conn.environment_id),
+                        "account",
                         limit,
-                    },
+                    ),
                     _ => BudgetKey { limit, ..own },
                 }
             }
@@ -503,6 +507,9 @@ impl Platform {
         };
         let mut headers = call.headers;
         sanitize_request_headers(&mut headers);
+        if let Some(host) = &base.host {
+            headers.insert(http::header::HOST, host.clone());
+        }
         // The credential header wins over a caller's header of the same name.
         let mut last: Option<&HeaderName> = None;
         for (k, v) in c.headers()? {
@@ -610,6 +617,7 @@ impl Platform {
                             .store_refreshed_credential(&conn.id, version, &sealed, now_ms())
                             .await?
                         {
+                            self.inner.hot.forget_credential(&conn.id);
                             tracing::info!(connection = %conn.id, "token refreshed");
                             Ok((fresh, version + 1))
                         } else {

@@ -14,7 +14,8 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use governor::clock::{Clock, DefaultClock};
@@ -39,18 +40,60 @@ pub struct BudgetKey {
     /// `"account"` or `"connection"`.
     pub scope: &'static str,
     pub limit: Option<Limit>,
+    /// The key's entry once looked up: a key lives in a connection's call
+    /// context (cached per thread), so most calls skip the shared map.
+    pub slot: Slot,
 }
 
-#[derive(Default)]
-struct Entry {
-    limiter: Option<(Limit, DefaultDirectRateLimiter)>,
-    blocked_until: Option<Instant>,
+impl BudgetKey {
+    pub fn new(key: String, scope: &'static str, limit: Option<Limit>) -> Self {
+        BudgetKey {
+            key,
+            scope,
+            limit,
+            slot: Slot::default(),
+        }
+    }
+}
+
+/// See [`BudgetKey::slot`]. Clones share the entry once it is looked up.
+#[derive(Debug, Clone, Default)]
+pub struct Slot(OnceLock<Arc<Entry>>);
+
+/// One key's state, shared by every call of the key on every thread.
+#[derive(Debug, Default)]
+pub struct Entry {
+    limiter: Mutex<Option<(Limit, DefaultDirectRateLimiter)>>,
+    /// Nanoseconds after [`base`] until which the provider said no (0: it
+    /// did not). An atomic: every call reads it, and a read of a line
+    /// nobody writes costs nothing between cores, unlike a lock.
+    blocked_until: AtomicU64,
+}
+
+/// The instant `blocked_until` counts from.
+fn base() -> Instant {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    *BASE.get_or_init(Instant::now)
+}
+
+fn nanos_after_base(t: Instant) -> u64 {
+    // 1 at least: 0 means "not blocked".
+    (t.saturating_duration_since(base()).as_nanos() as u64).max(1)
+}
+
+impl Entry {
+    fn blocked_until(&self) -> Option<Instant> {
+        match self.blocked_until.load(Ordering::Acquire) {
+            0 => None,
+            n => Some(base() + Duration::from_nanos(n)),
+        }
+    }
 }
 
 #[derive(Default)]
 pub struct Budgets {
     /// foldhash: keys are ids Berth made (provider and connection ids).
-    entries: Mutex<HashMap<String, Arc<Mutex<Entry>>, foldhash::fast::RandomState>>,
+    entries: Mutex<HashMap<String, Arc<Entry>, foldhash::fast::RandomState>>,
     clock: DefaultClock,
 }
 
@@ -73,46 +116,42 @@ pub struct Exhausted {
 const MAX_KEYS: usize = 100_000;
 
 impl Budgets {
-    fn entry(&self, key: &BudgetKey) -> Arc<Mutex<Entry>> {
+    fn entry<'k>(&self, key: &'k BudgetKey) -> &'k Arc<Entry> {
+        key.slot.0.get_or_init(|| self.lookup(&key.key))
+    }
+
+    fn lookup(&self, key: &str) -> Arc<Entry> {
         let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= MAX_KEYS {
             let now = Instant::now();
             map.retain(|_, e| {
-                Arc::strong_count(e) > 1
-                    || e.lock()
-                        .map(|e| e.blocked_until.is_some_and(|b| b > now))
-                        .unwrap_or(false)
+                Arc::strong_count(e) > 1 || e.blocked_until().is_some_and(|b| b > now)
             });
         }
-        // Looked up by reference first: cloning the key for `entry` cost an
-        // allocation on every call.
-        let entry = match map.get(&key.key) {
+        match map.get(key) {
             Some(e) => e.clone(),
-            None => map.entry(key.key.clone()).or_default().clone(),
-        };
-        drop(map);
-        {
-            let mut e = entry.lock().unwrap_or_else(|p| p.into_inner());
-            let current = e.limiter.as_ref().map(|(l, _)| *l);
-            if current != key.limit {
-                e.limiter = key.limit.and_then(limiter).map(|r| (key.limit.unwrap(), r));
-            }
+            None => map.entry(key.to_string()).or_default().clone(),
         }
-        entry
     }
 
     /// How long `key` must wait before a call may go, taking one unit of
     /// the declared budget when it returns zero.
     fn wait_for(&self, key: &BudgetKey) -> (Duration, bool) {
-        let entry = self.entry(key);
-        let e = entry.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        if let Some(b) = e.blocked_until
-            && b > now
-        {
-            return (b - now, true);
+        let e = self.entry(key);
+        if let Some(b) = e.blocked_until() {
+            let now = Instant::now();
+            if b > now {
+                return (b - now, true);
+            }
         }
-        if let Some((_, lim)) = &e.limiter
+        let Some(limit) = key.limit else {
+            return (Duration::ZERO, false);
+        };
+        let mut lim = e.limiter.lock().unwrap_or_else(|p| p.into_inner());
+        if lim.as_ref().map(|(l, _)| *l) != Some(limit) {
+            *lim = limiter(limit).map(|r| (limit, r));
+        }
+        if let Some((_, lim)) = lim.as_ref()
             && let Err(not_until) = lim.check()
         {
             return (not_until.wait_time_from(self.clock.now()), false);
@@ -127,7 +166,6 @@ impl Budgets {
         keys: &[BudgetKey],
         max_wait: Duration,
     ) -> Result<Duration, Exhausted> {
-        let started = Instant::now();
         let mut slept = Duration::ZERO;
         'outer: loop {
             for key in keys {
@@ -135,8 +173,10 @@ impl Budgets {
                 if wait.is_zero() {
                     continue;
                 }
-                let waited = started.elapsed();
-                if waited + wait > max_wait {
+                // Time asleep so far stands in for time waited: the calls
+                // that get here are the rare ones, and this keeps a clock
+                // read off every other call.
+                if slept + wait > max_wait {
                     return Err(Exhausted {
                         retry_after: wait,
                         scope: key.scope,
@@ -155,16 +195,17 @@ impl Budgets {
 
     /// Blocks `key` until `until` (keeps the later of two blocks).
     pub fn block(&self, key: &BudgetKey, until: Instant) {
-        let entry = self.entry(key);
-        let mut e = entry.lock().unwrap_or_else(|p| p.into_inner());
-        if e.blocked_until.is_none_or(|b| b < until) {
-            e.blocked_until = Some(until);
-        }
+        self.entry(key)
+            .blocked_until
+            .fetch_max(nanos_after_base(until), Ordering::AcqRel);
     }
 
     /// Learns from a provider answer: a 429, or headers saying the quota is
     /// used up, block the key until the quota returns.
     pub fn learn(&self, key: &BudgetKey, status: u16, headers: &HeaderMap) {
+        if !signals_limit(status, headers) {
+            return;
+        }
         if let Some(d) = exhausted_for(status, headers, SystemTime::now()) {
             self.block(key, Instant::now() + d);
         }
@@ -202,16 +243,19 @@ fn reset_in(value: f64, now: SystemTime) -> Duration {
     Duration::from_secs_f64(secs.clamp(0.0, 86_400.0))
 }
 
-/// For how long the provider says its quota is gone, if it says so.
-pub fn exhausted_for(status: u16, h: &HeaderMap, now: SystemTime) -> Option<Duration> {
-    // Most answers carry none of these headers: one pass over the names
-    // instead of a lookup per spelling.
-    if status != 429
-        && !h.keys().any(|k| {
+/// Whether an answer may say the quota is gone. Most answers carry none of
+/// the headers: one pass over the names instead of a lookup per spelling.
+fn signals_limit(status: u16, h: &HeaderMap) -> bool {
+    status == 429
+        || h.keys().any(|k| {
             let k = k.as_str();
             k.contains("rate") || k.starts_with("sforce-limit")
         })
-    {
+}
+
+/// For how long the provider says its quota is gone, if it says so.
+pub fn exhausted_for(status: u16, h: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    if !signals_limit(status, h) {
         return None;
     }
     if status == 429 {
@@ -316,14 +360,14 @@ mod tests {
     #[tokio::test]
     async fn declared_limit_queues_then_refuses() {
         let b = Budgets::default();
-        let key = BudgetKey {
-            key: "p:acct".into(),
-            scope: "account",
-            limit: Some(Limit {
+        let key = BudgetKey::new(
+            "p:acct".into(),
+            "account",
+            Some(Limit {
                 requests: 2,
                 per_seconds: 1,
             }),
-        };
+        );
         let keys = [key];
         assert!(b.acquire(&keys, Duration::ZERO).await.is_ok());
         assert!(b.acquire(&keys, Duration::ZERO).await.is_ok());
@@ -338,21 +382,17 @@ mod tests {
     #[tokio::test]
     async fn learned_block_applies_to_every_caller_of_the_key() {
         let b = Budgets::default();
-        let key = BudgetKey {
-            key: "p:c1".into(),
-            scope: "connection",
-            limit: None,
-        };
+        let key = BudgetKey::new("p:c1".into(), "connection", None);
         b.learn(&key, 429, &hm(&[("retry-after", "60")]));
         let e = b
             .acquire(std::slice::from_ref(&key), Duration::from_secs(1))
             .await
             .unwrap_err();
         assert!(e.learned && e.retry_after > Duration::from_secs(55));
-        let other = BudgetKey {
-            key: "p:c2".into(),
-            ..key
-        };
+        // Another key value of the same budget (another thread's context).
+        let same = BudgetKey::new("p:c1".into(), "connection", None);
+        assert!(b.acquire(&[same], Duration::from_secs(1)).await.is_err());
+        let other = BudgetKey::new("p:c2".into(), "connection", None);
         assert!(b.acquire(&[other], Duration::ZERO).await.is_ok());
     }
 }

@@ -133,6 +133,18 @@ impl Lane {
     }
 }
 
+/// The `Host` header of a request to `uri` (its authority, without the
+/// scheme's default port). Callers that send many requests to one host can
+/// make it once and set it themselves.
+pub fn host_header(uri: &http::Uri) -> Option<HeaderValue> {
+    let authority = uri.authority()?;
+    let host = match (uri.scheme_str(), authority.port_u16()) {
+        (Some("https"), Some(443)) | (Some("http"), Some(80)) => authority.host(),
+        _ => authority.as_str(),
+    };
+    HeaderValue::from_str(host).ok()
+}
+
 /// Why a request got no response.
 pub(crate) enum SendError {
     /// No connection could be made (nothing was sent).
@@ -186,13 +198,9 @@ impl Pools {
             authority: authority.clone(),
         };
         if !req.headers().contains_key(http::header::HOST) {
-            let host = match authority.port_u16() {
-                Some(443) if *scheme == http::uri::Scheme::HTTPS => authority.host(),
-                Some(80) if *scheme == http::uri::Scheme::HTTP => authority.host(),
-                _ => authority.as_str(),
-            };
-            let host = HeaderValue::from_str(host)
-                .map_err(|_| SendError::InvalidUrl("the URL's host is not a valid Host header"))?;
+            let host = host_header(&uri).ok_or(SendError::InvalidUrl(
+                "the URL's host is not a valid Host header",
+            ))?;
             req.headers_mut().insert(http::header::HOST, host);
         }
         // HTTP/1.1 requests name the path only.
@@ -378,7 +386,7 @@ pub struct BodyStream {
     /// much, so reaching it is a complete body even without an end.
     pub(crate) expected: Option<u64>,
     pub(crate) entry: Option<LogEntry>,
-    pub(crate) outbound: Outbound,
+    pub(crate) outbound: Arc<Outbound>,
     pub(crate) idle_after: Duration,
     /// Armed only while the provider keeps the body waiting: most bodies
     /// are complete when first polled and never need a timer.

@@ -17,6 +17,8 @@ mod client;
 pub mod metrics;
 pub mod retry;
 
+use std::borrow::Cow;
+use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -29,7 +31,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use tokio::sync::mpsc;
 
-pub use client::{BodyStream, set_serving_lane};
+pub use client::{BodyStream, host_header, set_serving_lane};
 use client::{BoxError, Pools, ReqBody, SendError, timed_out};
 
 pub use budget::{BudgetKey, Budgets, Limit};
@@ -212,7 +214,8 @@ pub struct LogEntry {
     /// with the caller rather than copied per call.
     pub context: Arc<CallContext>,
     pub at_ms: i64,
-    pub method: String,
+    /// Borrowed for the standard methods: no allocation per call.
+    pub method: Cow<'static, str>,
     /// Query values are redacted.
     pub path: String,
     pub status: Option<u16>,
@@ -233,6 +236,8 @@ struct Inner {
     metrics: Metrics,
     log_tx: mpsc::Sender<LogEntry>,
     log_rx: Mutex<Option<mpsc::Receiver<LogEntry>>>,
+    /// `config.user_agent` as a header value, parsed once.
+    user_agent: Option<HeaderValue>,
 }
 
 /// The shared client. Cheap to clone (pool, budgets and metrics are shared).
@@ -252,6 +257,17 @@ pub fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// A method's name as the request log keeps it.
+pub fn method_name(m: &Method) -> Cow<'static, str> {
+    const STANDARD: [&str; 9] = [
+        "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "TRACE", "CONNECT",
+    ];
+    match STANDARD.iter().find(|s| **s == m.as_str()) {
+        Some(s) => Cow::Borrowed(s),
+        None => Cow::Owned(m.as_str().chars().take(16).collect()),
+    }
 }
 
 /// `path?k=***&…`: what the request log keeps of a URL.
@@ -316,6 +332,7 @@ impl Outbound {
                 metrics: Metrics::default(),
                 log_tx,
                 log_rx: Mutex::new(Some(log_rx)),
+                user_agent: HeaderValue::from_str(&config.user_agent).ok(),
             }),
         })
     }
@@ -339,6 +356,27 @@ impl Outbound {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take()
+    }
+
+    /// This client as a handle whose reference count only the calling
+    /// thread touches: a streamed body keeps one until it ends, and a
+    /// clone of the shared `Arc` per call was an atomic write to a line
+    /// every serving thread uses.
+    fn thread_handle(&self) -> Arc<Outbound> {
+        thread_local! {
+            static HANDLES: RefCell<Vec<Arc<Outbound>>> = const { RefCell::new(Vec::new()) };
+        }
+        HANDLES.with(|h| {
+            let mut h = h.borrow_mut();
+            if let Some(o) = h.iter().find(|o| Arc::ptr_eq(&o.inner, &self.inner)) {
+                return o.clone();
+            }
+            // Clients nobody else holds any more (tests make many).
+            h.retain(|o| Arc::strong_count(&o.inner) > 1);
+            let o = Arc::new(self.clone());
+            h.push(o.clone());
+            o
+        })
     }
 
     /// Records an entry (also used for calls refused before reaching this
@@ -414,10 +452,10 @@ impl Outbound {
         }
         let repeatable = is_idempotent(&method) || headers.contains_key("idempotency-key");
         let mut header_map = headers;
-        if !header_map.contains_key(http::header::USER_AGENT)
-            && let Ok(ua) = HeaderValue::from_str(&cfg.user_agent)
+        if let Some(ua) = &self.inner.user_agent
+            && !header_map.contains_key(http::header::USER_AGENT)
         {
-            header_map.insert(http::header::USER_AGENT, ua);
+            header_map.insert(http::header::USER_AGENT, ua.clone());
         }
         let first_byte = if buffered {
             cfg.first_byte_timeout.min(cfg.total_timeout)
@@ -516,7 +554,7 @@ impl Outbound {
         LogEntry {
             context: ctx.clone(),
             at_ms: now_ms(),
-            method: method.to_string(),
+            method: method_name(method),
             path: redacted_path(uri),
             status: None,
             latency_ms: 0,
@@ -629,8 +667,6 @@ impl Outbound {
         req: OutboundRequest,
     ) -> Result<StreamingResponse, OutboundError> {
         let started = Instant::now();
-        let ctx = req.context.clone();
-        let provider = ctx.as_deref().map_or("unknown", |c| c.provider.as_str());
         let request_bytes = match &req.body {
             OutBody::Bytes(b) => Some(b.len() as u64),
             OutBody::Empty => Some(0),
@@ -642,6 +678,9 @@ impl Outbound {
             .map(|c| self.entry_for(c, &req.method, &req.uri, request_bytes));
         let (result, retries) = self.execute(req, false).await;
         let latency = started.elapsed();
+        let provider = entry
+            .as_ref()
+            .map_or("unknown", |e| e.context.provider.as_str());
         match result {
             Ok(resp) => {
                 let status = resp.status().as_u16();
@@ -663,7 +702,7 @@ impl Outbound {
                         bytes: 0,
                         expected,
                         entry,
-                        outbound: self.clone(),
+                        outbound: self.thread_handle(),
                         idle_after: self.inner.config.idle_timeout,
                         idle: None,
                     },

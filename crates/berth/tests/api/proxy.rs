@@ -1166,3 +1166,48 @@ async fn proxy_streams_large_bodies_both_ways() {
     assert_eq!(big["responseBytes"], n);
     assert!(big["error"].is_null(), "{big}");
 }
+
+/// The hot cache is per serving thread: deleting a connection must reach
+/// every thread's copy before its next call, not after the cache's TTL.
+/// Each client keeps its one keep-alive connection, so a client's calls
+/// stay on the serving thread that accepted it; with eight of them both
+/// threads hold the connection when it is deleted.
+#[tokio::test]
+async fn a_deleted_connection_is_refused_on_every_serving_thread_at_once() {
+    let Env { app, .. } = setup().await;
+    let (id, access) = app.connect_key("fake", json!({"api-key": "k"})).await;
+    let clients: Vec<reqwest::Client> = (0..8)
+        .map(|_| {
+            reqwest::Client::builder()
+                .pool_max_idle_per_host(1)
+                .build()
+                .unwrap()
+        })
+        .collect();
+    let call = |c: &reqwest::Client| {
+        c.get(format!("{}/proxy/echo", app.base))
+            .header("x-vessel-api-token", &app.dev_token)
+            .header("x-vessel-access-token", &access)
+            .send()
+    };
+    for c in &clients {
+        assert_eq!(call(c).await.unwrap().status(), 200);
+    }
+    let r = app
+        .post(
+            "/connections/delete",
+            &[
+                ("x-vessel-api-token", &app.dev_token),
+                ("x-vessel-access-token", &access),
+            ],
+            json!({"id": id}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    for c in &clients {
+        let r = call(c).await.unwrap();
+        assert_eq!(r.status(), 401);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "INVALID_ACCESS_TOKEN", "{body}");
+    }
+}
