@@ -177,16 +177,22 @@ pub async fn healthz(State(state): State<AppState>) -> Response {
 }
 
 /// Prometheus metrics: provider calls by provider and status, latency
-/// histograms, retries, rate-limit waits. No tenant data in any label.
+/// histograms, retries, rate-limit waits; webhook delivery attempts by
+/// outcome, their latency, disabled endpoints and the delivery backlog. No
+/// tenant data in any label.
 #[utoipa::path(get, path = "/metrics", tag = "meta",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 async fn metrics(State(state): State<AppState>) -> Response {
+    let mut out = String::new();
+    state.platform.outbound().metrics().encode_into(&mut out);
+    state.webhooks.encode_metrics(&mut out).await;
+    out.push_str("# EOF\n");
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.platform.outbound().metrics().encode(),
+        out,
     )
         .into_response()
 }

@@ -99,6 +99,13 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Appends the metrics in the OpenMetrics text format, without the
+    /// closing `# EOF` (for a page that serves several registries).
+    pub fn encode_into(&self, out: &mut String) {
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode_registry(out, &self.registry);
+    }
+
     /// The Prometheus text exposition format.
     pub fn encode(&self) -> String {
         let mut out = String::new();

@@ -84,6 +84,17 @@ pub struct ClaimedMessage {
     pub replay: i64,
 }
 
+/// Messages still owed, across every endpoint and node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WebhookBacklog {
+    /// Neither delivered nor dead: due, waiting for a retry, or in flight.
+    pub pending: i64,
+    /// Pending messages whose next attempt is due.
+    pub due: i64,
+    /// When the longest-waiting due message became due.
+    pub oldest_due_at: Option<i64>,
+}
+
 /// The outcome of one delivery attempt, as the dispatcher records it.
 #[derive(Debug, Clone)]
 pub struct AttemptResult {
@@ -606,6 +617,21 @@ impl Store {
             }
         }
         Ok(total)
+    }
+
+    /// What delivery still owes at `now` (one pass over the due index).
+    pub async fn webhook_backlog(&self, now: i64) -> Result<WebhookBacklog> {
+        let sql = "SELECT COUNT(*), \
+                   COALESCE(SUM(CASE WHEN next_attempt_at <= $1 THEN 1 ELSE 0 END), 0), \
+                   MIN(next_attempt_at) \
+                   FROM webhook_messages WHERE next_attempt_at IS NOT NULL";
+        let (pending, due, oldest): (i64, i64, Option<i64>) =
+            with_db!(self, p => sqlx::query_as(sql).bind(now).fetch_one(p).await)?;
+        Ok(WebhookBacklog {
+            pending,
+            due,
+            oldest_due_at: oldest.filter(|t| *t <= now),
+        })
     }
 
     /// One page of an environment's messages, newest first.

@@ -340,7 +340,8 @@ impl Dispatcher {
         let started = Instant::now();
         let attempted_at = now_ms();
         let outcome = self.post(endpoint, event, target, body, attempted_at).await;
-        let latency_ms = started.elapsed().as_millis() as i64;
+        let latency = started.elapsed();
+        let latency_ms = latency.as_millis() as i64;
         let attempts = m.attempts + 1;
         let gone = outcome.status == Some(410);
         let success = outcome.status.is_some_and(|s| (200..300).contains(&s));
@@ -351,6 +352,19 @@ impl Dispatcher {
                 .get(attempts as usize)
                 .map(|d| now_ms() + jitter(*d).as_millis() as i64)
         };
+        let m_ = self.hooks.metrics();
+        m_.duration.observe(latency.as_secs_f64());
+        let outcome_label = match (success, gone, next_attempt_at.is_some()) {
+            (true, _, _) => "delivered",
+            (_, true, _) => "gone",
+            (_, _, true) => "retrying",
+            _ => "dead",
+        };
+        m_.attempts
+            .get_or_create(&crate::metrics::OutcomeLabel {
+                outcome: outcome_label,
+            })
+            .inc();
         if gone {
             self.disable(endpoint, "the receiver answered 410 Gone")
                 .await;
@@ -406,7 +420,10 @@ impl Dispatcher {
             )
             .await;
         match r {
-            Ok(true) => tracing::warn!(endpoint = %e.id, reason, "webhook endpoint disabled"),
+            Ok(true) => {
+                self.hooks.metrics().disabled.inc();
+                tracing::warn!(endpoint = %e.id, reason, "webhook endpoint disabled")
+            }
             Ok(false) => {}
             Err(err) => {
                 tracing::warn!(error = %err, endpoint = %e.id, "cannot disable a webhook endpoint")

@@ -14,6 +14,7 @@
 
 pub mod dispatcher;
 pub mod events;
+pub mod metrics;
 pub mod signing;
 pub mod ssrf;
 
@@ -117,6 +118,7 @@ struct Inner {
     store: Store,
     vault: Vault,
     config: WebhookConfig,
+    metrics: metrics::WebhookMetrics,
 }
 
 fn secret_aad(endpoint_id: &str) -> Vec<u8> {
@@ -142,6 +144,7 @@ impl Webhooks {
                 store,
                 vault,
                 config,
+                metrics: Default::default(),
             }),
         }
     }
@@ -152,6 +155,23 @@ impl Webhooks {
 
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    pub(crate) fn metrics(&self) -> &metrics::WebhookMetrics {
+        &self.inner.metrics
+    }
+
+    /// Appends the delivery metrics to `out` (OpenMetrics text, no `# EOF`),
+    /// with the backlog read from the store now. If the store cannot be
+    /// read, the backlog gauges keep their last values and the failure is
+    /// logged: a scrape still gets the counters.
+    pub async fn encode_metrics(&self, out: &mut String) {
+        let now = now_ms();
+        match self.store().webhook_backlog(now).await {
+            Ok(b) => self.inner.metrics.set_backlog(&b, now),
+            Err(e) => tracing::warn!(error = %e, "cannot read the webhook backlog for /metrics"),
+        }
+        self.inner.metrics.encode_into(out);
     }
 
     /// Checks a target URL: https (unless the dangerous switch is on), no

@@ -594,6 +594,27 @@ async fn vessel_v1_and_v2_payloads_and_signatures() {
     assert_eq!(seen.len(), 4, "{seen:?}");
 }
 
+/// One sample of `/metrics` (name with its labels as the page spells
+/// them); the page must be valid OpenMetrics text ending in `# EOF`.
+async fn metric(app: &TestApp, series: &str) -> f64 {
+    let text = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    assert_eq!(text.matches("# EOF").count(), 1, "{text}");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {series} in {text}"))
+        .parse()
+        .unwrap()
+}
+
 #[tokio::test]
 async fn an_outage_loses_nothing_then_dead_letters_replay() {
     // Attempts at 0, 0.2 s, 0.4 s, 0.8 s and 1.6 s stand in for the hours
@@ -620,6 +641,17 @@ async fn an_outage_loses_nothing_then_dead_letters_replay() {
         |m| m.len() == 40,
     )
     .await;
+    // /metrics shows the outage: every message pending, attempts retrying.
+    assert_eq!(metric(&app, "berth_webhooks_pending_messages").await, 40.0);
+    assert!(
+        metric(
+            &app,
+            "berth_webhooks_delivery_attempts_total{outcome=\"retrying\"}"
+        )
+        .await
+            >= 40.0
+    );
+    assert!(metric(&app, "berth_webhooks_delivery_duration_seconds_count").await >= 40.0);
     rx.set(Mode::Ok);
     let got = rx
         .wait("every event after the outage", 20, |g| ids(g).len() == 40)
@@ -663,6 +695,24 @@ async fn an_outage_loses_nothing_then_dead_letters_replay() {
         |m| m.len() == 10,
     )
     .await;
+    assert_eq!(
+        metric(
+            &app,
+            "berth_webhooks_delivery_attempts_total{outcome=\"dead\"}"
+        )
+        .await,
+        10.0
+    );
+    assert_eq!(
+        metric(
+            &app,
+            "berth_webhooks_delivery_attempts_total{outcome=\"delivered\"}"
+        )
+        .await,
+        40.0
+    );
+    assert_eq!(metric(&app, "berth_webhooks_pending_messages").await, 0.0);
+    assert_eq!(metric(&app, "berth_webhooks_oldest_due_seconds").await, 0.0);
     // ... and a replay of everything failed since then delivers them with the same ids.
     rx.set(Mode::Ok);
     let r = app
