@@ -131,6 +131,23 @@ impl TestApp {
     }
 
     /// POST a JSON body with headers.
+    /// The `/metrics` page, checked to be one OpenMetrics document (a
+    /// single closing `# EOF`).
+    pub async fn metrics_text(&self) -> String {
+        let text = self
+            .client
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert_eq!(text.matches("# EOF").count(), 1, "{text}");
+        text
+    }
+
     pub async fn post(&self, path: &str, headers: &[(&str, &str)], body: Value) -> Resp {
         let mut h = headers.to_vec();
         h.push(("content-type", "application/json"));

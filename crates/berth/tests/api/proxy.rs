@@ -742,15 +742,7 @@ async fn retries_follow_method_safety_and_retry_after() {
     assert_eq!(held["status"], 429);
     assert_eq!(held["layer"], "berth");
     // Metrics saw retries and the held-back call.
-    let m = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = app.metrics_text().await;
     assert!(
         m.contains("berth_outbound_retries_total{provider=\"fake\"}"),
         "{m}"
@@ -851,15 +843,7 @@ async fn queued_calls_wait_for_the_budget_instead_of_failing() {
         t.elapsed()
     );
     assert_eq!(fake.count("counted:wq"), 2);
-    let m = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = app.metrics_text().await;
     assert!(
         m.contains("berth_outbound_rate_limit_waits_total{provider=\"fake\",outcome=\"waited\"} 1"),
         "{m}"

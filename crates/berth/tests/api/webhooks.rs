@@ -595,19 +595,9 @@ async fn vessel_v1_and_v2_payloads_and_signatures() {
 }
 
 /// One sample of `/metrics` (name with its labels as the page spells
-/// them); the page must be valid OpenMetrics text ending in `# EOF`.
+/// them).
 async fn metric(app: &TestApp, series: &str) -> f64 {
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(text.ends_with("# EOF\n"), "{text}");
-    assert_eq!(text.matches("# EOF").count(), 1, "{text}");
+    let text = app.metrics_text().await;
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .unwrap_or_else(|| panic!("no {series} in {text}"))
