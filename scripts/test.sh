@@ -10,14 +10,19 @@
 #  5. the HubSpot connector's calls checked against HubSpot's official
 #     OpenAPI specs through Stoplight Prism's validating proxy
 # It installs what it needs (postgresql, chromium, the e2e node packages,
-# the Python standardwebhooks package the webhook tests verify with, and
-# Stoplight Prism from npm).
+# the Python packages the webhook and Vessel-file tests use, and Stoplight
+# Prism from npm).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! python3 -c 'import standardwebhooks' 2>/dev/null; then
-  echo "installing the Python standardwebhooks package (PyPI)..." >&2
-  python3 -m pip install --quiet --disable-pip-version-check standardwebhooks >&2
+# standardwebhooks: the webhook tests verify signatures with it;
+# jsonschema and PyYAML: tests/vessel/conformance.py validates Berth's
+# answers against Vessel's OpenAPI files with them.
+if ! python3 -c 'import standardwebhooks, jsonschema, yaml' 2>/dev/null; then
+  echo "installing Python packages (PyPI): standardwebhooks jsonschema PyYAML..." >&2
+  python3 -m pip install --quiet --disable-pip-version-check standardwebhooks jsonschema PyYAML >&2 \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages \
+         standardwebhooks jsonschema PyYAML >&2
 fi
 
 PG_URL=$(scripts/pg-throwaway.sh start)

@@ -340,10 +340,11 @@ markdown = "Sign in at Acme (a local oidc-provider)."
     log(`50 calls, ${oidc.stats.tokenPosts - before} refresh request`);
 
     // 4. Across processes (PostgreSQL): two Berth servers share the store.
+    let me2 = me;
     if (BACKEND === 'postgres') {
       log('refresh race (two processes)');
       const berth2 = await startBerth({ port: berth2Port, dataDir, dbUrl, providersFile, configFile, name: 'berth2' });
-      const me2 = () => call(berth2.url, '/passthrough', { ...api, 'x-vessel-access-token': accessToken }, { method: 'GET', path: '/me' });
+      me2 = () => call(berth2.url, '/passthrough', { ...api, 'x-vessel-access-token': accessToken }, { method: 'GET', path: '/me' });
       await sleep(AT_TTL * 1000);
       before = oidc.stats.tokenPosts;
       results = await Promise.all(Array.from({ length: 50 }, (_, i) => (i % 2 ? me() : me2())));
@@ -356,11 +357,20 @@ markdown = "Sign in at Acme (a local oidc-provider)."
     // 5. The provider refuses the refresh token: the connection needs
     //    re-authentication, visibly, and the modal re-authenticates it in place.
     log('invalid_grant and re-authentication');
+    //    20 racing calls (over two processes on PostgreSQL) send the dead
+    //    refresh token once; every one answers 409.
     oidc.stats.failTokens = true;
     await sleep(AT_TTL * 1000);
+    before = oidc.stats.tokenPosts;
+    results = await Promise.all(Array.from({ length: 20 }, (_, i) => (i % 2 ? me() : me2())));
+    assert.deepEqual(results.filter((x) => x.status !== 409).map((x) => [x.status, x.body]), [], 'every racing call answers 409');
+    assert.ok(results.every((x) => x.body.error.code === 'CONNECTION_NEEDS_REAUTH'));
+    assert.equal(oidc.stats.tokenPosts - before, 1, 'exactly one refused refresh request for 20 racing calls');
+    log(`20 racing calls, ${oidc.stats.tokenPosts - before} refused refresh request`);
     r = await me();
     assert.equal(r.status, 409, JSON.stringify(r.body));
     assert.equal(r.body.error.code, 'CONNECTION_NEEDS_REAUTH');
+    assert.equal(oidc.stats.tokenPosts - before, 1, 'a later call does not try again');
     let c = (await call(berthUrl, '/connections/find', api, { id: connectionId })).body.result.connection;
     assert.equal(c.authState, 'needs_reauth');
     assert.match(c.authError, /invalid_grant/);

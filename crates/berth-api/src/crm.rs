@@ -48,9 +48,9 @@ impl<F> From<CrmError> for ApiError<F> {
         let message = e.to_string();
         match e {
             CrmError::Syncing => Self::new(StatusCode::CONFLICT, "DATA_STILL_SYNCING", message),
-            CrmError::NotSupported(_) => {
-                Self::new(StatusCode::NOT_IMPLEMENTED, "NOT_SUPPORTED", message)
-            }
+            // A 4xx: monitors read every 5xx as Berth's own failure, and
+            // this is the caller asking for what the integration lacks.
+            CrmError::NotSupported(_) => Self::bad_request("NOT_SUPPORTED", message),
             CrmError::BadRequest { code, .. } => Self::bad_request(code, message),
             CrmError::NotFound(_) => Self::new(StatusCode::NOT_FOUND, "OBJECT_NOT_FOUND", message),
             CrmError::Provider { status, .. } => {
@@ -314,7 +314,7 @@ pub(crate) async fn v1_get_1(
         ("op" = String, Path, description = "details, batch, attendees, attendee"),
     ),
     security(("v1ApiToken" = [])),
-    responses((status = 200, body = Value), (status = 400, body = V1ErrorBody), (status = 401, body = V1ErrorBody), (status = 404, body = V1ErrorBody), (status = 409, body = V1ErrorBody), (status = 501, body = V1ErrorBody)))]
+    responses((status = 200, body = Value), (status = 400, body = V1ErrorBody), (status = 401, body = V1ErrorBody), (status = 404, body = V1ErrorBody), (status = 409, body = V1ErrorBody)))]
 pub(crate) async fn v1_get_2(
     state: State<AppState>,
     env: ApiEnv<V1>,
@@ -506,7 +506,7 @@ pub(crate) async fn v1_write_1(
         ("limit" = Option<i64>, Query),
     ),
     request_body = Value, security(("v1ApiToken" = [])),
-    responses((status = 200, body = Value), (status = 400, body = V1ErrorBody), (status = 401, body = V1ErrorBody), (status = 404, body = V1ErrorBody), (status = 409, body = V1ErrorBody), (status = 501, body = V1ErrorBody), (status = 502, body = V1ErrorBody)))]
+    responses((status = 200, body = Value), (status = 400, body = V1ErrorBody), (status = 401, body = V1ErrorBody), (status = 404, body = V1ErrorBody), (status = 409, body = V1ErrorBody), (status = 502, body = V1ErrorBody)))]
 pub(crate) async fn v1_write_2(
     state: State<AppState>,
     env: ApiEnv<V1>,
@@ -726,7 +726,7 @@ async fn v2_custom_field(state: &AppState, conn: &Connection, input: &Map<String
         ("op" = String, Path, description = "list, find, create, update, delete, batch-read, details"),
     ),
     request_body = Value, security(("apiToken" = [], "accessToken" = [])),
-    responses((status = 200, body = Envelope<Value>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 429, body = ErrorBody), (status = 501, body = ErrorBody), (status = 502, body = ErrorBody)))]
+    responses((status = 200, body = Envelope<Value>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 429, body = ErrorBody), (status = 502, body = ErrorBody)))]
 pub(crate) async fn v2_op(
     State(state): State<AppState>,
     access: AccessConnection<V2>,
@@ -798,7 +798,7 @@ pub(crate) async fn v2_op(
     };
     let str_of = |k: &str| input.get(k).and_then(Value::as_str).map(String::from);
     let one = |input: &Map<String, Value>| -> Result<Map<String, Value>, ApiError<V2>> {
-        match input.get(o.v2_one_key) {
+        match o.v2_write_keys().iter().find_map(|k| input.get(*k)) {
             Some(Value::Object(m)) => Ok(m.clone()),
             _ => Err(ApiError::bad_request(
                 "INVALID_BODY",
@@ -845,7 +845,7 @@ pub(crate) async fn v2_op(
                     &args,
                     &view,
                     "v2",
-                    |items, next| json!({"result": {o.name: items, "nextPageCursor": next}}),
+                    |items, next| json!({"result": {o.v2_list_key(): items, "nextPageCursor": next}}),
                 )
                 .await,
             );
@@ -872,7 +872,7 @@ pub(crate) async fn v2_op(
             };
             crm.batch(conn, o, Generation::V2, &ids, &view)
                 .await
-                .map(|(found, _)| json!({o.name: found}))
+                .map(|(found, _)| json!({o.v2_list_key(): found}))
         }
         "create" => match one(&input) {
             Ok(m) => crm

@@ -298,3 +298,103 @@ impl<F: Family> FromRequestParts<AppState> for AccessConnection<F> {
         })
     }
 }
+
+/// Reads the body of a GET, HEAD, DELETE or OPTIONS request before its
+/// handler runs. Those handlers do not read bodies, and a connection closed
+/// with unread request bytes is reset, which cut the answer off for the
+/// client (Vessel's v1 callers send GETs with JSON bodies). Up to the body
+/// limit the body is buffered and handed on; past it the answer is 413,
+/// after draining. Other methods pass through untouched, with no boxing, as
+/// the proxy's hot path runs through here.
+#[derive(Clone, Copy, Default)]
+pub struct ReadBodylessBodies;
+
+impl<S> tower::Layer<S> for ReadBodylessBodies {
+    type Service = ReadBodyless<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        ReadBodyless(inner)
+    }
+}
+
+#[derive(Clone)]
+pub struct ReadBodyless<S>(S);
+
+type BoxedResponse = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = Result<axum::response::Response, std::convert::Infallible>>
+            + Send,
+    >,
+>;
+
+impl<S> tower::Service<Request> for ReadBodyless<S>
+where
+    S: tower::Service<
+            Request,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = futures_util::future::Either<S::Future, BoxedResponse>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        use axum::http::{Method, header};
+        let bodyless = matches!(
+            *req.method(),
+            Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS
+        );
+        let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
+            || req
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .is_some_and(|v| v.as_bytes() != b"0");
+        if !(bodyless && has_body) {
+            return futures_util::future::Either::Left(self.0.call(req));
+        }
+        // The clone that was made ready is the one called.
+        let clone = self.0.clone();
+        let mut inner = std::mem::replace(&mut self.0, clone);
+        futures_util::future::Either::Right(Box::pin(async move {
+            use axum::response::IntoResponse;
+            use http_body_util::BodyExt;
+            let (parts, mut body) = req.into_parts();
+            let limited = http_body_util::Limited::new(&mut body, crate::MAX_BODY_BYTES);
+            let bytes = match limited.collect().await {
+                Ok(c) => c.to_bytes(),
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                    drain(body).await;
+                    return Ok(ApiError::<crate::error::V2>::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "PAYLOAD_TOO_LARGE",
+                        format!(
+                            "request body is larger than {} bytes",
+                            crate::MAX_BODY_BYTES
+                        ),
+                    )
+                    .into_response());
+                }
+                Err(e) => {
+                    return Ok(ApiError::<crate::error::V2>::bad_request(
+                        "INVALID_BODY",
+                        format!("could not read the request body: {e}"),
+                    )
+                    .into_response());
+                }
+            };
+            inner
+                .call(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                .await
+        }))
+    }
+}

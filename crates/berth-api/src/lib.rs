@@ -119,7 +119,8 @@ pub fn router(state: AppState, extra: Router) -> Router {
     let app = api.merge(extra);
     let limits = tower::ServiceBuilder::new()
         .layer(CatchPanicLayer::custom(panic_response))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(extract::ReadBodylessBodies);
     // Decision: the access-log layer only when its lines are written (the
     // filter is fixed at start): it reads the clock three times and wraps
     // every response body, for nothing when `BERTH_LOG` is `warn`.

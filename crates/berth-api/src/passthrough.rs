@@ -98,6 +98,18 @@ fn to_call<F>(input: CallIn) -> Result<ProviderCall, ApiError<F>> {
             Value::Null => continue,
             other => other.to_string(),
         };
+        // As `/proxy` does for its raw query: a control character has no
+        // business in a provider's query, and encoded it can still split
+        // a header or a log line downstream.
+        if k.chars().chain(v.chars()).any(char::is_control) {
+            return Err(ApiError::bad_request(
+                "INVALID_QUERY",
+                format!(
+                    "query parameter `{}` has a control character (CR, LF, NUL...)",
+                    k.escape_debug()
+                ),
+            ));
+        }
         query.push((k, v));
     }
     Ok(ProviderCall {
@@ -106,6 +118,7 @@ fn to_call<F>(input: CallIn) -> Result<ProviderCall, ApiError<F>> {
         query,
         headers,
         body,
+        read_only: false,
     })
 }
 

@@ -51,6 +51,9 @@ pub struct ProviderCall {
     pub query: Vec<(String, String)>,
     pub headers: Vec<(String, String)>,
     pub body: Option<Vec<u8>>,
+    /// A read sent with a method that does not say so (a search POST):
+    /// the outbound layer may repeat it like a GET.
+    pub read_only: bool,
 }
 
 /// A raw call whose body may be a stream (the `/proxy` mode). `path` may
@@ -75,6 +78,7 @@ struct Prepared {
     headers: HeaderMap,
     body: OutBody,
     content_length: Option<String>,
+    read_only: bool,
 }
 
 impl Prepared {
@@ -88,6 +92,7 @@ impl Prepared {
             headers,
             body: c.body.into(),
             content_length: None,
+            read_only: c.read_only,
         })
     }
 }
@@ -264,6 +269,7 @@ impl Platform {
             headers: call.headers.clone(),
             body,
             content_length: None,
+            read_only: false,
         });
         let StreamCall {
             method,
@@ -279,6 +285,7 @@ impl Platform {
             headers,
             body,
             content_length,
+            read_only: false,
         };
         let resp = self.stream_once(integration, conn, &c, first).await?;
         if resp.status == 401 && refreshable {
@@ -531,6 +538,7 @@ impl Platform {
             headers,
             body: call.body,
             context: Some(c.context.clone()),
+            read_only: call.read_only,
         })
     }
 
@@ -583,6 +591,10 @@ impl Platform {
             drop(cred);
             let lock = self.inner.refresh_locks.get(&conn.id);
             let guard = lock.lock().await;
+            // The task ahead may have failed for good: then the provider
+            // refused the refresh token, and sending it again only makes
+            // it refuse again.
+            self.refuse_if_needs_reauth(conn).await?;
             let (cred, current) = self.load_versioned(conn).await?;
             if current != version {
                 // Another task refreshed while this one queued.
@@ -597,6 +609,10 @@ impl Platform {
                 .try_acquire_refresh_lease(&conn.id, &owner, now + LEASE_MS, now)
                 .await?
             {
+                if let Err(e) = self.refuse_if_needs_reauth(conn).await {
+                    self.store().release_refresh_lease(&conn.id, &owner).await?;
+                    return Err(e);
+                }
                 let (cred, current) = self.load_versioned(conn).await?;
                 if current != version {
                     self.store().release_refresh_lease(&conn.id, &owner).await?;
@@ -657,8 +673,22 @@ impl Platform {
             backoff = (backoff * 2).min(Duration::from_millis(250));
             let (_, now_version) = self.load_versioned(conn).await?;
             if now_version != version {
+                self.refuse_if_needs_reauth(conn).await?;
                 return self.load_versioned(conn).await;
             }
+        }
+    }
+
+    /// 409 `CONNECTION_NEEDS_REAUTH` when the store says so (another task
+    /// or process had the refresh token refused while this one waited).
+    async fn refuse_if_needs_reauth(&self, conn: &Connection) -> Result<()> {
+        match self
+            .store()
+            .needs_reauth_reason(&conn.environment_id, &conn.id)
+            .await?
+        {
+            Some(reason) => Err(needs_reauth(&reason)),
+            None => Ok(()),
         }
     }
 

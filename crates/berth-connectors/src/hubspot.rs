@@ -10,8 +10,9 @@
 //!   results carry no associations: they are read with one v4 batch call per
 //!   associated type.
 //! - Incremental runs then list `archived=true` for tombstones.
-//! - Search has its own per-second limit, so a 429 there is waited out
-//!   briefly here instead of failing the whole run.
+//! - Search has its own per-second limit; search and batch-read POSTs are
+//!   marked read-only, so the outbound layer's retry policy waits a 429
+//!   out as it does for GETs (the connector itself never retries).
 //! - Field metadata and custom fields use the properties API
 //!   (`/crm/v3/properties/{type}`); account info is
 //!   `/account-info/v3/details`.
@@ -589,21 +590,15 @@ fn ok(resp: Response) -> Result<Value, ConnectorError> {
     resp.json()
 }
 
-/// Sends, waiting out a few short per-second limits (search has one of
-/// its own that the connection's budget does not model).
+/// Sends one request. HubSpot's reads sent as POST (search, batch reads)
+/// are marked read-only, so the outbound layer's one retry policy may
+/// repeat them after a 429 like a GET; nothing else is ever re-sent here,
+/// so a create reaches HubSpot at most once (invariant 14).
 async fn send(p: &dyn Provider, req: Request) -> Result<Response, ConnectorError> {
-    let mut tries = 0;
-    loop {
-        match p.send(req.clone()).await {
-            Err(CallError::RateLimited {
-                retry_after_secs, ..
-            }) if tries < 5 && retry_after_secs <= 10 => {
-                tries += 1;
-                tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-            }
-            r => return Ok(r?),
-        }
-    }
+    let read = req.method == "POST"
+        && (req.path.ends_with("/search") || req.path.ends_with("/batch/read"));
+    let req = if read { req.read_only() } else { req };
+    Ok(p.send(req).await?)
 }
 
 #[derive(serde::Serialize, serde::Deserialize, Default)]

@@ -25,6 +25,9 @@ pub struct Request {
     /// outbound layer).
     pub headers: Vec<(String, String)>,
     pub body: Option<Value>,
+    /// A read sent as POST (a search): the outbound layer's retry policy
+    /// may repeat it. Connectors never retry on their own.
+    pub read_only: bool,
 }
 
 impl Request {
@@ -35,6 +38,7 @@ impl Request {
             query: Vec::new(),
             headers: Vec::new(),
             body: None,
+            read_only: false,
         }
     }
 
@@ -45,6 +49,7 @@ impl Request {
             query: Vec::new(),
             headers: Vec::new(),
             body: Some(body),
+            read_only: false,
         }
     }
 
@@ -53,6 +58,12 @@ impl Request {
             method: "DELETE",
             ..Self::get(path)
         }
+    }
+
+    /// Marks a POST that only reads (see [`Request::read_only`]).
+    pub fn read_only(mut self) -> Self {
+        self.read_only = true;
+        self
     }
 
     pub fn header(mut self, k: &str, v: impl Into<String>) -> Self {
@@ -96,6 +107,11 @@ pub enum CallError {
     Auth(String),
     #[error("{0}")]
     Unavailable(String),
+    /// Berth refused to send the call because of what the caller asked
+    /// for (an id that cannot be in a provider path): the caller's fault,
+    /// a 4xx, never a provider outage.
+    #[error("{message}")]
+    Refused { code: &'static str, message: String },
     #[error("{0}")]
     Other(String),
 }

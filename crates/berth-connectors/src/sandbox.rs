@@ -150,6 +150,14 @@ fn to_record(object: &str, v: Value) -> Result<NativeRecord, ConnectorError> {
             m.get(*native).cloned().unwrap_or(Value::Null),
         );
     }
+    // The unified list's objectType is Vessel's `contact | lead`; the
+    // sandbox spells it in the plural.
+    if object == "lists"
+        && let Some(Value::String(t)) = data.get_mut("objectType")
+        && let Some(one) = t.strip_suffix('s')
+    {
+        *t = one.to_string();
+    }
     match object {
         "users" => {
             data.insert(
@@ -287,7 +295,7 @@ fn to_native(object: &str, input: &Map<String, Value>) -> Map<String, Value> {
         }
     }
     match object {
-        "deals" | "events" => {
+        "deals" | "events" | "calls" | "emails" => {
             if let Some(v) = input.get("contactId") {
                 out.insert("contact_ids".into(), json!([v]));
             }

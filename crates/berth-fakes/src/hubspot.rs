@@ -359,6 +359,10 @@ pub struct Options {
     pub burst_per_10s: usize,
     /// Search requests per second per token (0 = unlimited).
     pub search_per_sec: usize,
+    /// Object types (`leads`, `companies`…) whose scopes the token was not
+    /// granted: every `/crm/v3/objects/{type}` call answers HubSpot's 403
+    /// `MISSING_SCOPES` (a portal without the Leads object answers so too).
+    pub missing_scopes: Vec<String>,
 }
 
 impl Default for Options {
@@ -376,6 +380,7 @@ impl Default for Options {
             history_days: 120,
             burst_per_10s: 190,
             search_per_sec: 5,
+            missing_scopes: Vec::new(),
         }
     }
 }
@@ -974,6 +979,24 @@ async fn guard(State(h): State<HubSpot>, req: Request, next: Next) -> Response {
             vec![],
         );
     };
+    if let Some(t) = req
+        .uri()
+        .path()
+        .strip_prefix("/crm/v3/objects/")
+        .map(|rest| rest.split('/').next().unwrap_or_default())
+        .and_then(type_of)
+        && h.opts.missing_scopes.iter().any(|m| m == t)
+    {
+        return error(
+            StatusCode::FORBIDDEN,
+            "MISSING_SCOPES",
+            "This app hasn't been granted all required scopes to make this call. Read more about required scopes here: https://developers.hubspot.com/scopes.",
+            vec![json!({
+                "message": "One or more of the following scopes are required.",
+                "context": {"requiredGranularScopes": [format!("crm.objects.{t}.read")]},
+            })],
+        );
+    }
     let limit = h.opts.burst_per_10s;
     let remaining = {
         let mut db = h.lock();

@@ -523,6 +523,10 @@ pub struct Options {
     pub daily_limit: u64,
     /// Session timeout: access tokens older than this get 401.
     pub session: Duration,
+    /// sObjects the connected user's profile cannot read (e.g.
+    /// `Campaign`): SOQL on them answers what Salesforce answers then,
+    /// 400 `INVALID_TYPE`.
+    pub inaccessible: Vec<String>,
 }
 
 impl Default for Options {
@@ -541,6 +545,7 @@ impl Default for Options {
             history_days: 120,
             daily_limit: 100_000,
             session: Duration::from_secs(7200),
+            inaccessible: Vec::new(),
         }
     }
 }
@@ -1496,6 +1501,25 @@ async fn run_query(
             &[],
         );
     };
+    let from = text
+        .split_whitespace()
+        .skip_while(|w| !w.eq_ignore_ascii_case("FROM"))
+        .nth(1)
+        .unwrap_or_default();
+    if s.opts
+        .inaccessible
+        .iter()
+        .any(|o| o.eq_ignore_ascii_case(from))
+    {
+        return sf_error(
+            StatusCode::BAD_REQUEST,
+            "INVALID_TYPE",
+            &format!(
+                "\n{text}\n^\nERROR at Row:1:Column:1\nsObject type '{from}' is not supported. If you are attempting to use a custom object, be sure to append the '__c' after the entity name. Please reference your WSDL or the describe call for the appropriate names."
+            ),
+            &[],
+        );
+    }
     let mut db = s.lock();
     let soql = match parse_soql(text, &db.custom) {
         Ok(s) => s,

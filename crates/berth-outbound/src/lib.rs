@@ -183,6 +183,10 @@ pub struct OutboundRequest {
     pub body: OutBody,
     /// Shared: built once per connection and kept in the hot cache.
     pub context: Option<Arc<CallContext>>,
+    /// The caller knows a repeat is harmless although the method does not
+    /// say so: a read sent as POST (HubSpot's search). Such a call gets the
+    /// retry policy of a GET.
+    pub read_only: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -406,6 +410,7 @@ impl Outbound {
             headers,
             body,
             context,
+            read_only,
         } = req;
         let provider = context
             .as_ref()
@@ -450,7 +455,8 @@ impl Outbound {
                 }
             }
         }
-        let repeatable = is_idempotent(&method) || headers.contains_key("idempotency-key");
+        let repeatable =
+            read_only || is_idempotent(&method) || headers.contains_key("idempotency-key");
         let mut header_map = headers;
         if let Some(ua) = &self.inner.user_agent
             && !header_map.contains_key(http::header::USER_AGENT)
@@ -536,6 +542,21 @@ impl Outbound {
                         .inc();
                     tracing::debug!(target: "berth::outbound", provider, retry = retries, delay_ms = d.as_millis() as u64, "retrying provider call");
                     tokio::time::sleep(d).await;
+                    // A retry spends the budget like a first attempt: a
+                    // 429 without Retry-After has just blocked it (HubSpot's
+                    // search limit answers so), and going again before the
+                    // block ends only earns another 429.
+                    if let Some(ctx) = &context
+                        && !ctx.budgets.is_empty()
+                        && self
+                            .inner
+                            .budgets
+                            .acquire(&ctx.budgets, cfg.max_budget_wait)
+                            .await
+                            .is_err()
+                    {
+                        return (outcome.map_err(|Failure::Error(e, _)| e), retries);
+                    }
                 }
                 None => {
                     return (outcome.map_err(|Failure::Error(e, _)| e), retries);
@@ -581,6 +602,7 @@ impl Outbound {
             headers: header_map(headers)?,
             body,
             context: None,
+            read_only: false,
         };
         self.send(req).await
     }
@@ -844,6 +866,7 @@ mod tests {
             headers: HeaderMap::new(),
             body: OutBody::Empty,
             context: None,
+            read_only: false,
         }
     }
 

@@ -53,14 +53,22 @@ pub struct Sandbox {
     accounts: Arc<Mutex<HashMap<String, Account>>>,
 }
 
-/// The sandbox's routes, to be nested under `/sandbox/api/v1`.
+/// The sandbox's routes, to be nested under `/sandbox/api/v1`, on a
+/// state of their own (tests that want one sandbox per app).
 pub fn router() -> Router {
+    router_with(Sandbox::default())
+}
+
+/// The sandbox's routes over `state`. A server builds one router per
+/// serving thread, and every one of them must see the same accounts, or a
+/// record created on one thread is missing on the next call.
+pub fn router_with(state: Sandbox) -> Router {
     Router::new()
         .route("/me", get(me))
         .route("/_settings", post(settings))
         .route("/{object}", get(list).post(create))
         .route("/{object}/{id}", get(find).patch(update).delete(remove))
-        .with_state(Sandbox::default())
+        .with_state(state)
 }
 
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {

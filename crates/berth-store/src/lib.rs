@@ -600,12 +600,29 @@ impl Store {
             if r.rows_affected() == 1 {
                 insert_event(&mut *tx, event).await?;
             }
-            sqlx::query("UPDATE credentials SET lease_owner = NULL, lease_until = 0 WHERE connection_id = $1")
+            // The version moves too, so refreshers waiting in other
+            // processes wake up, and re-read the auth state instead of
+            // sending the dead refresh token again.
+            sqlx::query("UPDATE credentials SET lease_owner = NULL, lease_until = 0, version = version + 1 WHERE connection_id = $1")
                 .bind(connection_id).execute(&mut *tx).await?;
             tx.commit().await?;
             self.events_committed();
             r.rows_affected() == 1
         }))
+    }
+
+    /// A live connection's `needs_reauth` reason, if it is marked so
+    /// (`None` too when it is gone).
+    pub async fn needs_reauth_reason(
+        &self,
+        environment_id: &str,
+        connection_id: &str,
+    ) -> Result<Option<String>> {
+        let row: Option<(Option<String>,)> = with_db!(self, p => sqlx::query_as(
+            "SELECT auth_error FROM connections \
+             WHERE environment_id = $1 AND id = $2 AND deleted_at IS NULL AND auth_state = 'needs_reauth'"
+        ).bind(environment_id).bind(connection_id).fetch_optional(p).await)?;
+        Ok(row.map(|(r,)| r.unwrap_or_default()))
     }
 
     /// Completes a re-authentication session: the existing connection gets

@@ -559,6 +559,24 @@ impl Store {
         Ok(())
     }
 
+    /// Sets an object aside: the provider refused it for good. It leaves
+    /// the passes (`incremental`, so the connection's status can advance)
+    /// with `run_state = 'unavailable'` and the reason in `last_error`;
+    /// `updated_at` says since when.
+    pub async fn mark_object_unavailable(
+        &self,
+        connection_id: &str,
+        object: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<()> {
+        with_db!(self, p => sqlx::query(
+            "UPDATE sync_states SET run_state = 'unavailable', phase = 'incremental', run_id = NULL, \
+             cursor = NULL, last_error = $3, updated_at = $4 WHERE connection_id = $1 AND object = $2"
+        ).bind(connection_id).bind(object).bind(reason).bind(now).execute(p).await.map(|_| ()))?;
+        Ok(())
+    }
+
     pub async fn set_sync_error(
         &self,
         connection_id: &str,

@@ -94,6 +94,9 @@ impl From<ConnectorError> for CrmError {
                 message: m,
                 errors: Vec::new(),
             },
+            ConnectorError::Call(CallError::Refused { code, message }) => {
+                CrmError::BadRequest { code, message }
+            }
             ConnectorError::Call(c) => CrmError::Unavailable(c.to_string()),
             ConnectorError::Decode(m) => CrmError::Unavailable(m),
         }
@@ -123,9 +126,9 @@ pub struct ListArgs {
 
 pub const DEFAULT_LIMIT: i64 = 100;
 pub const MAX_LIMIT: i64 = 1000;
-/// A filtered list examines at most this many stored rows per call and
-/// then answers with what it found and a cursor to go on.
-pub(crate) const SCAN_BUDGET: usize = 50_000;
+/// By default a filtered list examines at most this many stored rows per
+/// call and then answers with what it found and a cursor to go on.
+pub const SCAN_BUDGET: usize = 50_000;
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct LiveCursor {
@@ -137,6 +140,7 @@ struct LiveCursor {
 pub struct Crm {
     pub(crate) platform: Platform,
     pages: Arc<Pages>,
+    pub(crate) scan_budget: usize,
 }
 
 impl Crm {
@@ -146,7 +150,14 @@ impl Crm {
         Self {
             platform,
             pages: Arc::new(Pages::new(page_cache_bytes)),
+            scan_budget: SCAN_BUDGET,
         }
+    }
+
+    /// The same service with another scan budget (see [`SCAN_BUDGET`]).
+    pub fn with_scan_budget(mut self, rows: usize) -> Self {
+        self.scan_budget = rows.max(1);
+        self
     }
 
     /// The unified object named by a path, or a clear 404.
@@ -365,7 +376,7 @@ impl Crm {
             if exhausted {
                 return Ok((out, None));
             }
-            if scanned >= SCAN_BUDGET {
+            if scanned >= self.scan_budget {
                 return Ok((out, Some(cursors.encode(&scope, &after))));
             }
         }
@@ -522,6 +533,7 @@ impl Crm {
             });
         }
         if live {
+            check_provider_id(id)?;
             let provider = ConnProvider::new(&self.platform, conn);
             let r = connector.find(&provider, o.name, id).await?;
             return r
@@ -534,22 +546,23 @@ impl Crm {
             return Ok(self.render(o, conn, r, generation, view, &reverse));
         }
         if o.name == "contacts" && id.contains('@') {
+            // A filtered page stops at the scan budget with a cursor: follow
+            // it to the end, or a contact stored late is never found.
             let filters = serde_json::json!({"email": {"equals": id, "mode": "insensitive"}});
-            let (items, _) = self
-                .list(
-                    conn,
-                    o,
-                    generation,
-                    &ListArgs {
-                        filters,
-                        limit: Some(1),
-                        ..Default::default()
-                    },
-                    view,
-                )
-                .await?;
-            if let Some(v) = items.into_iter().next() {
-                return Ok(v);
+            let mut args = ListArgs {
+                filters,
+                limit: Some(1),
+                ..Default::default()
+            };
+            loop {
+                let (items, next) = self.list(conn, o, generation, &args, view).await?;
+                if let Some(v) = items.into_iter().next() {
+                    return Ok(v);
+                }
+                match next {
+                    Some(c) => args.cursor = Some(c),
+                    None => break,
+                }
             }
         }
         Err(not_found(o, id))
@@ -596,8 +609,9 @@ impl Crm {
     ) -> Result<String> {
         let connector = self.ready(conn).await?;
         writable(o)?;
-        let canonical = crm::input_to_canonical(o, input, generation == Generation::V2, true)
+        let mut canonical = crm::input_to_canonical(o, input, generation == Generation::V2, true)
             .map_err(invalid_input)?;
+        self.native_associations(conn, &mut canonical).await?;
         let provider = ConnProvider::new(&self.platform, conn);
         let r = connector.create(&provider, o.name, &canonical).await?;
         self.store_written(conn, connector, o, &r).await?;
@@ -615,8 +629,9 @@ impl Crm {
         let connector = self.ready(conn).await?;
         writable(o)?;
         let native_id = self.native_id_of(conn, o, generation, id).await?;
-        let canonical = crm::input_to_canonical(o, input, generation == Generation::V2, false)
+        let mut canonical = crm::input_to_canonical(o, input, generation == Generation::V2, false)
             .map_err(invalid_input)?;
+        self.native_associations(conn, &mut canonical).await?;
         let provider = ConnProvider::new(&self.platform, conn);
         let r = connector
             .update(&provider, o.name, &native_id, &canonical)
@@ -689,7 +704,64 @@ impl Crm {
         if id.starts_with("v.") {
             return Err(not_found(o, id));
         }
+        check_provider_id(id)?;
         Ok(id.to_string())
+    }
+
+    /// Replaces the v1 ids (`v.contact.<hex>`) among a write's association
+    /// ids with the native ids the provider knows, and refuses ids that
+    /// cannot be a provider's. A v1 id of no stored record is a 400 naming
+    /// it, not a provider error later.
+    async fn native_associations(
+        &self,
+        conn: &Connection,
+        canonical: &mut Map<String, Value>,
+    ) -> Result<()> {
+        let snapshot = canonical.clone();
+        for (key, v) in canonical.iter_mut() {
+            let Some(target) = crm::write_association_target(key, &snapshot) else {
+                continue;
+            };
+            let ids: Vec<&mut Value> = match v {
+                Value::Array(a) => a.iter_mut().collect(),
+                v @ Value::String(_) => vec![v],
+                _ => continue,
+            };
+            for id in ids {
+                let Some(s) = id.as_str() else { continue };
+                let Some(to) = crm::object(target) else {
+                    continue;
+                };
+                if let Some(uid) = crm::parse_v1_id(to.v1_type, s) {
+                    let found = self
+                        .platform
+                        .store()
+                        .records_by_ids(
+                            &conn.environment_id,
+                            &conn.id,
+                            to.name,
+                            &[uid.to_string()],
+                            false,
+                        )
+                        .await?;
+                    match found.into_iter().next() {
+                        Some(r) => *id = Value::String(r.native_id),
+                        None => {
+                            return Err(CrmError::BadRequest {
+                                code: "INVALID_ASSOCIATION",
+                                message: format!("{key}: no {} with id `{s}`", to.v1_one_key),
+                            });
+                        }
+                    }
+                    continue;
+                }
+                check_provider_id(s).map_err(|_| CrmError::BadRequest {
+                    code: "INVALID_ASSOCIATION",
+                    message: format!("{key}: `{}` cannot be an id", s.escape_debug()),
+                })?;
+            }
+        }
+        Ok(())
     }
 
     /// Writes a record the provider returned into the store (with its
@@ -754,6 +826,34 @@ fn invalid_input(errors: Vec<(String, String)>) -> CrmError {
     CrmError::BadRequest {
         code: "INVALID_FIELD_VALUE",
         message,
+    }
+}
+
+/// Refuses an id that cannot be a provider's before it reaches a provider
+/// path: control characters, whitespace, path and query punctuation, dot
+/// segments, or an absurd length. Provider ids are short tokens (HubSpot
+/// and Pipedrive numbers, Salesforce's 18 characters, HubSpot attendees'
+/// `<meeting>:<contact>`).
+pub(crate) fn check_provider_id(id: &str) -> Result<()> {
+    let why = if id.is_empty() {
+        Some("is empty")
+    } else if id.len() > 256 {
+        Some("is longer than 256 bytes")
+    } else if id.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        Some("has a control or space character")
+    } else if id.contains(['/', '\\', '?', '#', '%', '&']) {
+        Some("has a character that cannot be in a provider id (/ \\ ? # % &)")
+    } else if id == "." || id.contains("..") {
+        Some("has a dot segment")
+    } else {
+        None
+    };
+    match why {
+        None => Ok(()),
+        Some(why) => Err(CrmError::BadRequest {
+            code: "INVALID_ID",
+            message: format!("the id `{}` {why}", id.escape_debug()),
+        }),
     }
 }
 

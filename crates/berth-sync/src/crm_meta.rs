@@ -8,7 +8,7 @@ use berth_unified::crm::{self, Object};
 use serde_json::{Map, Value, json};
 
 use crate::ConnProvider;
-use crate::crm::{Crm, CrmError, Generation, Result, SCAN_BUDGET};
+use crate::crm::{Crm, CrmError, Generation, Result};
 
 /// Records of one user-association page: at most this many ids in all.
 const ASSOCIATION_PAGE: usize = 1000;
@@ -323,7 +323,7 @@ impl Crm {
             if exhausted {
                 break None;
             }
-            if found >= ASSOCIATION_PAGE || scanned >= SCAN_BUDGET {
+            if found >= ASSOCIATION_PAGE || scanned >= self.scan_budget {
                 break Some(cursors.encode(&scope, &after));
             }
         };

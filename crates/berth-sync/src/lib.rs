@@ -54,6 +54,10 @@ pub struct SyncConfig {
     /// full again (with mark-and-sweep) instead of incrementally; `None`:
     /// never after the backfill.
     pub full_resync: Option<Duration>,
+    /// Stored rows a filtered list examines per call before it answers
+    /// with what it found and a cursor to go on (bounds an unindexed
+    /// filter's cost per request).
+    pub scan_budget: usize,
 }
 
 impl Default for SyncConfig {
@@ -67,6 +71,7 @@ impl Default for SyncConfig {
             poll: Duration::from_millis(500),
             page_cache_bytes: pages::DEFAULT_BYTES,
             full_resync: Some(Duration::from_secs(24 * 3600)),
+            scan_budget: crm::SCAN_BUDGET,
         }
     }
 }
@@ -102,7 +107,8 @@ impl Engine {
     pub fn new(platform: Platform, config: SyncConfig) -> Self {
         Self {
             inner: Arc::new(Inner {
-                crm: Crm::new(platform.clone(), config.page_cache_bytes),
+                crm: Crm::new(platform.clone(), config.page_cache_bytes)
+                    .with_scan_budget(config.scan_budget),
                 platform,
                 config,
                 node: secrets::new_id("worker"),
@@ -341,6 +347,7 @@ impl Engine {
             .ensure_sync_states(&conn.environment_id, &conn.id, objects, now_ms())
             .await?;
         let mut totals = serde_json::Map::new();
+        let mut unavailable = serde_json::Map::new();
         // Up to three passes: initial, then backfill, then (for connections
         // past both) one incremental pass.
         for _ in 0..3 {
@@ -350,7 +357,11 @@ impl Engine {
                 let Some(st) = states.iter().find(|s| s.object == *object) else {
                     continue;
                 };
-                if st.phase != phase {
+                if st.phase != phase || unavailable.contains_key(*object) {
+                    continue;
+                }
+                // Set aside until the next full re-sync is due.
+                if st.run_state == "unavailable" && !self.retry_unavailable(st, now_ms()) {
                     continue;
                 }
                 if cancel.is_cancelled() {
@@ -368,6 +379,23 @@ impl Engine {
                         ] {
                             e[k] = json!(e[k].as_u64().unwrap_or(0) + n);
                         }
+                    }
+                    Err(RunError::Connector(e)) if refused_for_good(&e) => {
+                        // One object the account lacks, or a scope the
+                        // connection was not granted, must not hold back
+                        // the others: set it aside and go on.
+                        let msg = e.to_string();
+                        store
+                            .mark_object_unavailable(&conn.id, object, &msg, now_ms())
+                            .await?;
+                        tracing::warn!(connection = %conn.id, object, error = %msg, "object unavailable");
+                        self.emit(
+                            &conn,
+                            "sync.object_unavailable",
+                            json!({"object": object, "error": msg}),
+                        )
+                        .await?;
+                        unavailable.insert(object.to_string(), json!(msg));
                     }
                     Err(RunError::Connector(e)) => {
                         let msg = e.to_string();
@@ -391,8 +419,11 @@ impl Engine {
                 _ => break,
             }
         }
-        self.emit(&conn, "sync.completed", json!({"objects": totals}))
-            .await?;
+        let mut done = json!({"objects": totals});
+        if !unavailable.is_empty() {
+            done["unavailable"] = Value::Object(unavailable);
+        }
+        self.emit(&conn, "sync.completed", done).await?;
         store
             .init_next_sync(&conn.id, self.next_sync_for(&conn))
             .await?;
@@ -549,6 +580,16 @@ impl Engine {
     }
 
     /// Whether an incremental object is due for a full listing.
+    /// Whether an object set aside as unavailable is tried again: at the
+    /// next full re-sync (its interval after it was set aside), or at
+    /// every run when full re-syncs are off.
+    fn retry_unavailable(&self, st: &SyncState, now: i64) -> bool {
+        match self.inner.config.full_resync {
+            None => true,
+            Some(every) => now - st.updated_at >= every.as_millis() as i64,
+        }
+    }
+
     fn full_due(&self, st: &SyncState, now: i64) -> bool {
         match (self.inner.config.full_resync, st.full_at) {
             (None, _) => false,
@@ -696,6 +737,18 @@ impl Engine {
             })
             .await?;
         Ok(())
+    }
+}
+
+/// A provider answer that will not change by asking again: the object is
+/// missing (404), forbidden (403, a scope not granted), refused as asked
+/// (400, an object type the account does not have), or not supported by
+/// the connector. Rate limits, 401s and outages stay retried.
+fn refused_for_good(e: &ConnectorError) -> bool {
+    match e {
+        ConnectorError::NotFound | ConnectorError::Unsupported(_) => true,
+        ConnectorError::Provider { status, .. } => matches!(status, 400 | 403 | 404 | 405 | 410),
+        _ => false,
     }
 }
 

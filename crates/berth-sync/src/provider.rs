@@ -35,6 +35,7 @@ impl Provider for ConnProvider<'_> {
             query: req.query,
             headers,
             body,
+            read_only: req.read_only,
         };
         match self.platform.call_provider(self.conn, &call).await {
             Ok(r) if r.status == 429 => {
@@ -70,6 +71,9 @@ impl Provider for ConnProvider<'_> {
             | Err(PlatformError::InvalidCredentials(message)) => Err(CallError::Auth(message)),
             Err(PlatformError::ProviderUnavailable(m)) | Err(PlatformError::ProviderTimeout(m)) => {
                 Err(CallError::Unavailable(m))
+            }
+            Err(PlatformError::BadRequest { code, message }) => {
+                Err(CallError::Refused { code, message })
             }
             Err(e) => Err(CallError::Other(e.to_string())),
         }

@@ -79,7 +79,7 @@ pub struct Object {
     pub v1_one_key: &'static str,
     /// `<type>` of the v1 id `v.<type>.<hex>`.
     pub v1_type: &'static str,
-    /// v2 singular key (`contact`, `attendee`).
+    /// v2 singular key (`contact`, `eventAttendee`).
     pub v2_one_key: &'static str,
     /// The v1 webhook objectType (`Contact`).
     pub v1_object_type: &'static str,
@@ -345,7 +345,7 @@ pub static OBJECTS: &[Object] = &[
         v1_list_key: "eventAttendees",
         v1_one_key: "eventAttendee",
         v1_type: "eventAttendee",
-        v2_one_key: "attendee",
+        v2_one_key: "eventAttendee",
         v1_object_type: "EventAttendee",
         fields: &[
             f("status", Str),
@@ -468,6 +468,21 @@ impl Object {
 
     pub fn field_v2(&self, key: &str) -> Option<&'static Field> {
         self.fields.iter().find(|f| f.v2 == key)
+    }
+
+    /// The key of a v2 list or batch answer (Vessel's: the same as v1's,
+    /// `eventAttendees` for attendees).
+    pub fn v2_list_key(&self) -> &'static str {
+        self.v1_list_key
+    }
+
+    /// The body key of a v2 write: Vessel's (`eventAttendee`), and the
+    /// spellings Berth answered to before (`attendee`).
+    pub fn v2_write_keys(&self) -> &[&'static str] {
+        match self.name {
+            "attendees" => &["eventAttendee", "attendee"],
+            _ => std::slice::from_ref(&self.v2_one_key),
+        }
     }
 
     /// The event type prefix of this object's changes.
@@ -720,15 +735,14 @@ pub fn render_v1(o: &Object, r: &RecordView<'_>, all_fields: bool) -> Value {
     }
     m.insert("createdTime".into(), iso(r.created_time));
     m.insert("modifiedTime".into(), iso(r.modified_time));
-    if !o.v1_associations.is_empty() {
-        let assoc = assoc_of(r.data);
-        let mut a = Map::new();
-        for key in o.v1_associations {
-            let v = assoc.and_then(|a| a.get(*key));
-            a.insert((*key).into(), v1_assoc(r, key, v));
-        }
-        m.insert("associations".into(), Value::Object(a));
+    // Always there, `{}` for users: Vessel's schemas require it.
+    let assoc = assoc_of(r.data);
+    let mut a = Map::new();
+    for key in o.v1_associations {
+        let v = assoc.and_then(|a| a.get(*key));
+        a.insert((*key).into(), v1_assoc(r, key, v));
     }
+    m.insert("associations".into(), Value::Object(a));
     if all_fields {
         m.insert("additional".into(), r.native.clone());
     }
@@ -787,35 +801,39 @@ pub fn render_v2(
     let mut m = Map::new();
     m.insert("id".into(), json!(r.native_id));
     for fd in o.fields {
-        m.insert(
-            fd.v2.into(),
-            r.data.get(fd.key).cloned().unwrap_or(Value::Null),
-        );
+        let v = r.data.get(fd.key).cloned().unwrap_or(Value::Null);
+        // v2 names an attendee's object in the plural (`contacts`,
+        // `leads`, `other`); the canonical form is v1's singular.
+        let v = match (o.name, fd.key, v) {
+            ("attendees", "associatedObjectType", Value::String(t)) if t != "other" => {
+                Value::String(format!("{t}s"))
+            }
+            (_, _, v) => v,
+        };
+        m.insert(fd.v2.into(), v);
     }
     m.insert("createdTime".into(), iso(r.created_time));
     m.insert("modifiedTime".into(), iso(r.modified_time));
-    if !o.v2_associations.is_empty() {
-        let assoc = assoc_of(r.data);
-        let mut a = Map::new();
-        for key in o.v2_associations {
-            if associations.is_some_and(|want| !want.contains(key)) {
-                continue;
-            }
-            let v = assoc.and_then(|a| a.get(*key)).cloned();
-            let v = match v {
-                Some(v) => v,
-                None if key.ends_with("Ids") => json!([]),
-                None => Value::Null,
-            };
-            let shown = if *key == "eventAttendeeIds" {
-                "attendeeIds"
-            } else {
-                key
-            };
-            a.insert(shown.into(), v);
-        }
-        m.insert("associations".into(), Value::Object(a));
+    // Every key the object's schema lists is always there, `[]` or `null`
+    // when empty; keys the caller did not ask for are left empty, except
+    // `ownerUserId`, which Vessel always includes.
+    let assoc = assoc_of(r.data);
+    let mut a = Map::new();
+    for key in o.v2_associations {
+        let wanted = *key == "ownerUserId" || associations.is_none_or(|want| want.contains(key));
+        let v = if wanted {
+            assoc.and_then(|a| a.get(*key)).cloned()
+        } else {
+            None
+        };
+        let v = match v {
+            Some(v) => v,
+            None if key.ends_with("Ids") => json!([]),
+            None => Value::Null,
+        };
+        a.insert((*key).into(), v);
     }
+    m.insert("associations".into(), Value::Object(a));
     m.insert(
         "$native".into(),
         if include_native {
@@ -848,8 +866,136 @@ pub fn details(o: &Object, v2_names: bool) -> Vec<Value> {
         .collect()
 }
 
+/// The association keys a write body may carry, flat (Berth's and v1's
+/// shape) or under `associations` (Vessel v2's `*Create`/`*Update`
+/// schemas): one id (`accountId`) or several (`contactIds`).
+const WRITE_ASSOCIATIONS: &[&str] = &[
+    "accountId",
+    "contactId",
+    "dealId",
+    "leadId",
+    "ownerUserId",
+    "eventId",
+    "associationId",
+    "contactIds",
+    "accountIds",
+    "dealIds",
+    "leadIds",
+];
+
+/// Keys of a record as it is read back that a write body may repeat and
+/// that are ignored: Vessel's own `accounts/update` example sends
+/// `createdTime` and `modifiedTime`.
+const READ_ONLY: &[&str] = &["id", "nativeId", "createdTime", "modifiedTime"];
+
+/// The write-body keys holding ids of other records, for callers that
+/// translate them (v1 ids to native ids), with the store object each
+/// points at; `associationId` follows `associatedObjectType`.
+pub fn write_association_target(key: &str, canonical: &Map<String, Value>) -> Option<&'static str> {
+    match key {
+        "accountId" | "accountIds" => Some("accounts"),
+        "contactId" | "contactIds" => Some("contacts"),
+        "dealId" | "dealIds" => Some("deals"),
+        "leadId" | "leadIds" => Some("leads"),
+        "ownerUserId" => Some("users"),
+        "eventId" => Some("events"),
+        "associationId" => match canonical
+            .get("associatedObjectType")
+            .and_then(Value::as_str)
+        {
+            Some("lead") => Some("leads"),
+            _ => Some("contacts"),
+        },
+        _ => None,
+    }
+}
+
+/// An email's participant (`contact: {id, role}`, `leads: [{id, role}]`):
+/// its id, or why it is refused.
+fn participant_ids(v: &Value) -> Result<Vec<Value>, String> {
+    let one = |p: &Value| -> Result<Value, String> {
+        match p {
+            Value::String(_) => Ok(p.clone()),
+            Value::Object(m) => match m.get("id") {
+                Some(id @ Value::String(_)) => match m.get("role").and_then(Value::as_str) {
+                    None | Some("from" | "to" | "cc" | "bcc") => Ok(id.clone()),
+                    Some(r) => Err(format!(
+                        "role `{}` is not one of from, to, cc, bcc",
+                        r.escape_debug()
+                    )),
+                },
+                _ => Err("needs an `id` string".into()),
+            },
+            _ => Err("must be `{id, role}`".into()),
+        }
+    };
+    match v {
+        Value::Array(a) => a.iter().map(one).collect(),
+        Value::Null => Ok(Vec::new()),
+        other => one(other).map(|id| vec![id]),
+    }
+}
+
+/// Adds one association of a write body to the canonical map: email
+/// participants become `contactId`/`contactIds` (`leadId`/`leadIds`),
+/// the rest is kept under its own key.
+fn put_association(
+    o: &Object,
+    out: &mut Map<String, Value>,
+    errors: &mut Vec<(String, String)>,
+    shown: &str,
+    key: &str,
+    v: &Value,
+) {
+    let participant = match key {
+        "contact" | "contacts" => Some(("contactId", "contactIds")),
+        "lead" | "leads" => Some(("leadId", "leadIds")),
+        _ => None,
+    };
+    if let Some((single, many)) = participant.filter(|_| o.name == "emails") {
+        match participant_ids(v) {
+            Ok(ids) => {
+                if let Some(first) = ids.first() {
+                    out.entry(single).or_insert_with(|| first.clone());
+                }
+                let e = out.entry(many).or_insert_with(|| Value::Array(Vec::new()));
+                if let Value::Array(a) = e {
+                    a.extend(ids);
+                }
+            }
+            Err(why) => errors.push((shown.to_string(), why)),
+        }
+        return;
+    }
+    if !WRITE_ASSOCIATIONS.contains(&key) {
+        errors.push((
+            shown.to_string(),
+            format!("is not an association of {}", o.name),
+        ));
+        return;
+    }
+    let ok = if key.ends_with("Ids") {
+        v.is_null() || v.as_array().is_some_and(|a| a.iter().all(Value::is_string))
+    } else {
+        v.is_null() || v.is_string()
+    };
+    if !ok {
+        let want = if key.ends_with("Ids") {
+            "an array of id strings"
+        } else {
+            "an id string"
+        };
+        errors.push((shown.to_string(), format!("must be {want}")));
+        return;
+    }
+    out.insert(key.to_string(), v.clone());
+}
+
 /// Converts a write body in the caller's generation's names into the
-/// canonical field map; unknown keys are refused by name.
+/// canonical field map; unknown keys are refused by name. Associations
+/// are taken flat or nested under `associations`, read-only keys of the
+/// read shape are ignored, and an attendee's `associatedObjectType` is
+/// singular (`contacts` → `contact`).
 pub fn input_to_canonical(
     o: &Object,
     input: &Map<String, Value>,
@@ -860,6 +1006,9 @@ pub fn input_to_canonical(
     let mut errors = Vec::new();
     for (k, v) in input {
         if k == "additional" || k == "$native" {
+            if v.is_null() {
+                continue;
+            }
             if !v.is_object() {
                 errors.push((k.clone(), "must be an object".into()));
             } else {
@@ -867,22 +1016,27 @@ pub fn input_to_canonical(
             }
             continue;
         }
-        // Scalar association ids of the create/update shapes.
-        if matches!(
-            k.as_str(),
-            "accountId"
-                | "contactId"
-                | "dealId"
-                | "leadId"
-                | "ownerUserId"
-                | "eventId"
-                | "associationId"
-                | "contactIds"
-                | "accountIds"
-                | "dealIds"
-                | "leadIds"
-        ) {
-            out.insert(k.clone(), v.clone());
+        if READ_ONLY.contains(&k.as_str()) {
+            continue;
+        }
+        if k == "associations" {
+            match v {
+                Value::Null => {}
+                Value::Object(m) => {
+                    for (ak, av) in m {
+                        let shown = format!("associations.{ak}");
+                        put_association(o, &mut out, &mut errors, &shown, ak, av);
+                    }
+                }
+                _ => errors.push((k.clone(), "must be an object".into())),
+            }
+            continue;
+        }
+        if WRITE_ASSOCIATIONS.contains(&k.as_str())
+            || (o.name == "emails"
+                && matches!(k.as_str(), "contact" | "contacts" | "lead" | "leads"))
+        {
+            put_association(o, &mut out, &mut errors, k, k, v);
             continue;
         }
         // Notes accept `content` on create.
@@ -904,7 +1058,13 @@ pub fn input_to_canonical(
             errors.push((k.clone(), format!("must be {}", describe(fd.kind))));
             continue;
         }
-        out.insert(fd.key.into(), v.clone());
+        let v = match (o.name, fd.key, v) {
+            ("attendees", "associatedObjectType", Value::String(t)) => {
+                Value::String(t.strip_suffix('s').unwrap_or(t).to_string())
+            }
+            _ => v.clone(),
+        };
+        out.insert(fd.key.into(), v);
     }
     if creating {
         for fd in o.fields.iter().filter(|f| f.required_on_create) {
@@ -912,6 +1072,9 @@ pub fn input_to_canonical(
                 let shown = if v2_names { fd.v2 } else { fd.key };
                 errors.push((shown.into(), "is required".into()));
             }
+        }
+        if o.name == "attendees" && out.get("eventId").is_none_or(Value::is_null) {
+            errors.push(("associations.eventId".into(), "is required".into()));
         }
     }
     if errors.is_empty() {
@@ -1049,8 +1212,49 @@ mod tests {
         assert_eq!(v2["id"], "9");
         assert_eq!(v2["bodyText"], "hi");
         assert_eq!(v2["$native"], Value::Null);
-        assert_eq!(v2["associations"], json!({"contactIds": ["7"]}));
+        assert_eq!(
+            v2["associations"],
+            json!({"ownerUserId": "1", "contactIds": ["7"], "dealIds": [], "accountIds": [], "leadIds": []}),
+            "every key, the unasked ones empty, the owner always"
+        );
         assert_eq!(v2["modifiedTime"], "1970-01-01T00:00:01.000Z");
+    }
+
+    #[test]
+    fn vessels_write_shapes_are_taken() {
+        // v2: associations nested; read-only keys of the read shape ignored.
+        let o = object("contacts").unwrap();
+        let body = json!({"lastName": "L", "createdTime": "2019-08-24T14:15:22Z",
+            "modifiedTime": "x", "id": "9",
+            "associations": {"accountId": "4", "ownerUserId": "7"}});
+        let m = input_to_canonical(o, body.as_object().unwrap(), true, true).unwrap();
+        assert_eq!(m["accountId"], "4");
+        assert_eq!(m["ownerUserId"], "7");
+        assert!(!m.contains_key("createdTime") && !m.contains_key("associations"));
+        // Emails: participants as one object or arrays, with roles.
+        let e = object("emails").unwrap();
+        let body = json!({"from": "a@x", "to": ["b@x"], "subject": "s",
+            "contact": {"id": "c1", "role": "to"}, "leads": [{"id": "l1", "role": "cc"}, {"id": "l2"}]});
+        let m = input_to_canonical(e, body.as_object().unwrap(), false, true).unwrap();
+        assert_eq!(m["contactId"], "c1");
+        assert_eq!(m["contactIds"], json!(["c1"]));
+        assert_eq!(m["leadIds"], json!(["l1", "l2"]));
+        let bad = json!({"from": "a@x", "to": ["b@x"], "subject": "s",
+            "contact": {"id": "c1", "role": "boss"}, "associations": {"colour": "red"}});
+        let errs = input_to_canonical(e, bad.as_object().unwrap(), false, true).unwrap_err();
+        let fields: Vec<_> = errs.iter().map(|e| e.0.as_str()).collect();
+        assert_eq!(fields, ["associations.colour", "contact"]);
+        // Attendees: the plural object type, and the event is required.
+        let a = object("attendees").unwrap();
+        let body =
+            json!({"associatedObjectType": "contacts", "associations": {"associationId": "c1"}});
+        let errs = input_to_canonical(a, body.as_object().unwrap(), true, true).unwrap_err();
+        assert_eq!(errs[0].0, "associations.eventId");
+        let body = json!({"associatedObjectType": "leads",
+            "associations": {"associationId": "l1", "eventId": "e1"}});
+        let m = input_to_canonical(a, body.as_object().unwrap(), true, true).unwrap();
+        assert_eq!(m["associatedObjectType"], "lead");
+        assert_eq!(write_association_target("associationId", &m), Some("leads"));
     }
 
     #[test]

@@ -33,6 +33,10 @@ pub const EVENT_TYPES: &[(&str, &str)] = &[
     ("sync.completed", "A sync run finished."),
     ("sync.failed", "A sync run failed; `data.error` says why."),
     (
+        "sync.object_unavailable",
+        "The provider refused one object for good (403, 404: a missing scope or an object the account lacks); `data.object` and `data.error` say which and why. The other objects go on syncing; this one is tried again at the next full re-sync.",
+    ),
+    (
         "webhook.disabled",
         "A webhook endpoint was disabled (410 Gone, or failing for longer than the configured time).",
     ),

@@ -188,10 +188,14 @@ impl App {
             self.webhooks.clone(),
             self.sync.clone(),
         );
+        let sandbox = berth_sandbox::Sandbox::default();
         let make_router = || {
             berth_api::router(
                 state.fork(),
-                axum::Router::new().nest("/sandbox/api/v1", berth_sandbox::router()),
+                axum::Router::new().nest(
+                    "/sandbox/api/v1",
+                    berth_sandbox::router_with(sandbox.clone()),
+                ),
             )
         };
         let mut server = http_server::start(

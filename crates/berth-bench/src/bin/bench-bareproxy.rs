@@ -75,6 +75,7 @@ async fn forward(outbound: &Outbound, upstream: &str, req: Request) -> Response 
             headers: parts.headers,
             body,
             context: None,
+            read_only: false,
         })
         .await;
     match sent {

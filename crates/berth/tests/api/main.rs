@@ -3,12 +3,14 @@
 mod helpers;
 
 mod bad_input;
+mod client_input;
 mod connect_flow;
 mod crm_meta;
 mod fuzz;
 mod integrations;
 mod link_v1;
 mod oauth;
+mod objects_apart;
 mod openapi;
 mod pages;
 mod providers;
@@ -16,4 +18,5 @@ mod proxy;
 mod sync;
 mod tenancy;
 mod vault;
+mod vessel_files;
 mod webhooks;

@@ -672,7 +672,8 @@ async fn a_salesforce_connection_over_oauth_syncs_detects_changes_and_writes_bac
             json!({"id": "../limits", "synced": false}),
         )
         .await;
-    assert_eq!(r.status, 404, "{r:?}");
+    assert_eq!(r.status, 400, "an id that cannot be a provider id: {r:?}");
+    assert_eq!(r.body["error"]["code"], "INVALID_ID", "{r:?}");
 
     // Delete through Berth.
     let r = app
@@ -899,7 +900,7 @@ async fn salesforce_emails_and_event_attendees() {
         .await;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(
-        r.body["result"]["event"]["associations"]["attendeeIds"],
+        r.body["result"]["event"]["associations"]["eventAttendeeIds"],
         json!([a_native]),
         "{r:?}"
     );
@@ -913,7 +914,7 @@ async fn salesforce_emails_and_event_attendees() {
     assert_eq!(r.status, 200, "{r:?}");
     let lead = sf.field("EventRelation", &a_native, "RelationId").unwrap();
     assert_eq!(
-        r.body["result"]["attendee"]["associations"],
+        r.body["result"]["eventAttendee"]["associations"],
         json!({"eventId": event, "associationId": lead}),
         "{r:?}"
     );
@@ -969,7 +970,7 @@ async fn salesforce_emails_and_event_attendees() {
             json!({"id": event, "associations": ["attendees"]}),
         )
         .await;
-    let mut listed: Vec<String> = r.body["result"]["event"]["associations"]["attendeeIds"]
+    let mut listed: Vec<String> = r.body["result"]["event"]["associations"]["eventAttendeeIds"]
         .as_array()
         .unwrap()
         .iter()
@@ -1242,8 +1243,8 @@ async fn hubspot_meeting_attendees_are_meeting_contacts() {
         )
         .await;
     assert_eq!(r.status, 200, "{r:?}");
-    let a = &r.body["result"]["attendee"];
-    assert_eq!(a["associatedObjectType"], "contact");
+    let a = &r.body["result"]["eventAttendee"];
+    assert_eq!(a["associatedObjectType"], "contacts", "v2 spells it plural");
     assert_eq!(
         a["email"].as_str(),
         hs.property("contacts", &contact, "email").as_deref()
@@ -1265,13 +1266,14 @@ async fn hubspot_meeting_attendees_are_meeting_contacts() {
                 )
                 .await;
             assert_eq!(r.status, 200, "{r:?}");
-            let mut ids: Vec<String> = r.body["result"]["event"]["associations"]["attendeeIds"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .iter()
-                .map(|v| v.as_str().unwrap().to_string())
-                .collect();
+            let mut ids: Vec<String> =
+                r.body["result"]["event"]["associations"]["eventAttendeeIds"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|v| v.as_str().unwrap().to_string())
+                    .collect();
             ids.sort();
             ids
         }
