@@ -318,6 +318,19 @@ pub struct Integration {
 }
 
 impl Integration {
+    /// Whether an end user's answers choose the host Berth calls (a
+    /// self-hosted Chatwoot's instance URL, Mailchimp's data center): such
+    /// calls go through the outbound layer's address guard, and the
+    /// operator's catalog hosts do not.
+    pub fn end_user_host(&self) -> bool {
+        let from_answers = |t: &str| t.contains("answers.");
+        from_answers(&self.base_url)
+            || self.auth.iter().any(|m| {
+                m.base_url.as_deref().is_some_and(from_answers)
+                    || m.token_url.as_deref().is_some_and(from_answers)
+            })
+    }
+
     pub fn default_auth(&self) -> &AuthMethod {
         &self.auth[0]
     }

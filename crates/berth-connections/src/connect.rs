@@ -141,6 +141,10 @@ impl Platform {
                     )),
                 })?;
         }
+        if integration.end_user_host() {
+            self.guard_end_user_host(&integration, method, &cred, &ctx)
+                .await?;
+        }
         self.check_credentials(&integration, method, &cred, &ctx)
             .await?;
         let answers_json = Value::Object(public_answers.clone()).to_string();
@@ -187,6 +191,48 @@ impl Platform {
         })
     }
 
+    /// Refuses, before anything is stored or called, a base URL whose host
+    /// an end user chose and that is (or resolves to) an internal address.
+    /// Every later call is guarded again at each new connection.
+    async fn guard_end_user_host(
+        &self,
+        integration: &Integration,
+        method: &AuthMethod,
+        cred: &CredentialData,
+        ctx: &TemplateContext<'_>,
+    ) -> Result<()> {
+        let target = provider_target(integration, method.kind, cred, ctx).map_err(|e| {
+            PlatformError::bad_request(
+                "INVALID_ANSWERS",
+                format!("cannot build the provider URL: {e}"),
+            )
+        })?;
+        let url = url::Url::parse(&target.base_url).map_err(|_| {
+            PlatformError::bad_request(
+                "INVALID_ANSWERS",
+                "the answers do not form a valid provider URL (check the instance URL)",
+            )
+        })?;
+        let host = url.host_str().unwrap_or_default();
+        let port = url.port_or_known_default().unwrap_or(443);
+        match self
+            .inner
+            .outbound
+            .address_policy()
+            .resolve(host, port)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e @ berth_outbound::ssrf::AddressRefused::Internal { .. }) => Err(
+                crate::tokens::address_refused(&format!("{}: {e}", integration.name)),
+            ),
+            Err(e) => Err(PlatformError::ProviderUnavailable(format!(
+                "could not reach {}: {e}",
+                integration.name
+            ))),
+        }
+    }
+
     /// Proves the credentials with the provider's cheap check call, if any.
     async fn check_credentials(
         &self,
@@ -224,13 +270,17 @@ impl Platform {
                 &url,
                 headers,
                 berth_outbound::OutBody::Empty,
+                integration.end_user_host(),
             )
             .await
-            .map_err(|e| {
-                PlatformError::ProviderUnavailable(format!(
+            .map_err(|e| match e {
+                berth_outbound::OutboundError::AddressRefused(why) => {
+                    crate::tokens::address_refused(&format!("{}: {why}", integration.name))
+                }
+                e => PlatformError::ProviderUnavailable(format!(
                     "could not verify the credentials with {}: {e}",
                     integration.name
-                ))
+                )),
             })?;
         match resp.status {
             200..=299 => Ok(()),

@@ -893,6 +893,7 @@ impl Platform {
                 &url,
                 vec![("accept".into(), "application/json".into())],
                 berth_outbound::OutBody::Empty,
+                integration.end_user_host(),
             )
             .await
             .map_err(|e| format!("could not look up the {} account: {e}", integration.name))?;
@@ -971,6 +972,7 @@ impl Platform {
                 &token_url,
                 headers,
                 berth_outbound::OutBody::Bytes(body.into()),
+                integration.end_user_host(),
             )
             .await
             .map_err(|e| {

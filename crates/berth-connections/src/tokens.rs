@@ -466,6 +466,7 @@ impl Platform {
             connection_id: Some(conn.id.clone()),
             budgets: vec![key.clone()],
             learn: Some(key),
+            guarded: integration.end_user_host(),
         }
     }
 
@@ -537,6 +538,7 @@ impl Platform {
             uri,
             headers,
             body: call.body,
+            guarded: c.context.guarded,
             context: Some(c.context.clone()),
             read_only: call.read_only,
         })
@@ -833,6 +835,16 @@ pub(crate) fn needs_reauth(reason: &str) -> PlatformError {
     }
 }
 
+/// An end user's host that is an internal address: their input, a 400.
+pub(crate) fn address_refused(why: &str) -> PlatformError {
+    PlatformError::bad_request(
+        "PRIVATE_ADDRESS_REFUSED",
+        format!(
+            "{why}. An operator can allow internal networks with --allow-private-provider-networks (BERTH_ALLOW_PRIVATE_PROVIDER_NETWORKS)"
+        ),
+    )
+}
+
 /// Maps an outbound failure to the platform error the caller sees.
 fn outbound_error(integration: &Integration, e: OutboundError) -> PlatformError {
     match e {
@@ -843,6 +855,7 @@ fn outbound_error(integration: &Integration, e: OutboundError) -> PlatformError 
         OutboundError::Timeout { .. } => {
             PlatformError::ProviderTimeout(format!("{}: {e}", integration.name))
         }
+        OutboundError::AddressRefused(why) => address_refused(&why),
         e => PlatformError::ProviderUnavailable(format!("{}: {e}", integration.name)),
     }
 }

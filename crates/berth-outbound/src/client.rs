@@ -46,6 +46,9 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// unable to take (closed meanwhile, nothing sent) goes on a new one.
 pub(crate) struct Pools {
     https: HttpsConnector<HttpConnector>,
+    /// For guarded calls: resolves through the address guard.
+    guarded: HttpsConnector<HttpConnector<crate::ssrf::GuardedResolver>>,
+    policy: crate::ssrf::AddressPolicy,
     lanes: Box<[Arc<Lane>]>,
 }
 
@@ -73,6 +76,9 @@ pub fn set_serving_lane(n: usize) {
 #[derive(Clone)]
 struct Key {
     tls: bool,
+    /// Guarded connections (see `OutboundRequest::guarded`) are never
+    /// shared with unguarded ones to the same host.
+    guarded: bool,
     authority: http::uri::Authority,
 }
 type Sender = hyper::client::conn::http1::SendRequest<ReqBody>;
@@ -88,17 +94,23 @@ struct Lane {
 
 #[derive(Default)]
 struct LaneIdle {
-    /// Plain and TLS connections.
-    maps: [Idle; 2],
+    /// Plain and TLS connections, unguarded then guarded (`Key::slot`).
+    maps: [Idle; 4],
     /// When the next `put` sweeps every host's list (hosts no longer
     /// called would otherwise keep their idle connections).
     next_sweep: Option<Instant>,
 }
 
+impl Key {
+    fn slot(&self) -> usize {
+        usize::from(self.tls) + 2 * usize::from(self.guarded)
+    }
+}
+
 impl Lane {
     fn take(&self, key: &Key) -> Option<Sender> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.maps[usize::from(key.tls)].get_mut(key.authority.as_str())?;
+        let list = idle.maps[key.slot()].get_mut(key.authority.as_str())?;
         while let Some((tx, since)) = list.pop() {
             if tx.is_ready() && since.elapsed() < IDLE {
                 return Some(tx);
@@ -119,7 +131,7 @@ impl Lane {
             }
             idle.next_sweep = Some(now + IDLE);
         }
-        let map = &mut idle.maps[usize::from(key.tls)];
+        let map = &mut idle.maps[key.slot()];
         let list = match map.get_mut(key.authority.as_str()) {
             Some(list) => list,
             None => map.entry(key.authority.as_str().to_string()).or_default(),
@@ -152,15 +164,46 @@ pub(crate) enum SendError {
     /// The request failed on an established connection.
     Request(hyper::Error),
     InvalidUrl(&'static str),
+    /// A guarded call's IP literal host is an internal address.
+    Refused(String),
+}
+
+/// The address guard's refusal inside a connect error, if that is what
+/// it is (the guarded resolver reports through `io::Error`).
+pub(crate) fn refused_address(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(r) = err.downcast_ref::<crate::ssrf::AddressRefused>() {
+            return Some(r.to_string());
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && let Some(r) = io
+                .get_ref()
+                .and_then(|i| i.downcast_ref::<crate::ssrf::AddressRefused>())
+        {
+            return Some(r.to_string());
+        }
+        cur = err.source();
+    }
+    None
 }
 
 impl Pools {
     pub(crate) fn new(config: &OutboundConfig) -> Result<Self, OutboundError> {
+        let policy = crate::ssrf::AddressPolicy::allowing(config.allow_private_networks.clone());
         let mut http = HttpConnector::new();
+        let mut guarded_http = HttpConnector::new_with_resolver(crate::ssrf::GuardedResolver {
+            policy: policy.clone(),
+        });
         // The TLS connector above it takes `https`.
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(config.connect_timeout));
+        for h in [&mut http] {
+            h.enforce_http(false);
+            h.set_nodelay(true);
+            h.set_connect_timeout(Some(config.connect_timeout));
+        }
+        guarded_http.enforce_http(false);
+        guarded_http.set_nodelay(true);
+        guarded_http.set_connect_timeout(Some(config.connect_timeout));
         let roots = rustls::RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };
@@ -172,12 +215,19 @@ impl Pools {
         .with_root_certificates(roots)
         .with_no_client_auth();
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
+            .with_tls_config(tls.clone())
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
+        let guarded = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(guarded_http);
         Ok(Self {
             https,
+            guarded,
+            policy,
             lanes: (0..LANES).map(|_| Arc::default()).collect(),
         })
     }
@@ -188,13 +238,35 @@ impl Pools {
     pub(crate) async fn send(
         &self,
         mut req: hyper::Request<ReqBody>,
+        guarded: bool,
     ) -> Result<hyper::Response<Incoming>, SendError> {
         let uri = req.uri().clone();
         let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
             return Err(SendError::InvalidUrl("the URL has no scheme or host"));
         };
+        if guarded {
+            // The connector resolves names through the guard, but takes an
+            // IP literal as it is.
+            let host = authority
+                .host()
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            if let Ok(ip) = host.parse::<std::net::IpAddr>()
+                && let Err(why) = self.policy.check(ip)
+            {
+                return Err(SendError::Refused(
+                    crate::ssrf::AddressRefused::Internal {
+                        host: host.to_string(),
+                        ip,
+                        why,
+                    }
+                    .to_string(),
+                ));
+            }
+        }
         let key = Key {
             tls: *scheme == http::uri::Scheme::HTTPS,
+            guarded,
             authority: authority.clone(),
         };
         if !req.headers().contains_key(http::header::HOST) {
@@ -225,7 +297,7 @@ impl Pools {
         // Boxed: connecting (TCP, TLS, handshake) is a future several
         // times the size of the rest, and every call, most of which reuse
         // a connection, would otherwise carry it and copy it around.
-        let mut tx = Box::pin(self.connect(uri)).await?;
+        let mut tx = Box::pin(self.connect(uri, guarded)).await?;
         match tx.try_send_request(req).await {
             Ok(resp) => {
                 give_back(lane, key, tx, &resp);
@@ -238,10 +310,13 @@ impl Pools {
 
 impl Pools {
     /// A new connection to `uri`'s host, its driver running on this thread.
-    async fn connect(&self, uri: http::Uri) -> Result<Sender, SendError> {
-        let io = tower_service::Service::call(&mut self.https.clone(), uri)
-            .await
-            .map_err(SendError::Connect)?;
+    async fn connect(&self, uri: http::Uri, guarded: bool) -> Result<Sender, SendError> {
+        let io = if guarded {
+            tower_service::Service::call(&mut self.guarded.clone(), uri).await
+        } else {
+            tower_service::Service::call(&mut self.https.clone(), uri).await
+        }
+        .map_err(SendError::Connect)?;
         let (tx, conn) = hyper::client::conn::http1::Builder::new()
             .handshake(io)
             .await

@@ -37,6 +37,7 @@ use client::{BoxError, Pools, ReqBody, SendError, timed_out};
 pub use budget::{BudgetKey, Budgets, Limit};
 pub use metrics::Metrics;
 use metrics::StatusKey;
+pub mod ssrf;
 pub use retry::RetryPolicy;
 use retry::{Attempt, is_idempotent, parse_retry_after};
 
@@ -62,6 +63,10 @@ pub enum OutboundError {
     TooLarge,
     #[error("the provider sent an invalid or broken response: {0}")]
     Protocol(String),
+    /// A guarded call's host is, or resolves to, an internal address
+    /// (see [`ssrf`]): refused before anything was sent.
+    #[error("{0}")]
+    AddressRefused(String),
     #[error("{}", rate_limited_message(.scope, *.learned, *.retry_after))]
     RateLimited {
         retry_after: Duration,
@@ -88,6 +93,7 @@ impl OutboundError {
         match self {
             OutboundError::RateLimited { .. }
             | OutboundError::InvalidUrl(_)
+            | OutboundError::AddressRefused(_)
             | OutboundError::InvalidHeader(_) => "berth",
             _ => "network",
         }
@@ -108,6 +114,9 @@ pub struct OutboundConfig {
     /// answers 429 itself.
     pub max_budget_wait: Duration,
     pub user_agent: String,
+    /// Internal networks that guarded calls may still reach (the
+    /// operator's `--allow-private-provider-networks`).
+    pub allow_private_networks: Vec<ssrf::IpNet>,
 }
 
 impl Default for OutboundConfig {
@@ -120,6 +129,7 @@ impl Default for OutboundConfig {
             retry: RetryPolicy::default(),
             max_budget_wait: Duration::from_secs(5),
             user_agent: concat!("berth/", env!("CARGO_PKG_VERSION")).into(),
+            allow_private_networks: Vec::new(),
         }
     }
 }
@@ -135,6 +145,9 @@ pub struct CallContext {
     pub budgets: Vec<BudgetKey>,
     /// The budget that headers and 429s teach about.
     pub learn: Option<BudgetKey>,
+    /// The connection's host was chosen by an end user: calls go through
+    /// the address guard (`OutboundRequest::guarded`).
+    pub guarded: bool,
 }
 
 pub enum OutBody {
@@ -187,6 +200,10 @@ pub struct OutboundRequest {
     /// say so: a read sent as POST (HubSpot's search). Such a call gets the
     /// retry policy of a GET.
     pub read_only: bool,
+    /// The URL holds input of someone other than the operator (an end
+    /// user's instance URL): its host must pass the address guard at every
+    /// new connection, and its connections are pooled apart.
+    pub guarded: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -341,6 +358,12 @@ impl Outbound {
         })
     }
 
+    /// The address guard of guarded calls (see [`ssrf`]), with the
+    /// operator's allowed networks.
+    pub fn address_policy(&self) -> ssrf::AddressPolicy {
+        ssrf::AddressPolicy::allowing(self.inner.config.allow_private_networks.clone())
+    }
+
     pub fn config(&self) -> &OutboundConfig {
         &self.inner.config
     }
@@ -411,6 +434,7 @@ impl Outbound {
             body,
             context,
             read_only,
+            guarded,
         } = req;
         let provider = context
             .as_ref()
@@ -495,7 +519,9 @@ impl Outbound {
                 std::mem::take(&mut header_map)
             };
             let outcome =
-                match tokio::time::timeout(first_byte, self.inner.pools.send(request)).await {
+                match tokio::time::timeout(first_byte, self.inner.pools.send(request, guarded))
+                    .await
+                {
                     Err(_) => Err(Failure::Error(
                         OutboundError::Timeout {
                             stage: if buffered && first_byte < cfg.first_byte_timeout {
@@ -595,6 +621,7 @@ impl Outbound {
         url: &url::Url,
         headers: Vec<(String, String)>,
         body: OutBody,
+        guarded: bool,
     ) -> Result<OutboundResponse, OutboundError> {
         let req = OutboundRequest {
             method,
@@ -603,6 +630,7 @@ impl Outbound {
             body,
             context: None,
             read_only: false,
+            guarded,
         };
         self.send(req).await
     }
@@ -772,6 +800,15 @@ fn content_length(h: &HeaderMap) -> Option<u64> {
 fn classify(e: &SendError, cfg: &OutboundConfig) -> Failure {
     match e {
         // DNS, refused, TLS handshake: nothing reached the provider.
+        SendError::Refused(why) => Failure::Error(
+            OutboundError::AddressRefused(why.clone()),
+            // Not worth a retry: the address will not change its class.
+            Attempt::Status(0, None),
+        ),
+        SendError::Connect(e) if client::refused_address(&**e).is_some() => Failure::Error(
+            OutboundError::AddressRefused(client::refused_address(&**e).unwrap_or_default()),
+            Attempt::Status(0, None),
+        ),
         SendError::Connect(e) => {
             let cause = client::describe(&**e);
             let err = if timed_out(&**e) || cause.contains("timed out") {
@@ -867,6 +904,7 @@ mod tests {
             body: OutBody::Empty,
             context: None,
             read_only: false,
+            guarded: false,
         }
     }
 

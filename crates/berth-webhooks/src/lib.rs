@@ -228,7 +228,32 @@ impl Webhooks {
         Ok(u)
     }
 
-    fn check_connections(ids: &Option<Vec<String>>) -> Result<()> {
+    /// A filter's connections must be this environment's: an id of
+    /// another environment (or none at all) would filter on nothing, and
+    /// storing it would tell the caller it exists.
+    async fn check_connections(&self, env: &Environment, ids: &Option<Vec<String>>) -> Result<()> {
+        Self::check_connection_count(ids)?;
+        for id in ids.iter().flatten() {
+            if self
+                .inner
+                .store
+                .get_connection(&env.id, id)
+                .await?
+                .is_none()
+            {
+                return Err(PlatformError::bad_request(
+                    "INVALID_CONNECTION_ID",
+                    format!(
+                        "connectionIds: no connection `{}` in this environment",
+                        id.escape_debug()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_connection_count(ids: &Option<Vec<String>>) -> Result<()> {
         if let Some(ids) = ids {
             if ids.is_empty() {
                 return Err(PlatformError::bad_request(
@@ -255,7 +280,7 @@ impl Webhooks {
         let url = self.check_url(&n.url).await?;
         let filters = events::parse_filters(&n.filters)
             .map_err(|m| PlatformError::bad_request("INVALID_EVENT_TYPE", m))?;
-        Self::check_connections(&n.connection_ids)?;
+        self.check_connections(env, &n.connection_ids).await?;
         if let Some(d) = &n.description
             && d.len() > 1000
         {
@@ -330,7 +355,7 @@ impl Webhooks {
             None => None,
         };
         if let Some(ids) = &c.connection_ids {
-            Self::check_connections(ids)?;
+            self.check_connections(env, ids).await?;
         }
         let conn_ids = c.connection_ids.as_ref().map(|o| o.as_deref());
         let ok = self

@@ -64,6 +64,12 @@ pub struct ServeArgs {
     /// answers 429 (milliseconds).
     #[arg(long, env = "BERTH_RATE_LIMIT_MAX_WAIT_MS")]
     pub rate_limit_max_wait_ms: Option<u64>,
+    /// Internal networks (comma-separated CIDRs, `10.0.0.0/8,fd00::/8`)
+    /// that end-user-chosen provider hosts may still reach, such as a
+    /// self-hosted Chatwoot on the company network. Without them, a
+    /// loopback, private, link-local or metadata address is refused.
+    #[arg(long, env = "BERTH_ALLOW_PRIVATE_PROVIDER_NETWORKS")]
+    pub allow_private_provider_networks: Option<String>,
     /// Request-log rows are kept this many hours.
     #[arg(long, env = "BERTH_REQUEST_LOG_RETENTION_HOURS")]
     pub request_log_retention_hours: Option<u64>,
@@ -153,6 +159,7 @@ struct FileConfig {
     provider_connect_timeout_secs: Option<u64>,
     provider_max_retries: Option<u32>,
     rate_limit_max_wait_ms: Option<u64>,
+    allow_private_provider_networks: Option<String>,
     request_log_retention_hours: Option<u64>,
     dangerous_allow_private_webhook_targets: Option<bool>,
     webhook_timeout_secs: Option<u64>,
@@ -305,6 +312,24 @@ impl Config {
             bail!("the rate-limit wait must be at most 600000 ms");
         }
         outbound.max_budget_wait = Duration::from_millis(wait);
+        if let Some(list) = serve
+            .allow_private_provider_networks
+            .as_deref()
+            .or(file.allow_private_provider_networks.as_deref())
+        {
+            outbound.allow_private_networks = list
+                .split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(|n| {
+                    n.parse::<berth_outbound::ssrf::IpNet>().map_err(|_| {
+                        anyhow::anyhow!(
+                            "allow_private_provider_networks: `{n}` is not a CIDR network (e.g. 10.0.0.0/8)"
+                        )
+                    })
+                })
+                .collect::<anyhow::Result<_>>()?;
+        }
         let retention_hours = serve
             .request_log_retention_hours
             .or(file.request_log_retention_hours)

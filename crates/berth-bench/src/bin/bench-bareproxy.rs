@@ -76,6 +76,7 @@ async fn forward(outbound: &Outbound, upstream: &str, req: Request) -> Response 
             body,
             context: None,
             read_only: false,
+            guarded: false,
         })
         .await;
     match sent {

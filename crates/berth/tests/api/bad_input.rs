@@ -237,7 +237,12 @@ async fn malformed_requests_get_clear_errors() {
 
 #[tokio::test]
 async fn an_unreachable_provider_is_a_clear_502_and_nothing_is_stored() {
-    let app = spawn().await;
+    // Loopback allowed, as an operator would allow a company network
+    // (tests/api/ssrf.rs covers the refusal without it).
+    let app = spawn_with(|c| {
+        c.outbound.allow_private_networks = vec!["127.0.0.0/8".parse().unwrap()];
+    })
+    .await;
     let st = app.session_token(&app.dev_token, json!({})).await;
     // Chatwoot's check call goes to the instance URL the user typed: nothing listens on port 9.
     let r = app

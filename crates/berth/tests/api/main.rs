@@ -15,6 +15,7 @@ mod openapi;
 mod pages;
 mod providers;
 mod proxy;
+mod ssrf;
 mod sync;
 mod tenancy;
 mod vault;
