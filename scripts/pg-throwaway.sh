@@ -2,6 +2,9 @@
 # A throwaway PostgreSQL on loopback for the test suite.
 #   scripts/pg-throwaway.sh start   -> prints the admin URL on stdout
 #   scripts/pg-throwaway.sh stop
+# The server also speaks TLS with a certificate for 127.0.0.1 and localhost
+# signed by a throwaway CA ($ROOT/ca.crt), so clients can be tested with
+# sslmode=verify-full.
 # Installs Debian's postgresql when no server binaries are present. As root,
 # initdb/postgres run as the `postgres` system user (they refuse root).
 set -euo pipefail
@@ -24,8 +27,19 @@ start)
   as_pg=()
   if [ "$(id -u)" = 0 ]; then chown postgres:postgres "$ROOT"; as_pg=(runuser -u postgres --); fi
   "${as_pg[@]}" "$BIN/initdb" -D "$ROOT/data" -U postgres --auth=trust -E UTF8 --no-sync >/dev/null
+  # A CA and a server certificate for the loopback names.
+  openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=berth test CA" \
+    -keyout "$ROOT/ca.key" -out "$ROOT/ca.crt" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+    -keyout "$ROOT/data/server.key" -out "$ROOT/server.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n' > "$ROOT/ext.cnf"
+  openssl x509 -req -in "$ROOT/server.csr" -CA "$ROOT/ca.crt" -CAkey "$ROOT/ca.key" \
+    -CAcreateserial -days 2 -extfile "$ROOT/ext.cnf" -out "$ROOT/data/server.crt" 2>/dev/null
+  chmod 600 "$ROOT/data/server.key"
+  chmod 644 "$ROOT/ca.crt"
+  [ "$(id -u)" = 0 ] && chown postgres:postgres "$ROOT/data/server.key" "$ROOT/data/server.crt"
   "${as_pg[@]}" "$BIN/pg_ctl" -D "$ROOT/data" -l "$ROOT/server.log" -w -t 60 start \
-    -o "-p $PORT -c listen_addresses=127.0.0.1 -k $ROOT $FAST -c max_connections=300" >/dev/null
+    -o "-p $PORT -c listen_addresses=127.0.0.1 -k $ROOT $FAST -c max_connections=300 -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key" >/dev/null
   echo "$PORT" > "$ROOT/port"
   echo "postgres://postgres@127.0.0.1:$PORT/postgres"
   ;;

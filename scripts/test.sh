@@ -28,6 +28,8 @@ fi
 PG_URL=$(scripts/pg-throwaway.sh start)
 trap 'scripts/pg-throwaway.sh stop' EXIT
 export BERTH_TEST_POSTGRES_URL="$PG_URL"
+# The throwaway server's CA: the store suite connects with verify-full too.
+export BERTH_TEST_POSTGRES_CA="${BERTH_PG_ROOT:-/tmp/berth-pg}/ca.crt"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -124,7 +124,11 @@ impl TemplateContext<'_> {
             other => Some(other.to_string()),
         };
         if name == "public_url" {
-            return Some(self.public_url.trim_end_matches('/').to_string());
+            // Empty on a `berth worker` started without `--public-url`: a
+            // template naming it is then an error that says so, rather
+            // than a call to a guessed address.
+            return (!self.public_url.is_empty())
+                .then(|| self.public_url.trim_end_matches('/').to_string());
         }
         let (scope, key) = name.split_once('.')?;
         match scope {

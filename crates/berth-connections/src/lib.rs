@@ -244,15 +244,49 @@ impl Platform {
     }
 
     pub async fn create_api_token(&self, environment: &str, name: &str) -> Result<String> {
+        self.create_api_token_in(berth_store::DEFAULT_PROJECT_ID, environment, name)
+            .await
+    }
+
+    /// A new project with its two environments.
+    pub async fn create_project(&self, name: &str) -> Result<Vec<berth_store::Environment>> {
+        if name.trim().is_empty() || name.len() > 200 {
+            return Err(PlatformError::bad_request(
+                "INVALID_NAME",
+                "a project name is 1 to 200 characters",
+            ));
+        }
+        let suffix = secrets::random_hex(8);
+        Ok(self
+            .inner
+            .store
+            .create_project(
+                &format!("v_project_{suffix}"),
+                &suffix,
+                name.trim(),
+                now_ms(),
+            )
+            .await?)
+    }
+
+    /// An API token of environment `environment` of project `project_id`.
+    pub async fn create_api_token_in(
+        &self,
+        project_id: &str,
+        environment: &str,
+        name: &str,
+    ) -> Result<String> {
         let env = self
             .inner
             .store
-            .environment_by_name(environment)
+            .environment_in(project_id, environment)
             .await?
             .ok_or_else(|| {
                 PlatformError::bad_request(
                     "UNKNOWN_ENVIRONMENT",
-                    format!("no environment named `{environment}` (development or production)"),
+                    format!(
+                        "no environment named `{environment}` in project `{project_id}` (development or production)"
+                    ),
                 )
             })?;
         let prefix = if env.name == "production" {

@@ -196,11 +196,9 @@ impl Pools {
             policy: policy.clone(),
         });
         // The TLS connector above it takes `https`.
-        for h in [&mut http] {
-            h.enforce_http(false);
-            h.set_nodelay(true);
-            h.set_connect_timeout(Some(config.connect_timeout));
-        }
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.connect_timeout));
         guarded_http.enforce_http(false);
         guarded_http.set_nodelay(true);
         guarded_http.set_connect_timeout(Some(config.connect_timeout));

@@ -248,6 +248,53 @@ impl Store {
         }
     }
 
+    /// Creates a project with its `development` and `production`
+    /// environments (ids `v_env_<name>_<suffix>`), in one transaction.
+    pub async fn create_project(
+        &self,
+        id: &str,
+        suffix: &str,
+        name: &str,
+        now: i64,
+    ) -> Result<Vec<Environment>> {
+        with_db!(self, p => {
+            let mut tx = p.begin().await?;
+            sqlx::query("INSERT INTO projects (id, name, created_at) VALUES ($1, $2, $3)")
+                .bind(id).bind(name).bind(now).execute(&mut *tx).await?;
+            for env in ["development", "production"] {
+                sqlx::query(
+                    "INSERT INTO environments (id, project_id, name, created_at) VALUES ($1, $2, $3, $4)",
+                )
+                .bind(format!("v_env_{env}_{suffix}")).bind(id).bind(env).bind(now)
+                .execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(self
+            .environments()
+            .await?
+            .into_iter()
+            .filter(|e| e.project_id == id)
+            .collect())
+    }
+
+    pub async fn projects(&self) -> Result<Vec<Project>> {
+        Ok(with_db!(self, p => sqlx::query_as::<_, Project>(
+            "SELECT id, name, created_at FROM projects ORDER BY created_at, id"
+        ).fetch_all(p).await)?)
+    }
+
+    /// The environment `name` of `project_id`.
+    pub async fn environment_in(
+        &self,
+        project_id: &str,
+        name: &str,
+    ) -> Result<Option<Environment>> {
+        Ok(with_db!(self, p => sqlx::query_as::<_, Environment>(
+            "SELECT id, project_id, name, created_at FROM environments WHERE project_id = $1 AND name = $2"
+        ).bind(project_id).bind(name).fetch_optional(p).await)?)
+    }
+
     pub async fn environments(&self) -> Result<Vec<Environment>> {
         Ok(with_db!(self, p => sqlx::query_as::<_, Environment>(
             "SELECT id, project_id, name, created_at FROM environments ORDER BY created_at, name"
@@ -842,6 +889,21 @@ where
 /// Helpers for tests that need a fresh database.
 pub mod testing {
     use super::*;
+
+    /// Whether this store's PostgreSQL session is encrypted (`false` on
+    /// SQLite).
+    pub async fn postgres_ssl_in_use(store: &Store) -> Result<bool> {
+        match &store.db {
+            Db::Sqlite(_) => Ok(false),
+            Db::Postgres(p) => {
+                let (ssl,): (bool,) =
+                    sqlx::query_as("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+                        .fetch_one(p)
+                        .await?;
+                Ok(ssl)
+            }
+        }
+    }
 
     /// Creates a new, empty PostgreSQL database next to the one `admin_url`
     /// names and returns its URL.

@@ -2,6 +2,13 @@
 //! not API shapes: the HTTP layer maps them to each API family's wire format.
 
 #[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Project {
+    pub id: String,
+    pub name: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Environment {
     pub id: String,
     pub project_id: String,

@@ -228,11 +228,34 @@ pub async fn run_worker(
     config: &Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let public_url = config
-        .public_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{}", config.listen));
+    // A worker serves nothing, so its listen address is no URL of Berth's:
+    // without `--public-url` the integrations whose URLs are built on it
+    // (the sandbox, providers-file entries naming `{{public_url}}`) fail
+    // their syncs with an error that says so.
+    let public_url = config.public_url.clone().unwrap_or_default();
     let platform = platform(config, public_url).await?;
+    if config.public_url.is_none() {
+        let needing: Vec<String> = platform
+            .catalog()
+            .all()
+            .iter()
+            .filter(|i| {
+                i.base_url.contains("public_url")
+                    || i.auth.iter().any(|m| {
+                        [&m.base_url, &m.token_url, &m.authorize_url]
+                            .iter()
+                            .any(|t| t.as_deref().is_some_and(|t| t.contains("public_url")))
+                    })
+            })
+            .map(|i| i.id.clone())
+            .collect();
+        if !needing.is_empty() {
+            tracing::warn!(
+                integrations = %needing.join(", "),
+                "no --public-url (BERTH_PUBLIC_URL): this worker cannot sync connections of these integrations, whose URLs are built on the API server's public URL; set it to the URL the API nodes serve"
+            );
+        }
+    }
     let engine = berth_sync::Engine::new(platform.clone(), config.sync.clone());
     let cancel = CancellationToken::new();
     let workers = engine.spawn(cancel.clone());

@@ -38,6 +38,10 @@ enum Command {
     /// Manage API tokens.
     #[command(subcommand, name = "api-token")]
     ApiToken(ApiTokenCmd),
+    /// Manage projects (each with a development and a production
+    /// environment).
+    #[command(subcommand)]
+    Project(ProjectCmd),
     /// Manage the credential vault.
     #[command(subcommand)]
     Vault(VaultCmd),
@@ -46,11 +50,25 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum ProjectCmd {
+    /// Create a project with its two environments; prints its id.
+    Create {
+        #[arg(long)]
+        name: String,
+    },
+    /// List projects and their environments.
+    List,
+}
+
+#[derive(Subcommand)]
 enum ApiTokenCmd {
     /// Create a token; prints only the token on stdout.
     Create {
         #[arg(long, value_parser = ["development", "production"])]
         environment: String,
+        /// The project (default: the default project).
+        #[arg(long, default_value = berth_store::DEFAULT_PROJECT_ID)]
+        project: String,
         #[arg(long, default_value = "cli")]
         name: String,
     },
@@ -135,6 +153,41 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::info!("berth worker is running");
             berth::run_worker(&config, berth::shutdown_signal()).await
         }
+        Command::Project(cmd) => {
+            let config = Config::resolve(&cli.store, &no_serve)?;
+            let platform = berth::platform(&config, String::new()).await?;
+            platform
+                .store()
+                .bootstrap(berth_connections::now_ms())
+                .await?;
+            match cmd {
+                ProjectCmd::Create { name } => {
+                    let envs = platform.create_project(&name).await?;
+                    if let Some(e) = envs.first() {
+                        println!("{}", e.project_id);
+                    }
+                    for e in &envs {
+                        eprintln!("environment {} {}", e.name, e.id);
+                    }
+                    eprintln!(
+                        "create its API tokens with: berth api-token create --project <id> --environment development|production"
+                    );
+                }
+                ProjectCmd::List => {
+                    let envs = platform.store().environments().await?;
+                    println!("{:<28} {:<32} ENVIRONMENTS", "ID", "NAME");
+                    for p in platform.store().projects().await? {
+                        let ids: Vec<String> = envs
+                            .iter()
+                            .filter(|e| e.project_id == p.id)
+                            .map(|e| format!("{}={}", e.name, e.id))
+                            .collect();
+                        println!("{:<28} {:<32} {}", p.id, p.name, ids.join(" "));
+                    }
+                }
+            }
+            Ok(())
+        }
         Command::Migrate => {
             let config = Config::resolve(&cli.store, &no_serve)?;
             let store = berth::open_store(&config).await?;
@@ -150,8 +203,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .bootstrap(berth_connections::now_ms())
                 .await?;
             match cmd {
-                ApiTokenCmd::Create { environment, name } => {
-                    let token = platform.create_api_token(&environment, &name).await?;
+                ApiTokenCmd::Create {
+                    environment,
+                    project,
+                    name,
+                } => {
+                    let token = platform
+                        .create_api_token_in(&project, &environment, &name)
+                        .await?;
                     println!("{token}");
                 }
                 ApiTokenCmd::List => {
