@@ -208,6 +208,22 @@ pub enum LimitScope {
     Account,
 }
 
+/// A provider's own rate-limit header (`rate_limit_headers`): either a
+/// `remaining` count (with the header naming the window in milliseconds,
+/// or the one naming the reset time) or a `usage` header of `key=used/max`
+/// pairs; `wait_secs` is how long the quota is taken to be gone when the
+/// answer does not say.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitHeader {
+    pub remaining: Option<String>,
+    pub window_ms: Option<String>,
+    pub reset: Option<String>,
+    pub usage: Option<String>,
+    pub key: Option<String>,
+    pub wait_secs: u64,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimit {
@@ -260,6 +276,8 @@ struct IntegrationDef {
     base_url: String,
     default_auth: Option<String>,
     rate_limit: Option<RateLimit>,
+    #[serde(default)]
+    rate_limit_headers: Vec<RateLimitHeader>,
     sync_interval_secs: Option<u64>,
     auth: BTreeMap<String, AuthDef>,
 }
@@ -310,6 +328,9 @@ pub struct Integration {
     pub color: String,
     pub base_url: String,
     pub rate_limit: Option<RateLimit>,
+    /// The provider's own rate-limit headers, which the outbound layer
+    /// learns blocks from (generic `X-RateLimit-*` need no entry).
+    pub rate_limit_headers: Vec<RateLimitHeader>,
     /// The time between syncs of this integration's connections, when not
     /// the server's default (a connection may still set its own).
     pub sync_interval_secs: Option<u64>,
@@ -550,6 +571,18 @@ fn build(id: String, def: IntegrationDef) -> Result<Integration, CatalogError> {
     {
         return Err(invalid(format!("color `{color}` is not #RRGGBB")));
     }
+    for h in &def.rate_limit_headers {
+        let ok = match (&h.remaining, &h.usage) {
+            (Some(_), None) => h.key.is_none(),
+            (None, Some(_)) => h.key.is_some() && h.window_ms.is_none() && h.reset.is_none(),
+            _ => false,
+        };
+        if !ok || h.wait_secs == 0 || h.wait_secs > 86_400 {
+            return Err(invalid(
+                "rate_limit_headers: each entry is either `remaining` (with `window_ms` or `reset`) or `usage` with `key`, and `wait_secs` from 1 to 86400".into(),
+            ));
+        }
+    }
     if let Some(i) = def.sync_interval_secs
         && !(60..=30 * 86_400).contains(&i)
     {
@@ -565,6 +598,7 @@ fn build(id: String, def: IntegrationDef) -> Result<Integration, CatalogError> {
         color,
         base_url: def.base_url,
         rate_limit: def.rate_limit,
+        rate_limit_headers: def.rate_limit_headers,
         sync_interval_secs: def.sync_interval_secs,
         auth,
     })

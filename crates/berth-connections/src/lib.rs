@@ -607,17 +607,31 @@ impl Platform {
             return Ok(c);
         }
         let ticket = self.inner.hot.ticket();
-        let conn = self
+        let hash = secrets::hex_lower(&digest);
+        let Some(conn) = self
             .inner
             .store
-            .connection_by_access_token_hash(&env.id, &secrets::hex_lower(&digest))
+            .connection_by_access_token_hash(&env.id, &hash)
             .await?
-            .ok_or_else(|| {
-                PlatformError::unauthorized(
-                    "INVALID_ACCESS_TOKEN",
-                    "invalid access token (the connection may have been deleted)",
-                )
-            })?;
+        else {
+            // Only on the refusal path: a caller still holding the token
+            // a re-authentication replaced is told so.
+            if self
+                .inner
+                .store
+                .access_token_was_replaced(&env.id, &hash)
+                .await?
+            {
+                return Err(PlatformError::unauthorized(
+                    "ACCESS_TOKEN_REPLACED",
+                    "this access token was replaced when the end user re-authenticated the connection: use the access token of the latest /auth/access-token exchange for it",
+                ));
+            }
+            return Err(PlatformError::unauthorized(
+                "INVALID_ACCESS_TOKEN",
+                "invalid access token (the connection may have been deleted)",
+            ));
+        };
         Ok(self.inner.hot.put_conn(ticket, digest, conn))
     }
 

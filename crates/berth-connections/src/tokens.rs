@@ -460,6 +460,7 @@ impl Platform {
                 }
             }
         };
+        let key = key.with_headers(rate_limit_rules(integration));
         CallContext {
             provider: integration.id.clone(),
             environment_id: conn.environment_id.clone(),
@@ -833,6 +834,32 @@ pub(crate) fn needs_reauth(reason: &str) -> PlatformError {
             )
         },
     }
+}
+
+/// The catalog's rate-limit headers of an integration as the outbound
+/// layer's rules.
+fn rate_limit_rules(integration: &Integration) -> Arc<[berth_outbound::HeaderRule]> {
+    integration
+        .rate_limit_headers
+        .iter()
+        .filter_map(|h| {
+            let wait = Duration::from_secs(h.wait_secs);
+            match (&h.remaining, &h.usage) {
+                (Some(header), _) => Some(berth_outbound::HeaderRule::Remaining {
+                    header: header.to_ascii_lowercase(),
+                    window_ms: h.window_ms.as_ref().map(|w| w.to_ascii_lowercase()),
+                    reset: h.reset.as_ref().map(|r| r.to_ascii_lowercase()),
+                    wait,
+                }),
+                (None, Some(header)) => Some(berth_outbound::HeaderRule::Usage {
+                    header: header.to_ascii_lowercase(),
+                    key: h.key.clone().unwrap_or_default(),
+                    wait,
+                }),
+                (None, None) => None,
+            }
+        })
+        .collect()
 }
 
 /// An end user's host that is an internal address: their input, a 400.

@@ -31,6 +31,75 @@ pub struct Limit {
     pub per_seconds: u32,
 }
 
+/// A provider's own rate-limit headers, as its catalog entry declares
+/// them (the generic `X-RateLimit-*`, `RateLimit-*` and `Retry-After`
+/// need none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderRule {
+    /// `header` says how many calls are left; at 0 the quota is gone for
+    /// the window the `window_ms` header names (milliseconds), or until
+    /// the `reset` header's time (seconds from now or a Unix time), else
+    /// for `wait`. HubSpot: `X-HubSpot-RateLimit-Remaining` with
+    /// `-Interval-Milliseconds`.
+    Remaining {
+        header: String,
+        window_ms: Option<String>,
+        reset: Option<String>,
+        wait: Duration,
+    },
+    /// `header` holds `key=used/max` pairs; at `used >= max` the quota is
+    /// gone for `wait`. Salesforce: `Sforce-Limit-Info: api-usage=…`.
+    Usage {
+        header: String,
+        key: String,
+        wait: Duration,
+    },
+}
+
+impl HeaderRule {
+    fn header(&self) -> &str {
+        match self {
+            HeaderRule::Remaining { header, .. } | HeaderRule::Usage { header, .. } => header,
+        }
+    }
+
+    fn exhausted_for(&self, h: &HeaderMap, now: SystemTime) -> Option<Duration> {
+        match self {
+            HeaderRule::Remaining {
+                header,
+                window_ms,
+                reset,
+                wait,
+            } => {
+                if !number(h, header).is_some_and(|r| r <= 0.0) {
+                    return None;
+                }
+                let from_window = window_ms
+                    .as_deref()
+                    .and_then(|w| number(h, w))
+                    .map(|ms| Duration::from_millis(ms.clamp(0.0, 86_400_000.0) as u64));
+                let from_reset = reset
+                    .as_deref()
+                    .and_then(|r| number(h, r))
+                    .map(|v| reset_in(v, now));
+                Some(from_window.or(from_reset).unwrap_or(*wait))
+            }
+            HeaderRule::Usage { header, key, wait } => {
+                let v = self::header(h, header)?;
+                let usage = v
+                    .split(',')
+                    .find_map(|p| p.trim().strip_prefix(key.as_str())?.strip_prefix('='))?;
+                let (used, max) = usage.split_once('/')?;
+                let (used, max) = (
+                    used.trim().parse::<u64>().ok()?,
+                    max.trim().parse::<u64>().ok()?,
+                );
+                (max > 0 && used >= max).then_some(*wait)
+            }
+        }
+    }
+}
+
 /// Which budget a call draws from.
 #[derive(Debug, Clone)]
 pub struct BudgetKey {
@@ -40,6 +109,8 @@ pub struct BudgetKey {
     /// `"account"` or `"connection"`.
     pub scope: &'static str,
     pub limit: Option<Limit>,
+    /// The provider's own rate-limit headers this key learns from.
+    pub headers: Arc<[HeaderRule]>,
     /// The key's entry once looked up: a key lives in a connection's call
     /// context (cached per thread), so most calls skip the shared map.
     pub slot: Slot,
@@ -51,8 +122,15 @@ impl BudgetKey {
             key,
             scope,
             limit,
+            headers: Arc::from(Vec::new()),
             slot: Slot::default(),
         }
+    }
+
+    /// The same key, learning from `rules` too.
+    pub fn with_headers(mut self, rules: Arc<[HeaderRule]>) -> Self {
+        self.headers = rules;
+        self
     }
 }
 
@@ -203,10 +281,10 @@ impl Budgets {
     /// Learns from a provider answer: a 429, or headers saying the quota is
     /// used up, block the key until the quota returns.
     pub fn learn(&self, key: &BudgetKey, status: u16, headers: &HeaderMap) {
-        if !signals_limit(status, headers) {
+        if !signals_limit(status, headers, &key.headers) {
             return;
         }
-        if let Some(d) = exhausted_for(status, headers, SystemTime::now()) {
+        if let Some(d) = exhausted_for(status, headers, SystemTime::now(), &key.headers) {
             self.block(key, Instant::now() + d);
         }
     }
@@ -245,17 +323,24 @@ fn reset_in(value: f64, now: SystemTime) -> Duration {
 
 /// Whether an answer may say the quota is gone. Most answers carry none of
 /// the headers: one pass over the names instead of a lookup per spelling.
-fn signals_limit(status: u16, h: &HeaderMap) -> bool {
+fn signals_limit(status: u16, h: &HeaderMap, rules: &[HeaderRule]) -> bool {
     status == 429
         || h.keys().any(|k| {
             let k = k.as_str();
-            k.contains("rate") || k.starts_with("sforce-limit")
+            k.contains("rate") || rules.iter().any(|r| r.header().eq_ignore_ascii_case(k))
         })
 }
 
-/// For how long the provider says its quota is gone, if it says so.
-pub fn exhausted_for(status: u16, h: &HeaderMap, now: SystemTime) -> Option<Duration> {
-    if !signals_limit(status, h) {
+/// For how long the provider says its quota is gone, if it says so: a
+/// 429's `Retry-After` or reset header, the generic `X-RateLimit-*`
+/// spellings, then the provider's own headers (`rules`, from the catalog).
+pub fn exhausted_for(
+    status: u16,
+    h: &HeaderMap,
+    now: SystemTime,
+    rules: &[HeaderRule],
+) -> Option<Duration> {
+    if !signals_limit(status, h, rules) {
         return None;
     }
     if status == 429 {
@@ -277,28 +362,7 @@ pub fn exhausted_for(status: u16, h: &HeaderMap, now: SystemTime) -> Option<Dura
             return Some(d.unwrap_or(Duration::from_secs(1)));
         }
     }
-    // HubSpot: per-interval and daily allowances.
-    if number(h, "x-hubspot-ratelimit-remaining").is_some_and(|r| r <= 0.0) {
-        let ms = number(h, "x-hubspot-ratelimit-interval-milliseconds").unwrap_or(10_000.0);
-        return Some(Duration::from_millis(ms.clamp(0.0, 86_400_000.0) as u64));
-    }
-    if number(h, "x-hubspot-ratelimit-daily-remaining").is_some_and(|r| r <= 0.0) {
-        return Some(Duration::from_secs(3600));
-    }
-    // Salesforce: `Sforce-Limit-Info: api-usage=15000/15000` (a rolling
-    // 24-hour allowance; check again in five minutes).
-    if let Some(v) = header(h, "sforce-limit-info")
-        && let Some(usage) = v
-            .split(',')
-            .find_map(|p| p.trim().strip_prefix("api-usage="))
-        && let Some((used, max)) = usage.split_once('/')
-        && let (Ok(used), Ok(max)) = (used.trim().parse::<u64>(), max.trim().parse::<u64>())
-        && max > 0
-        && used >= max
-    {
-        return Some(Duration::from_secs(300));
-    }
-    None
+    rules.iter().find_map(|r| r.exhausted_for(h, now))
 }
 
 #[cfg(test)]
@@ -316,7 +380,31 @@ mod tests {
     #[test]
     fn learns_from_provider_headers() {
         let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let d = |s, p: &[(&'static str, &str)]| exhausted_for(s, &hm(p), now);
+        // As the catalog declares HubSpot's and Salesforce's.
+        let rules = [
+            HeaderRule::Remaining {
+                header: "x-hubspot-ratelimit-remaining".into(),
+                window_ms: Some("x-hubspot-ratelimit-interval-milliseconds".into()),
+                reset: None,
+                wait: Duration::from_secs(10),
+            },
+            HeaderRule::Usage {
+                header: "sforce-limit-info".into(),
+                key: "api-usage".into(),
+                wait: Duration::from_secs(300),
+            },
+        ];
+        let d = |s, p: &[(&'static str, &str)]| exhausted_for(s, &hm(p), now, &rules);
+        // Without the rules, a provider's own header means nothing.
+        assert_eq!(
+            exhausted_for(
+                200,
+                &hm(&[("sforce-limit-info", "api-usage=15000/15000")]),
+                now,
+                &[]
+            ),
+            None
+        );
         assert_eq!(d(200, &[("x-ratelimit-remaining", "5")]), None);
         assert_eq!(
             d(

@@ -34,7 +34,7 @@ use tokio::sync::mpsc;
 pub use client::{BodyStream, host_header, set_serving_lane};
 use client::{BoxError, Pools, ReqBody, SendError, timed_out};
 
-pub use budget::{BudgetKey, Budgets, Limit};
+pub use budget::{BudgetKey, Budgets, HeaderRule, Limit};
 pub use metrics::Metrics;
 use metrics::StatusKey;
 pub mod ssrf;

@@ -451,7 +451,8 @@ impl Store {
                 return Ok(None);
             }
             let conn = sqlx::query_as::<_, Connection>(concat!(
-                "UPDATE connections SET access_token_hash = $2, updated_at = $3 \
+                "UPDATE connections SET replaced_access_token_hash = access_token_hash, \
+                 access_token_hash = $2, updated_at = $3 \
                  WHERE id = (SELECT connection_id FROM auth_sessions WHERE id = $1) AND deleted_at IS NULL \
                  RETURNING ", connection_cols!()
             )).bind(session_id).bind(access_token_hash).bind(now).fetch_optional(&mut *tx).await?;
@@ -501,6 +502,20 @@ impl Store {
             "SELECT ", connection_cols!(), " FROM connections \
              WHERE environment_id = $1 AND access_token_hash = $2 AND deleted_at IS NULL"
         )).bind(environment_id).bind(hash).fetch_optional(p).await)?)
+    }
+
+    /// Whether `hash` is the access token a live connection of the
+    /// environment had before its last re-authentication.
+    pub async fn access_token_was_replaced(
+        &self,
+        environment_id: &str,
+        hash: &str,
+    ) -> Result<bool> {
+        let row: Option<(String,)> = with_db!(self, p => sqlx::query_as(
+            "SELECT id FROM connections \
+             WHERE environment_id = $1 AND replaced_access_token_hash = $2 AND deleted_at IS NULL"
+        ).bind(environment_id).bind(hash).fetch_optional(p).await)?;
+        Ok(row.is_some())
     }
 
     /// Deletes a connection: revokes its access token, erases its credential

@@ -428,3 +428,64 @@ async fn sandbox_is_a_real_http_provider() {
         401
     );
 }
+
+#[tokio::test]
+async fn an_access_token_replaced_by_reauthentication_says_so() {
+    let app = spawn().await;
+    let token = app.dev_token.clone();
+    let (conn, old) = app.connect_sandbox(&token, "reauth-key").await;
+    // Re-authenticate in place: a session naming the connection.
+    let st = app
+        .session_token(&token, serde_json::json!({"connectionId": conn}))
+        .await;
+    let r = app
+        .post(
+            "/auth/start",
+            &[("x-vessel-session-token", &st)],
+            serde_json::json!({"integrationId": "sandbox", "answers": {"api-key": "reauth-key-2"}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = app
+        .post(
+            "/auth/access-token",
+            &[
+                ("x-vessel-api-token", &token),
+                ("x-vessel-session-token", &st),
+            ],
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["result"]["connectionId"], conn.as_str());
+    let new = r.body["result"]["accessToken"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let call = |access: String| {
+        let app = &app;
+        let token = token.clone();
+        async move {
+            app.post(
+                "/passthrough",
+                &[
+                    ("x-vessel-api-token", &token),
+                    ("x-vessel-access-token", &access),
+                ],
+                serde_json::json!({"method": "GET", "path": "/me"}),
+            )
+            .await
+        }
+    };
+    let r = call(old).await;
+    assert_eq!(v2_error(&r, 401), "ACCESS_TOKEN_REPLACED", "{r:?}");
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("re-authenticated")
+    );
+    assert_eq!(call(new).await.status, 200);
+    let r = call("v_access_bogus".into()).await;
+    assert_eq!(v2_error(&r, 401), "INVALID_ACCESS_TOKEN");
+}

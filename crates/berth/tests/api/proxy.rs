@@ -1195,3 +1195,55 @@ async fn a_deleted_connection_is_refused_on_every_serving_thread_at_once() {
         assert_eq!(body["error"]["code"], "INVALID_ACCESS_TOKEN", "{body}");
     }
 }
+
+/// A provider's own rate-limit headers are catalog data: HubSpot's
+/// `X-HubSpot-RateLimit-Remaining: 0` blocks the budget for the window its
+/// interval header names, so the next call is held back by Berth; a
+/// custom integration that declares no such header is not blocked by it.
+#[tokio::test]
+async fn catalog_declared_rate_limit_headers_teach_the_budget() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let upstream = axum::Router::new().fallback(move || {
+        let c = c.clone();
+        async move {
+            c.fetch_add(1, Ordering::SeqCst);
+            (
+                [
+                    ("x-hubspot-ratelimit-remaining", "0"),
+                    ("x-hubspot-ratelimit-interval-milliseconds", "30000"),
+                ],
+                axum::Json(serde_json::json!({"results": []})),
+            )
+        }
+    });
+    let base = berth_fakes::serve(upstream).await.unwrap();
+    let app = crate::providers::app_with_catalog(format!(
+        "[integrations.hubspot]\nbase_url = \"{base}\"\n\
+         [integrations.acme]\nname = \"Acme\"\ncategory = \"crm\"\nbase_url = \"{base}\"\n\
+         [integrations.acme.auth.apiKey]\nattach = {{ header = \"Authorization\", value = \"Bearer {{{{credential.apiKey}}}}\" }}\n\
+         questions = [{{ id = \"api-key\", label = \"Key\", type = \"password\" }}]\n"
+    ))
+    .await;
+    for (integration, held_back) in [("hubspot", true), ("acme", false)] {
+        let (_, access) = app.connect_api_key(integration, "pat-na1-x").await;
+        let h = [
+            ("x-vessel-api-token", app.dev_token.as_str()),
+            ("x-vessel-access-token", access.as_str()),
+        ];
+        let body = serde_json::json!({"method": "GET", "path": "/crm/v3/objects/contacts"});
+        let r = app.post("/passthrough", &h, body.clone()).await;
+        assert_eq!(r.status, 200, "{integration}: {r:?}");
+        let before = calls.load(Ordering::SeqCst);
+        let r = app.post("/passthrough", &h, body).await;
+        if held_back {
+            assert_eq!(v2_error(&r, 429), "RATE_LIMITED", "{r:?}");
+            assert_eq!(calls.load(Ordering::SeqCst), before, "held back by Berth");
+        } else {
+            assert_eq!(r.status, 200, "{integration}: {r:?}");
+            assert_eq!(calls.load(Ordering::SeqCst), before + 1);
+        }
+    }
+}
