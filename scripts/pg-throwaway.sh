@@ -2,6 +2,7 @@
 # A throwaway PostgreSQL on loopback for the test suite.
 #   scripts/pg-throwaway.sh start   -> prints the admin URL on stdout
 #   scripts/pg-throwaway.sh stop
+#   scripts/pg-throwaway.sh restart|halt|resume   (fault tests)
 # The server also speaks TLS with a certificate for 127.0.0.1 and localhost
 # signed by a throwaway CA ($ROOT/ca.crt), so clients can be tested with
 # sslmode=verify-full.
@@ -38,10 +39,21 @@ start)
   chmod 600 "$ROOT/data/server.key"
   chmod 644 "$ROOT/ca.crt"
   [ "$(id -u)" = 0 ] && chown postgres:postgres "$ROOT/data/server.key" "$ROOT/data/server.crt"
-  "${as_pg[@]}" "$BIN/pg_ctl" -D "$ROOT/data" -l "$ROOT/server.log" -w -t 60 start \
-    -o "-p $PORT -c listen_addresses=127.0.0.1 -k $ROOT $FAST -c max_connections=300 -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key" >/dev/null
+  echo "-p $PORT -c listen_addresses=127.0.0.1 -k $ROOT $FAST -c max_connections=300 -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key" > "$ROOT/opts"
+  "${as_pg[@]}" "$BIN/pg_ctl" -D "$ROOT/data" -l "$ROOT/server.log" -w -t 60 start -o "$(cat "$ROOT/opts")" >/dev/null
   echo "$PORT" > "$ROOT/port"
   echo "postgres://postgres@127.0.0.1:$PORT/postgres"
+  ;;
+restart|halt|resume)
+  # For fault tests: restart in place (fast shutdown: sessions are cut),
+  # halt (stop, keeping the data), resume (start a halted one again).
+  BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+  as_pg=(); [ "$(id -u)" = 0 ] && as_pg=(runuser -u postgres --)
+  case "$1" in
+  restart) "${as_pg[@]}" "$BIN/pg_ctl" -D "$ROOT/data" -m fast -w -t 60 restart -o "$(cat "$ROOT/opts")" >/dev/null ;;
+  halt) "${as_pg[@]}" "$BIN/pg_ctl" -D "$ROOT/data" -m fast -w -t 60 stop >/dev/null ;;
+  resume) "${as_pg[@]}" "$BIN/pg_ctl" -D "$ROOT/data" -l "$ROOT/server.log" -w -t 60 start -o "$(cat "$ROOT/opts")" >/dev/null ;;
+  esac
   ;;
 stop)
   [ -d "$ROOT/data" ] || exit 0

@@ -71,6 +71,9 @@ impl<F> From<CrmError> for ApiError<F> {
             CrmError::Unavailable(_) => {
                 Self::new(StatusCode::BAD_GATEWAY, "PROVIDER_UNAVAILABLE", message)
             }
+            CrmError::StoreUnavailable(source) => {
+                ApiError::from(berth_connections::PlatformError::StoreUnavailable(source))
+            }
             CrmError::Internal(source) => {
                 ApiError::from(berth_connections::PlatformError::Internal(source))
             }

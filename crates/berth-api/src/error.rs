@@ -113,6 +113,14 @@ impl<F> From<PlatformError> for ApiError<F> {
                 retry_after: Some(retry_after_secs),
                 ..Self::new(StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED", message)
             },
+            PlatformError::StoreUnavailable(source) => Self {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "STORE_UNAVAILABLE",
+                message,
+                retry_after: Some(1),
+                source: Some(source),
+                _family: PhantomData,
+            },
             PlatformError::Internal(source) => Self {
                 status: StatusCode::INTERNAL_SERVER_ERROR,
                 code: "INTERNAL",

@@ -68,6 +68,10 @@ pub enum PlatformError {
         retry_after_secs: u64,
         message: String,
     },
+    /// The store is unreachable or dropped the connection (a restart):
+    /// answered 503 with `Retry-After`.
+    #[error("the store is unavailable for a moment; retry shortly")]
+    StoreUnavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -90,7 +94,11 @@ impl PlatformError {
 
 impl From<StoreError> for PlatformError {
     fn from(e: StoreError) -> Self {
-        PlatformError::Internal(Box::new(e))
+        if e.is_unavailable() {
+            PlatformError::StoreUnavailable(Box::new(e))
+        } else {
+            PlatformError::Internal(Box::new(e))
+        }
     }
 }
 

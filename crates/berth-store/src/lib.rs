@@ -51,6 +51,42 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The store could not be reached or dropped the connection (a
+    /// PostgreSQL restart, a network cut, a full pool): not the caller's
+    /// fault and not a bug, so an answer is 503 with `Retry-After`.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Database(e) => match e {
+                sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed => true,
+                // Class 08: connection exception; 57P01-03: admin shutdown,
+                // crash shutdown, cannot connect now; 53300: too many
+                // connections.
+                sqlx::Error::Database(d) => d
+                    .code()
+                    .is_some_and(|c| c.starts_with("08") || c.starts_with("57P") || c == "53300"),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
+    /// A pooled connection died under the query (the server restarted):
+    /// a fresh connection may well succeed. A pool timeout is not this:
+    /// the pool has already waited for one.
+    fn is_connection_lost(&self) -> bool {
+        match self {
+            StoreError::Database(sqlx::Error::Io(_)) => true,
+            StoreError::Database(sqlx::Error::Database(d)) => d
+                .code()
+                .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+            _ => false,
+        }
+    }
+
     pub fn is_unique_violation(&self) -> bool {
         matches!(self, StoreError::Database(sqlx::Error::Database(d)) if d.is_unique_violation())
     }
@@ -142,6 +178,20 @@ impl Store {
         }
     }
 
+    /// Runs a read, and once more when the first attempt found its pooled
+    /// connection dead (PostgreSQL restarted under it): reads repeat
+    /// safely, and the retry gets a fresh connection or fails fast.
+    async fn read<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        match f().await {
+            Err(e) if e.is_connection_lost() && matches!(self.db, Db::Postgres(_)) => f().await,
+            r => r,
+        }
+    }
+
     /// Notified whenever events were committed by this process.
     pub fn outbox_signal(&self) -> std::sync::Arc<tokio::sync::Notify> {
         self.outbox.clone()
@@ -154,9 +204,11 @@ impl Store {
     /// Opens (creating if needed) the database at `url`.
     pub async fn connect(url: &str) -> Result<Self> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            // While PostgreSQL is unreachable a request fails within this
+            // time (a 503 with Retry-After) instead of queueing for long.
             let pool = PgPoolOptions::new()
                 .max_connections(16)
-                .acquire_timeout(Duration::from_secs(10))
+                .acquire_timeout(Duration::from_secs(3))
                 .connect(url)
                 .await?;
             Ok(Self::new(Db::Postgres(pool)))
@@ -327,6 +379,11 @@ impl Store {
 
     /// The environment of a live (not revoked) API token.
     pub async fn environment_by_api_token_hash(&self, hash: &str) -> Result<Option<Environment>> {
+        self.read(|| self.environment_by_api_token_hash_once(hash))
+            .await
+    }
+
+    async fn environment_by_api_token_hash_once(&self, hash: &str) -> Result<Option<Environment>> {
         Ok(with_db!(self, p => sqlx::query_as::<_, Environment>(
             "SELECT e.id, e.project_id, e.name, e.created_at FROM api_tokens t \
              JOIN environments e ON e.id = t.environment_id \
@@ -364,6 +421,10 @@ impl Store {
     }
 
     pub async fn session_by_token_hash(&self, hash: &str) -> Result<Option<AuthSession>> {
+        self.read(|| self.session_by_token_hash_once(hash)).await
+    }
+
+    async fn session_by_token_hash_once(&self, hash: &str) -> Result<Option<AuthSession>> {
         Ok(with_db!(self, p => sqlx::query_as::<_, AuthSession>(
             concat!("SELECT ", session_cols!(), " FROM auth_sessions WHERE token_hash = $1")
         ).bind(hash).fetch_optional(p).await)?)
@@ -486,6 +547,15 @@ impl Store {
         environment_id: &str,
         id: &str,
     ) -> Result<Option<Connection>> {
+        self.read(|| self.get_connection_once(environment_id, id))
+            .await
+    }
+
+    async fn get_connection_once(
+        &self,
+        environment_id: &str,
+        id: &str,
+    ) -> Result<Option<Connection>> {
         Ok(with_db!(self, p => sqlx::query_as::<_, Connection>(concat!(
             "SELECT ", connection_cols!(), " FROM connections \
              WHERE environment_id = $1 AND id = $2 AND deleted_at IS NULL"
@@ -494,6 +564,15 @@ impl Store {
 
     /// The live connection holding this access token, in the given environment.
     pub async fn connection_by_access_token_hash(
+        &self,
+        environment_id: &str,
+        hash: &str,
+    ) -> Result<Option<Connection>> {
+        self.read(|| self.connection_by_access_token_hash_once(environment_id, hash))
+            .await
+    }
+
+    async fn connection_by_access_token_hash_once(
         &self,
         environment_id: &str,
         hash: &str,
@@ -557,6 +636,15 @@ impl Store {
     // ---- credentials --------------------------------------------------------
 
     pub async fn get_credential(
+        &self,
+        environment_id: &str,
+        connection_id: &str,
+    ) -> Result<Option<Credential>> {
+        self.read(|| self.get_credential_once(environment_id, connection_id))
+            .await
+    }
+
+    async fn get_credential_once(
         &self,
         environment_id: &str,
         connection_id: &str,

@@ -49,13 +49,20 @@ pub enum CrmError {
     },
     #[error("{0}")]
     Unavailable(String),
+    /// See `PlatformError::StoreUnavailable`.
+    #[error("the store is unavailable for a moment; retry shortly")]
+    StoreUnavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl From<berth_store::StoreError> for CrmError {
     fn from(e: berth_store::StoreError) -> Self {
-        CrmError::Internal(Box::new(e))
+        if e.is_unavailable() {
+            CrmError::StoreUnavailable(Box::new(e))
+        } else {
+            CrmError::Internal(Box::new(e))
+        }
     }
 }
 

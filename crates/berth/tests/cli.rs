@@ -973,3 +973,156 @@ async fn a_second_project_from_the_cli_is_a_tenant_of_its_own() {
         "{b}"
     );
 }
+
+/// A PostgreSQL of this test's own (the suite's shared one must not be
+/// restarted under other tests), through `scripts/pg-throwaway.sh`.
+struct OwnPostgres {
+    root: std::path::PathBuf,
+    url: String,
+}
+
+impl OwnPostgres {
+    fn script() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/pg-throwaway.sh")
+    }
+
+    fn start() -> Self {
+        let root = std::env::temp_dir().join(format!("berth-pg-fault-{}", std::process::id()));
+        let out = Command::new("bash")
+            .arg(Self::script())
+            .arg("start")
+            .env("BERTH_PG_ROOT", &root)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let url = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        OwnPostgres { root, url }
+    }
+
+    fn run(&self, what: &str) {
+        let out = Command::new("bash")
+            .arg(Self::script())
+            .arg(what)
+            .env("BERTH_PG_ROOT", &self.root)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(Self::script())
+            .arg("stop")
+            .env("BERTH_PG_ROOT", &self.root)
+            .output();
+    }
+}
+
+/// While PostgreSQL restarts or is down, Berth answers 503 with
+/// Retry-After, promptly, never a 500; once it is back, everything works.
+#[tokio::test]
+async fn a_postgres_restart_is_a_brief_503_never_a_500() {
+    if std::env::var("BERTH_TEST_BACKEND").as_deref() != Ok("postgres") {
+        eprintln!("note: a PostgreSQL fault test; runs with BERTH_TEST_BACKEND=postgres");
+        return;
+    }
+    let pg = OwnPostgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let db = berth_store::testing::fresh_postgres_database(&pg.url)
+        .await
+        .unwrap();
+    let server = serve(data, &db);
+    let token = server
+        .banner
+        .split_whitespace()
+        .find(|w| w.starts_with("berth_dev_"))
+        .unwrap()
+        .to_string();
+    let client = reqwest::Client::new();
+    let base = server.base.clone();
+    let hit = move |path: &'static str| {
+        let client = client.clone();
+        let base = base.clone();
+        let token = token.clone();
+        async move {
+            let started = std::time::Instant::now();
+            let r = client
+                .post(format!("{base}{path}"))
+                .header("x-vessel-api-token", &token)
+                .json(&json!({}))
+                .send()
+                .await
+                .unwrap();
+            let retry_after = r.headers().contains_key("retry-after");
+            (r.status().as_u16(), retry_after, started.elapsed())
+        }
+    };
+    assert_eq!(hit("/connections/list").await.0, 200);
+
+    // Restart under load: reads and writes keep coming.
+    let load = {
+        let hit = hit.clone();
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let end = std::time::Instant::now() + std::time::Duration::from_secs(6);
+            while std::time::Instant::now() < end {
+                let (a, b) = tokio::join!(hit("/connections/list"), hit("/auth/session-token"));
+                seen.push(a);
+                seen.push(b);
+            }
+            seen
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    pg.run("restart");
+    let seen = load.await.unwrap();
+    let bad: Vec<_> = seen
+        .iter()
+        .filter(|(s, ra, _)| *s >= 500 && !(*s == 503 && *ra))
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "5xx other than 503 with Retry-After: {bad:?}"
+    );
+    assert!(seen.iter().any(|(s, ..)| *s == 200));
+    eprintln!(
+        "{} requests around the restart: {} answered 503",
+        seen.len(),
+        seen.iter().filter(|(s, ..)| *s == 503).count()
+    );
+
+    // Down: a prompt 503, not a long stall.
+    pg.run("halt");
+    for path in ["/connections/list", "/auth/session-token"] {
+        let (status, retry_after, took) = hit(path).await;
+        assert_eq!((status, retry_after), (503, true), "{path}");
+        assert!(
+            took < std::time::Duration::from_secs(5),
+            "{path} took {took:?}"
+        );
+    }
+    pg.run("resume");
+    let mut ok = false;
+    for _ in 0..100 {
+        if hit("/connections/list").await.0 == 200 {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(ok, "back after PostgreSQL returned");
+    assert_eq!(hit("/auth/session-token").await.0, 200);
+    let mut server = server;
+    let _ = server.child.kill();
+}
