@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Berth's whole test suite, as CI runs it (.ci/run calls exactly this).
-#  1. formatting and clippy (warnings are errors)
+#  1. formatting, clippy (warnings are errors) and unused dependencies
 #  2. every unit and integration test on SQLite, with the store conformance
 #     suite also run against a throwaway PostgreSQL
 #  3. the HTTP and CLI integration tests again with PostgreSQL as the store
@@ -35,6 +35,12 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== unused dependencies (cargo-machete)"
+if ! command -v cargo-machete >/dev/null; then
+  echo "installing cargo-machete (crates.io)..." >&2
+  cargo install --quiet --locked cargo-machete@0.9.2 >&2
+fi
+cargo machete
 
 echo "== tests (SQLite; store suite on SQLite and PostgreSQL)"
 cargo test --workspace --locked

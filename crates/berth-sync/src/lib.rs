@@ -111,7 +111,9 @@ impl Engine {
                     .with_scan_budget(config.scan_budget),
                 platform,
                 config,
-                node: secrets::new_id("worker"),
+                // The process id shows operators (and fault tests) which
+                // process holds a job's lease.
+                node: secrets::new_id(&format!("worker_{}", std::process::id())),
                 wake: Notify::new(),
             }),
         }

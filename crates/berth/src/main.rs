@@ -106,6 +106,13 @@ fn init_tracing() {
 }
 
 fn main() -> ExitCode {
+    // Before any thread starts: mimalloc commits its arenas eagerly on
+    // Linux, and with transparent huge pages on (`always` is common) each
+    // thread's first small allocation then pins a whole 2 MiB page. Off,
+    // an idle server holds ~22 MB instead of ~42 MB; the heap is small
+    // enough that huge pages buy nothing measurable.
+    #[cfg(target_os = "linux")]
+    let _ = rustix::thread::disable_transparent_huge_pages(true);
     let cli = Cli::parse();
     init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

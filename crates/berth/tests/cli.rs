@@ -22,8 +22,32 @@ fn berth(data_dir: &Path, db: &str, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// A child process killed when dropped, so a failing test leaves no
+/// server running behind it.
+struct Guarded(Child);
+
+impl std::ops::Deref for Guarded {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Guarded {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 struct Server {
-    child: Child,
+    child: Guarded,
     base: String,
     banner: String,
     stdout_rest: std::thread::JoinHandle<String>,
@@ -71,7 +95,7 @@ fn serve_with(data_dir: &Path, db: &str, extra: &[&str]) -> Server {
         s
     });
     Server {
-        child,
+        child: Guarded(child),
         base,
         banner,
         stdout_rest,
@@ -819,17 +843,19 @@ async fn a_worker_without_public_url_says_so_instead_of_calling_a_guessed_addres
     assert_eq!(s, 200, "{b}");
     let conn = b["result"]["connectionId"].as_str().unwrap().to_string();
 
-    let mut worker = Command::new(BIN)
-        .args(["worker", "--data-dir"])
-        .arg(data)
-        .arg("--database-url")
-        .arg(&db)
-        .env_remove("BERTH_MASTER_KEY")
-        .env_remove("BERTH_PUBLIC_URL")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut worker = Guarded(
+        Command::new(BIN)
+            .args(["worker", "--data-dir"])
+            .arg(data)
+            .arg("--database-url")
+            .arg(&db)
+            .env_remove("BERTH_MASTER_KEY")
+            .env_remove("BERTH_PUBLIC_URL")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut err = worker.stderr.take().unwrap();
     let stderr = std::thread::spawn(move || {
         let mut s = String::new();
@@ -1125,4 +1151,201 @@ async fn a_postgres_restart_is_a_brief_503_never_a_500() {
     assert_eq!(hit("/auth/session-token").await.0, 200);
     let mut server = server;
     let _ = server.child.kill();
+}
+
+fn spawn_worker(data_dir: &Path, db: &str, extra: &[&str]) -> Guarded {
+    Guarded(
+        Command::new(BIN)
+            .args(["worker", "--data-dir"])
+            .arg(data_dir)
+            .arg("--database-url")
+            .arg(db)
+            .args(extra)
+            .env_remove("BERTH_MASTER_KEY")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Two API nodes and two workers on one PostgreSQL; mid-sync, PostgreSQL
+/// restarts and the worker running the job is killed with -9. The other
+/// worker finishes the sync, and both API nodes serve exactly the
+/// provider's records.
+#[tokio::test]
+async fn two_nodes_two_workers_survive_a_postgres_restart_and_a_worker_kill() {
+    use berth_fakes::hubspot;
+    use std::collections::HashSet;
+    if std::env::var("BERTH_TEST_BACKEND").as_deref() != Ok("postgres") {
+        eprintln!("note: a PostgreSQL fault test; runs with BERTH_TEST_BACKEND=postgres");
+        return;
+    }
+    let token = "pat-na1-multi-node";
+    let hs = hubspot::HubSpot::new(hubspot::Options {
+        tokens: vec![token.into()],
+        contacts: 3000,
+        companies: 200,
+        deals: 200,
+        engagements: 10,
+        history_days: 365,
+        burst_per_10s: 0,
+        search_per_sec: 0,
+        ..Default::default()
+    });
+    hs.set_page_delay(std::time::Duration::from_millis(30));
+    let hs_base = berth_fakes::serve(hs.router()).await.unwrap();
+    let pg = OwnPostgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let db = berth_store::testing::fresh_postgres_database(&pg.url)
+        .await
+        .unwrap();
+    let providers = data.join("providers.toml");
+    std::fs::write(
+        &providers,
+        format!("[integrations.hubspot]\nbase_url = \"{hs_base}\"\nrate_limit = {{ requests = 10000, per_seconds = 10, scope = \"account\" }}\n"),
+    )
+    .unwrap();
+    let providers = providers.to_str().unwrap().to_string();
+    let flags = ["--providers-file", &providers, "--sync-lease-secs", "5"];
+    let api_a = serve_with(data, &db, &[&flags[..], &["--no-workers"]].concat());
+    let api_b = serve_with(data, &db, &[&flags[..], &["--no-workers"]].concat());
+    let api_token = api_a
+        .banner
+        .split_whitespace()
+        .find(|w| w.starts_with("berth_dev_"))
+        .unwrap()
+        .to_string();
+    let mut workers = vec![
+        spawn_worker(data, &db, &flags),
+        spawn_worker(data, &db, &flags),
+    ];
+
+    let (_, b) = post(
+        &api_a.base,
+        "/auth/session-token",
+        &[("x-vessel-api-token", &api_token)],
+        json!({}),
+    )
+    .await;
+    let st = b["result"]["sessionToken"].as_str().unwrap().to_string();
+    let (s, b) = post(
+        &api_b.base,
+        "/auth/start",
+        &[("x-vessel-session-token", &st)],
+        json!({"integrationId": "hubspot", "authType": "apiKey", "answers": {"api-key": token}}),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let (_, b) = post(
+        &api_a.base,
+        "/auth/access-token",
+        &[
+            ("x-vessel-api-token", &api_token),
+            ("x-vessel-session-token", &st),
+        ],
+        json!({}),
+    )
+    .await;
+    let conn = b["result"]["connectionId"].as_str().unwrap().to_string();
+    let access = b["result"]["accessToken"].as_str().unwrap().to_string();
+
+    // Mid-backfill: restart PostgreSQL, then kill the worker holding the job.
+    let store = berth_store::Store::connect(&db).await.unwrap();
+    let mut mid = false;
+    for _ in 0..4000 {
+        let states = store.sync_states(&conn).await.unwrap();
+        if states
+            .iter()
+            .any(|s| s.object == "contacts" && s.phase == "backfill" && s.cursor.is_some())
+            && hs.list_pages("contacts") >= 5
+        {
+            mid = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert!(mid, "the contacts backfill never started");
+    pg.run("restart");
+    let store = berth_store::Store::connect(&db).await.unwrap();
+    let owner = store
+        .jobs_of_connection(&conn, 1)
+        .await
+        .unwrap()
+        .first()
+        .and_then(|j| j.lease_owner.clone())
+        .unwrap_or_default();
+    let victim = workers
+        .iter()
+        .position(|w| owner.starts_with(&format!("worker_{}_", w.id())))
+        .expect("the job is held by one of the two workers");
+    Command::new("kill")
+        .args(["-KILL", &workers[victim].id().to_string()])
+        .status()
+        .unwrap();
+    workers[victim].wait().unwrap();
+    hs.set_page_delay(std::time::Duration::ZERO);
+
+    // The other worker takes the job over once the lease ends.
+    let mut ready = false;
+    for _ in 0..1200 {
+        let (_, b) = post(
+            &api_b.base,
+            "/connections/get",
+            &[("x-vessel-api-token", &api_token)],
+            json!({"id": conn}),
+        )
+        .await;
+        let done = store
+            .jobs_of_connection(&conn, 1)
+            .await
+            .map(|j| j.first().is_some_and(|j| j.state == "done"))
+            .unwrap_or(false);
+        if b["result"]["status"] == "READY" && done {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(ready, "the surviving worker finished the sync");
+
+    // Both API nodes serve exactly the provider's contacts.
+    let want: HashSet<String> = hs.live_ids("contacts").into_iter().collect();
+    let client = reqwest::Client::new();
+    for base in [&api_a.base, &api_b.base] {
+        let mut got = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut url = format!("{base}/crm/contacts?accessToken={access}&limit=1000");
+            if let Some(c) = &cursor {
+                url.push_str(&format!("&cursor={c}"));
+            }
+            let v: Value = client
+                .get(url)
+                .header("vessel-api-token", &api_token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            for c in v["contacts"].as_array().unwrap() {
+                got.push(c["nativeId"].as_str().unwrap().to_string());
+            }
+            match v["nextPageCursor"].as_str() {
+                Some(c) => cursor = Some(c.to_string()),
+                None => break,
+            }
+        }
+        let unique: HashSet<String> = got.iter().cloned().collect();
+        assert_eq!(got.len(), unique.len(), "{base}: no duplicates");
+        assert_eq!(unique, want, "{base}: exactly the provider's contacts");
+    }
+    for mut w in workers {
+        let _ = w.kill();
+    }
+    for mut s in [api_a, api_b] {
+        let _ = s.child.kill();
+    }
 }
