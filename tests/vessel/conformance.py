@@ -261,6 +261,30 @@ def check_read_back(what, shown, wanted):
     ok()
 
 
+def every_association(spec, op, ids):
+    """A create body's record with every association key its schema lists
+    set to a real id (the files' examples leave some out)."""
+    body_schema = resolve(spec, op["requestBody"]["content"]["application/json"]["schema"])
+    for key, record in body_schema.get("properties", {}).items():
+        assoc = record.get("properties", {}).get("associations", {}).get("properties")
+        if not assoc:
+            continue
+        out = {}
+        for k in assoc:
+            target = ID_KEYS.get(k) or ("contacts" if k == "associationId" else None)
+            if not target:
+                continue
+            if k.endswith("Ids") or k in ("contacts", "leads"):
+                one = ids.of(target, False)
+                out[k] = [{"id": one, "role": "to"}] if k in ("contacts", "leads") else [one]
+            elif k in ("contact", "lead"):
+                out[k] = {"id": ids.of(target, False), "role": "cc"}
+            else:
+                out[k] = ids.of(target, False)
+        return key, out
+    return None, None
+
+
 def run_v2(berth, ids):
     spec = load("v2-crm.yaml")
     created = {}
@@ -274,7 +298,14 @@ def run_v2(berth, ids):
             obj, verb = path.split("/")[-2:]
             what = f"v2 POST {url}"
             schema = response_schema(op)
-            for ex in examples(op):
+            cases = list(examples(op))
+            if verb == "create":
+                key, every = every_association(spec, op, ids)
+                if key and cases and isinstance(cases[0].get(key), dict):
+                    variant = copy.deepcopy(cases[0])
+                    variant[key]["associations"] = every
+                    cases.append(variant)
+            for ex in cases:
                 body = fill_ids(ex, ids, False, obj)
                 # The examples' cursors ("123123") are placeholders: Berth's
                 # cursors are signed, and a made-up one is a 400 by design.

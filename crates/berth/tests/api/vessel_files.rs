@@ -44,4 +44,5 @@ async fn every_crm_operation_answers_vessels_examples_in_vessels_shapes() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     assert!(passed >= 200, "too few checks ran: {stdout}");
+    eprintln!("Vessel's files: {}", stdout.lines().last().unwrap_or(""));
 }
