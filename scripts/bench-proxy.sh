@@ -41,8 +41,10 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
-cargo build --release --locked -p berth -p berth-bench >&2
-BIN=target/release
+# BENCH_BIN_DIR: binaries of another build to compare (an A/B against an
+# earlier commit, built with CARGO_TARGET_DIR elsewhere).
+if [ -z "${BENCH_BIN_DIR:-}" ]; then cargo build --release --locked -p berth -p berth-bench >&2; fi
+BIN=${BENCH_BIN_DIR:-target/release}
 
 WORK=$(mktemp -d /tmp/berth-bench.XXXXXX)
 pids=()

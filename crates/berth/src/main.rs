@@ -111,8 +111,11 @@ fn main() -> ExitCode {
     // thread's first small allocation then pins a whole 2 MiB page. Off,
     // an idle server holds ~22 MB instead of ~42 MB; the heap is small
     // enough that huge pages buy nothing measurable.
+    // `BERTH_TRANSPARENT_HUGE_PAGES=on` keeps the system's setting.
     #[cfg(target_os = "linux")]
-    let _ = rustix::thread::disable_transparent_huge_pages(true);
+    if std::env::var("BERTH_TRANSPARENT_HUGE_PAGES").as_deref() != Ok("on") {
+        let _ = rustix::thread::disable_transparent_huge_pages(true);
+    }
     let cli = Cli::parse();
     init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
