@@ -201,18 +201,7 @@ impl Platform {
         cred: &CredentialData,
         ctx: &TemplateContext<'_>,
     ) -> Result<()> {
-        let target = provider_target(integration, method.kind, cred, ctx).map_err(|e| {
-            PlatformError::bad_request(
-                "INVALID_ANSWERS",
-                format!("cannot build the provider URL: {e}"),
-            )
-        })?;
-        let url = url::Url::parse(&target.base_url).map_err(|_| {
-            PlatformError::bad_request(
-                "INVALID_ANSWERS",
-                "the answers do not form a valid provider URL (check the instance URL)",
-            )
-        })?;
+        let (url, _) = answered_url(integration, method, cred, ctx, "")?;
         let host = url.host_str().unwrap_or_default();
         let port = url.port_or_known_default().unwrap_or(443);
         match self
@@ -244,19 +233,7 @@ impl Platform {
         let Some(check) = &method.check else {
             return Ok(());
         };
-        let target = provider_target(integration, method.kind, cred, ctx).map_err(|e| {
-            PlatformError::bad_request(
-                "INVALID_ANSWERS",
-                format!("cannot build the provider URL: {e}"),
-            )
-        })?;
-        let mut url =
-            url::Url::parse(&format!("{}{}", target.base_url, check.path)).map_err(|_| {
-                PlatformError::bad_request(
-                    "INVALID_ANSWERS",
-                    "the answers do not form a valid provider URL (check the instance URL)",
-                )
-            })?;
+        let (mut url, target) = answered_url(integration, method, cred, ctx, &check.path)?;
         if !target.query.is_empty() {
             url.query_pairs_mut().extend_pairs(target.query.iter());
         }
@@ -295,6 +272,30 @@ impl Platform {
             ))),
         }
     }
+}
+
+/// The provider URL `path` under the base URL the answers build, with the
+/// rendered target; a 400 naming the answers when they do not make one.
+fn answered_url(
+    integration: &Integration,
+    method: &AuthMethod,
+    cred: &CredentialData,
+    ctx: &TemplateContext<'_>,
+    path: &str,
+) -> Result<(url::Url, crate::credential::ProviderTarget)> {
+    let target = provider_target(integration, method.kind, cred, ctx).map_err(|e| {
+        PlatformError::bad_request(
+            "INVALID_ANSWERS",
+            format!("cannot build the provider URL: {e}"),
+        )
+    })?;
+    let url = url::Url::parse(&format!("{}{path}", target.base_url)).map_err(|_| {
+        PlatformError::bad_request(
+            "INVALID_ANSWERS",
+            "the answers do not form a valid provider URL (check the instance URL)",
+        )
+    })?;
+    Ok((url, target))
 }
 
 /// Splits answers into non-secret ones (kept on the connection, usable in

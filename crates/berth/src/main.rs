@@ -105,6 +105,21 @@ fn init_tracing() {
     }
 }
 
+/// The platform an admin command works on: the store bootstrapped, no
+/// public URL (nothing is served).
+async fn admin_platform(
+    store: &berth::config::StoreArgs,
+    no_serve: &berth::config::ServeArgs,
+) -> anyhow::Result<berth_connections::Platform> {
+    let config = Config::resolve(store, no_serve)?;
+    let platform = berth::platform(&config, String::new()).await?;
+    platform
+        .store()
+        .bootstrap(berth_connections::now_ms())
+        .await?;
+    Ok(platform)
+}
+
 fn main() -> ExitCode {
     // Before any thread starts: mimalloc commits its arenas eagerly on
     // Linux, and with transparent huge pages on (`always` is common) each
@@ -164,12 +179,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             berth::run_worker(&config, berth::shutdown_signal()).await
         }
         Command::Project(cmd) => {
-            let config = Config::resolve(&cli.store, &no_serve)?;
-            let platform = berth::platform(&config, String::new()).await?;
-            platform
-                .store()
-                .bootstrap(berth_connections::now_ms())
-                .await?;
+            let platform = admin_platform(&cli.store, &no_serve).await?;
             match cmd {
                 ProjectCmd::Create { name } => {
                     let envs = platform.create_project(&name).await?;
@@ -206,12 +216,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::ApiToken(cmd) => {
-            let config = Config::resolve(&cli.store, &no_serve)?;
-            let platform = berth::platform(&config, String::new()).await?;
-            platform
-                .store()
-                .bootstrap(berth_connections::now_ms())
-                .await?;
+            let platform = admin_platform(&cli.store, &no_serve).await?;
             match cmd {
                 ApiTokenCmd::Create {
                     environment,

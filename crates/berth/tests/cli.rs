@@ -134,6 +134,43 @@ async fn post(base: &str, path: &str, headers: &[(&str, &str)], body: Value) -> 
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
 }
 
+/// The v2 connect flow through `base` (session token, `/auth/start` with
+/// `start`, exchange): (connection id, access token).
+async fn connect(base: &str, api_token: &str, start: Value) -> (String, String) {
+    let (s, b) = post(
+        base,
+        "/auth/session-token",
+        &[("x-vessel-api-token", api_token)],
+        json!({}),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let st = b["result"]["sessionToken"].as_str().unwrap().to_string();
+    let (s, b) = post(
+        base,
+        "/auth/start",
+        &[("x-vessel-session-token", &st)],
+        start,
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = post(
+        base,
+        "/auth/access-token",
+        &[
+            ("x-vessel-api-token", api_token),
+            ("x-vessel-session-token", &st),
+        ],
+        json!({}),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    (
+        b["result"]["connectionId"].as_str().unwrap().to_string(),
+        b["result"]["accessToken"].as_str().unwrap().to_string(),
+    )
+}
+
 async fn database_url(dir: &Path) -> String {
     match std::env::var("BERTH_TEST_BACKEND").as_deref() {
         Ok("postgres") => {
@@ -643,36 +680,12 @@ async fn kill_9_mid_sync_resumes_with_exact_counts() {
         .find(|w| w.starts_with("berth_dev_"))
         .unwrap()
         .to_string();
-    let (s, b) = post(
+    let (conn, access) = connect(
         &server.base,
-        "/auth/session-token",
-        &[("x-vessel-api-token", &api_token)],
-        json!({}),
-    )
-    .await;
-    assert_eq!(s, 200, "{b}");
-    let st = b["result"]["sessionToken"].as_str().unwrap().to_string();
-    let (s, b) = post(
-        &server.base,
-        "/auth/start",
-        &[("x-vessel-session-token", &st)],
+        &api_token,
         json!({"integrationId": "hubspot", "authType": "apiKey", "answers": {"api-key": token}}),
     )
     .await;
-    assert_eq!(s, 200, "{b}");
-    let (s, b) = post(
-        &server.base,
-        "/auth/access-token",
-        &[
-            ("x-vessel-api-token", &api_token),
-            ("x-vessel-session-token", &st),
-        ],
-        json!({}),
-    )
-    .await;
-    assert_eq!(s, 200, "{b}");
-    let conn = b["result"]["connectionId"].as_str().unwrap().to_string();
-    let access = b["result"]["accessToken"].as_str().unwrap().to_string();
 
     // Wait until the contacts backfill has a checkpoint and part of the
     // records, then kill.
