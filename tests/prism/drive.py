@@ -24,12 +24,20 @@ BASE, API = sys.argv[1], sys.argv[2]
 def post(path, body, headers=None, expect=200):
     h = {"content-type": "application/json", "x-vessel-api-token": API}
     h.update(headers or {})
-    req = urllib.request.Request(BASE + path, data=json.dumps(body).encode(), headers=h, method="POST")
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            status, text = r.status, r.read()
-    except urllib.error.HTTPError as e:
-        status, text = e.code, e.read()
+    for attempt in range(4):
+        req = urllib.request.Request(BASE + path, data=json.dumps(body).encode(), headers=h, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                status, text, retry_after = r.status, r.read(), None
+        except urllib.error.HTTPError as e:
+            status, text, retry_after = e.code, e.read(), e.headers.get("retry-after")
+        # Berth holds a call back with its own 429 and Retry-After when the
+        # fake's headers said the ten-second burst allowance is spent: wait
+        # as a client should, then send it again.
+        if status == 429 and retry_after and attempt < 3 and status != expect:
+            time.sleep(min(float(retry_after), 15))
+            continue
+        break
     out = json.loads(text) if text else None
     if expect is not None and status != expect:
         sys.exit(f"{path} {json.dumps(body)} -> {status} {text[:800]!r}")
