@@ -171,6 +171,69 @@ async fn connect(base: &str, api_token: &str, start: Value) -> (String, String) 
     )
 }
 
+/// A HubSpot fake without rate limits whose list pages each take `delay`,
+/// so a kill lands inside a sync: (fake, base URL).
+async fn slow_hubspot(
+    token: &str,
+    contacts: usize,
+    others: usize,
+    engagements: usize,
+    delay_ms: u64,
+) -> (berth_fakes::hubspot::HubSpot, String) {
+    let hs = berth_fakes::hubspot::HubSpot::new(berth_fakes::hubspot::Options {
+        tokens: vec![token.into()],
+        contacts,
+        companies: others,
+        deals: others,
+        engagements,
+        history_days: 365,
+        burst_per_10s: 0,
+        search_per_sec: 0,
+        ..Default::default()
+    });
+    hs.set_page_delay(std::time::Duration::from_millis(delay_ms));
+    let base = berth_fakes::serve(hs.router()).await.unwrap();
+    (hs, base)
+}
+
+/// A providers file in `data` pointing HubSpot at `base`; its path.
+fn hubspot_providers_file(data: &Path, base: &str) -> String {
+    let providers = data.join("providers.toml");
+    std::fs::write(
+        &providers,
+        format!("[integrations.hubspot]\nbase_url = \"{base}\"\nrate_limit = {{ requests = 10000, per_seconds = 10, scope = \"account\" }}\n"),
+    )
+    .unwrap();
+    providers.to_str().unwrap().to_string()
+}
+
+/// The native ids of every record of a v1 list, through every page.
+async fn v1_native_ids(base: &str, api_token: &str, access: &str, plural: &str) -> Vec<String> {
+    let client = reqwest::Client::new();
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let r: Value = client
+            .get(format!(
+                "{base}/crm/{plural}?accessToken={access}&limit=100&cursor={cursor}"
+            ))
+            .header("vessel-api-token", api_token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for c in r[plural].as_array().unwrap() {
+            seen.push(c["nativeId"].as_str().unwrap().to_string());
+        }
+        match r["nextPageCursor"].as_str() {
+            Some(c) => cursor = c.to_string(),
+            None => return seen,
+        }
+    }
+}
+
 async fn database_url(dir: &Path) -> String {
     match std::env::var("BERTH_TEST_BACKEND").as_deref() {
         Ok("postgres") => {
@@ -643,35 +706,16 @@ async fn kill_9_mid_delivery_loses_no_webhook() {
 /// records: none lost, none twice.
 #[tokio::test]
 async fn kill_9_mid_sync_resumes_with_exact_counts() {
-    use berth_fakes::hubspot;
     use std::collections::HashSet;
 
     let token = "pat-na1-kill-9";
-    let hs = hubspot::HubSpot::new(hubspot::Options {
-        tokens: vec![token.into()],
-        contacts: 5000,
-        companies: 300,
-        deals: 300,
-        engagements: 20,
-        history_days: 365,
-        burst_per_10s: 0,
-        search_per_sec: 0,
-        ..Default::default()
-    });
     // Slow pages, so the kill lands inside the contacts backfill.
-    hs.set_page_delay(std::time::Duration::from_millis(25));
-    let hs_base = berth_fakes::serve(hs.router()).await.unwrap();
+    let (hs, hs_base) = slow_hubspot(token, 5000, 300, 20, 25).await;
 
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path();
     let db = database_url(data).await;
-    let providers = data.join("providers.toml");
-    std::fs::write(
-        &providers,
-        format!("[integrations.hubspot]\nbase_url = \"{hs_base}\"\nrate_limit = {{ requests = 10000, per_seconds = 10, scope = \"account\" }}\n"),
-    )
-    .unwrap();
-    let providers = providers.to_str().unwrap().to_string();
+    let providers = hubspot_providers_file(data, &hs_base);
     let flags = ["--providers-file", &providers, "--sync-lease-secs", "5"];
     let server = serve_with(data, &db, &flags);
     let api_token = server
@@ -784,35 +828,12 @@ async fn kill_9_mid_sync_resumes_with_exact_counts() {
     );
 
     // Exactly the provider's records, through the API, no duplicates.
-    let client = reqwest::Client::new();
     for (object, plural, t) in [
         ("contacts", "contacts", "contacts"),
         ("accounts", "accounts", "companies"),
         ("deals", "deals", "deals"),
     ] {
-        let mut seen = Vec::new();
-        let mut cursor = String::new();
-        loop {
-            let r: Value = client
-                .get(format!(
-                    "{}/crm/{plural}?accessToken={access}&limit=100&cursor={cursor}",
-                    server.base
-                ))
-                .header("vessel-api-token", &api_token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            for c in r[plural].as_array().unwrap() {
-                seen.push(c["nativeId"].as_str().unwrap().to_string());
-            }
-            match r["nextPageCursor"].as_str() {
-                Some(c) => cursor = c.to_string(),
-                None => break,
-            }
-        }
+        let seen = v1_native_ids(&server.base, &api_token, &access, plural).await;
         let distinct: HashSet<String> = seen.iter().cloned().collect();
         assert_eq!(distinct.len(), seen.len(), "{object}: duplicates");
         let provider: HashSet<String> = hs.live_ids(t).into_iter().collect();
@@ -1188,39 +1209,20 @@ fn spawn_worker(data_dir: &Path, db: &str, extra: &[&str]) -> Guarded {
 /// provider's records.
 #[tokio::test]
 async fn two_nodes_two_workers_survive_a_postgres_restart_and_a_worker_kill() {
-    use berth_fakes::hubspot;
     use std::collections::HashSet;
     if std::env::var("BERTH_TEST_BACKEND").as_deref() != Ok("postgres") {
         eprintln!("note: a PostgreSQL fault test; runs with BERTH_TEST_BACKEND=postgres");
         return;
     }
     let token = "pat-na1-multi-node";
-    let hs = hubspot::HubSpot::new(hubspot::Options {
-        tokens: vec![token.into()],
-        contacts: 3000,
-        companies: 200,
-        deals: 200,
-        engagements: 10,
-        history_days: 365,
-        burst_per_10s: 0,
-        search_per_sec: 0,
-        ..Default::default()
-    });
-    hs.set_page_delay(std::time::Duration::from_millis(30));
-    let hs_base = berth_fakes::serve(hs.router()).await.unwrap();
+    let (hs, hs_base) = slow_hubspot(token, 3000, 200, 10, 30).await;
     let pg = OwnPostgres::start();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path();
     let db = berth_store::testing::fresh_postgres_database(&pg.url)
         .await
         .unwrap();
-    let providers = data.join("providers.toml");
-    std::fs::write(
-        &providers,
-        format!("[integrations.hubspot]\nbase_url = \"{hs_base}\"\nrate_limit = {{ requests = 10000, per_seconds = 10, scope = \"account\" }}\n"),
-    )
-    .unwrap();
-    let providers = providers.to_str().unwrap().to_string();
+    let providers = hubspot_providers_file(data, &hs_base);
     let flags = ["--providers-file", &providers, "--sync-lease-secs", "5"];
     let api_a = serve_with(data, &db, &[&flags[..], &["--no-workers"]].concat());
     let api_b = serve_with(data, &db, &[&flags[..], &["--no-workers"]].concat());
@@ -1325,32 +1327,8 @@ async fn two_nodes_two_workers_survive_a_postgres_restart_and_a_worker_kill() {
 
     // Both API nodes serve exactly the provider's contacts.
     let want: HashSet<String> = hs.live_ids("contacts").into_iter().collect();
-    let client = reqwest::Client::new();
     for base in [&api_a.base, &api_b.base] {
-        let mut got = Vec::new();
-        let mut cursor: Option<String> = None;
-        loop {
-            let mut url = format!("{base}/crm/contacts?accessToken={access}&limit=1000");
-            if let Some(c) = &cursor {
-                url.push_str(&format!("&cursor={c}"));
-            }
-            let v: Value = client
-                .get(url)
-                .header("vessel-api-token", &api_token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            for c in v["contacts"].as_array().unwrap() {
-                got.push(c["nativeId"].as_str().unwrap().to_string());
-            }
-            match v["nextPageCursor"].as_str() {
-                Some(c) => cursor = Some(c.to_string()),
-                None => break,
-            }
-        }
+        let got = v1_native_ids(base, &api_token, &access, "contacts").await;
         let unique: HashSet<String> = got.iter().cloned().collect();
         assert_eq!(got.len(), unique.len(), "{base}: no duplicates");
         assert_eq!(unique, want, "{base}: exactly the provider's contacts");
