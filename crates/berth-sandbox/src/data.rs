@@ -616,9 +616,5 @@ pub fn generate(account_id: &str) -> Account {
         "lists",
         json!({"name": "Inbound MQLs", "object_type": "leads", "member_ids": lead_members, "owner_id": owner}),
     );
-    Account {
-        next_id,
-        objects,
-        rate_limit: None,
-    }
+    Account { next_id, objects }
 }

@@ -8,8 +8,10 @@
 //!
 //! Each API key is its own account, seeded deterministically from the key, so
 //! two users never see each other's writes. Keys starting with `invalid` are
-//! refused (to try the error path). State lives in memory: it is regenerated
-//! from the key after a restart, and writes made before the restart are lost.
+//! refused (to try the error path). Accounts and records live in Berth's
+//! store, in the sandbox's own tables, so every serving thread and every
+//! node sees one account, and writes survive a restart. The rate-limit
+//! window is counted per process.
 #![forbid(unsafe_code)]
 
 mod data;
@@ -23,6 +25,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use berth_store::{SandboxPage, SandboxRecord, Store};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
@@ -34,34 +37,36 @@ use data::{Record, schema_of};
 const DEFAULT_LIMIT: usize = 25;
 const MAX_LIMIT: usize = 100;
 
+/// A freshly seeded account (see `data::generate`).
 #[derive(Default)]
 struct Account {
     next_id: u64,
     objects: HashMap<&'static str, BTreeMap<String, Record>>,
-    rate_limit: Option<RateWindow>,
 }
 
 struct RateWindow {
-    per_minute: u32,
+    per_minute: i64,
     started: Instant,
-    used: u32,
+    used: i64,
 }
 
-/// Shared sandbox state. Clone it into the router.
-#[derive(Clone, Default)]
+/// Shared sandbox state: the store, and this process's rate-limit windows.
+#[derive(Clone)]
 pub struct Sandbox {
-    accounts: Arc<Mutex<HashMap<String, Account>>>,
+    store: Store,
+    windows: Arc<Mutex<HashMap<String, RateWindow>>>,
 }
 
-/// The sandbox's routes, to be nested under `/sandbox/api/v1`, on a
-/// state of their own (tests that want one sandbox per app).
-pub fn router() -> Router {
-    router_with(Sandbox::default())
+impl Sandbox {
+    pub fn new(store: Store) -> Self {
+        Self {
+            store,
+            windows: Default::default(),
+        }
+    }
 }
 
-/// The sandbox's routes over `state`. A server builds one router per
-/// serving thread, and every one of them must see the same accounts, or a
-/// record created on one thread is missing on the next call.
+/// The sandbox's routes over `state`, to be nested under `/sandbox/api/v1`.
 pub fn router_with(state: Sandbox) -> Router {
     Router::new()
         .route("/me", get(me))
@@ -79,13 +84,41 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response
         .into_response()
 }
 
-/// Authenticates the key, applies the account's rate limit, and runs `f`
-/// on the account. Returns the response with rate-limit headers.
-fn with_account(
-    sandbox: &Sandbox,
-    headers: &HeaderMap,
-    f: impl FnOnce(&mut Account) -> Response,
-) -> Response {
+fn unavailable(e: berth_store::StoreError) -> Response {
+    let mut r = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        format!("the sandbox's storage is unavailable: {e}"),
+    );
+    r.headers_mut().insert("retry-after", HeaderValue::from(1));
+    r
+}
+
+/// An authenticated call: the account, and the rate-limit headers to add.
+struct Call {
+    account: String,
+    limit: Option<(i64, i64, u64)>,
+}
+
+impl Call {
+    fn finish(&self, mut resp: Response) -> Response {
+        if let Some((limit, remaining, reset)) = self.limit {
+            let h = resp.headers_mut();
+            h.insert("x-ratelimit-limit", HeaderValue::from(limit));
+            h.insert("x-ratelimit-remaining", HeaderValue::from(remaining));
+            h.insert("x-ratelimit-reset", HeaderValue::from(reset));
+        }
+        resp
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Authenticates the key (seeding its account on first use) and applies
+/// the account's rate limit.
+async fn authenticate(sandbox: &Sandbox, headers: &HeaderMap) -> Result<Call, Response> {
     let key = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -93,74 +126,126 @@ fn with_account(
         .map(str::trim)
         .unwrap_or("");
     if key.is_empty() {
-        return error(
+        return Err(error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "send `Authorization: Bearer <api key>`",
-        );
+        ));
     }
     if key.starts_with("invalid") {
-        return error(
+        return Err(error(
             StatusCode::UNAUTHORIZED,
             "invalid_api_key",
             "The API key is invalid or has been revoked.",
+        ));
+    }
+    let account = hex::encode(&Sha256::digest(key.as_bytes())[..16]);
+    let per_minute = sandbox
+        .store
+        .sandbox_account(&account, || seed_rows(&account), now_ms())
+        .await
+        .map_err(unavailable)?;
+    let Some(per_minute) = per_minute.filter(|n| *n > 0) else {
+        return Ok(Call {
+            account,
+            limit: None,
+        });
+    };
+    let mut windows = sandbox.windows.lock().unwrap_or_else(|p| p.into_inner());
+    let w = windows
+        .entry(account.clone())
+        .or_insert_with(|| RateWindow {
+            per_minute,
+            started: Instant::now(),
+            used: 0,
+        });
+    w.per_minute = per_minute;
+    if w.started.elapsed() >= Duration::from_secs(60) {
+        w.started = Instant::now();
+        w.used = 0;
+    }
+    let reset = 60u64.saturating_sub(w.started.elapsed().as_secs()).max(1);
+    if w.used >= w.per_minute {
+        let mut r = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "Rate limit of {} requests per minute exceeded.",
+                w.per_minute
+            ),
         );
-    }
-    let account_id = hex::encode(&Sha256::digest(key.as_bytes())[..16]);
-    let mut accounts = sandbox.accounts.lock().unwrap_or_else(|p| p.into_inner());
-    let account = accounts
-        .entry(account_id.clone())
-        .or_insert_with(|| data::generate(&account_id));
-    let mut limit_headers = None;
-    if let Some(w) = &mut account.rate_limit {
-        if w.started.elapsed() >= Duration::from_secs(60) {
-            w.started = Instant::now();
-            w.used = 0;
-        }
-        let reset = 60u64.saturating_sub(w.started.elapsed().as_secs()).max(1);
-        if w.used >= w.per_minute {
-            let mut r = error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                format!(
-                    "Rate limit of {} requests per minute exceeded.",
-                    w.per_minute
-                ),
-            );
-            let h = r.headers_mut();
-            h.insert("retry-after", HeaderValue::from(reset));
-            h.insert("x-ratelimit-limit", HeaderValue::from(w.per_minute));
-            h.insert("x-ratelimit-remaining", HeaderValue::from(0));
-            h.insert("x-ratelimit-reset", HeaderValue::from(reset));
-            return r;
-        }
-        w.used += 1;
-        limit_headers = Some((w.per_minute, w.per_minute - w.used, reset));
-    }
-    let mut resp = f(account);
-    if let Some((limit, remaining, reset)) = limit_headers {
-        let h = resp.headers_mut();
-        h.insert("x-ratelimit-limit", HeaderValue::from(limit));
-        h.insert("x-ratelimit-remaining", HeaderValue::from(remaining));
+        let h = r.headers_mut();
+        h.insert("retry-after", HeaderValue::from(reset));
+        h.insert("x-ratelimit-limit", HeaderValue::from(w.per_minute));
+        h.insert("x-ratelimit-remaining", HeaderValue::from(0));
         h.insert("x-ratelimit-reset", HeaderValue::from(reset));
+        return Err(r);
     }
-    resp
+    w.used += 1;
+    Ok(Call {
+        account,
+        limit: Some((w.per_minute, w.per_minute - w.used, reset)),
+    })
+}
+
+/// The generated data of a new account, as store rows.
+fn seed_rows(account: &str) -> (i64, Vec<SandboxRecord>) {
+    let a = data::generate(account);
+    let mut rows = Vec::new();
+    for (object, records) in &a.objects {
+        for r in records.values() {
+            rows.push(SandboxRecord {
+                object: (*object).to_string(),
+                id: r.id.clone(),
+                created_at: r.created_at.timestamp_millis(),
+                updated_at: r.updated_at.timestamp_millis(),
+                deleted_at: r.deleted_at.map(|t| t.timestamp_millis()),
+                fields: Value::Object(r.fields.clone()).to_string(),
+            });
+        }
+    }
+    (a.next_id as i64, rows)
+}
+
+fn record_of(r: &SandboxRecord) -> Record {
+    let t = |ms: i64| chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default();
+    Record {
+        id: r.id.clone(),
+        created_at: t(r.created_at),
+        updated_at: t(r.updated_at),
+        deleted_at: r.deleted_at.map(t),
+        fields: serde_json::from_str(&r.fields).unwrap_or_default(),
+    }
 }
 
 async fn me(State(s): State<Sandbox>, headers: HeaderMap) -> Response {
-    with_account(&s, &headers, |a| {
-        let owner = a
-            .objects
-            .get("users")
-            .and_then(|u| u.values().next())
-            .map(|r| r.to_json(false))
-            .unwrap_or(Value::Null);
+    let call = match authenticate(&s, &headers).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let users = s
+        .store
+        .sandbox_list(&SandboxPage {
+            account_id: &call.account,
+            object: "users",
+            limit: 1,
+            ..Default::default()
+        })
+        .await;
+    let owner = match users {
+        Ok(u) => u
+            .first()
+            .map(|r| record_of(r).to_json(false))
+            .unwrap_or(Value::Null),
+        Err(e) => return unavailable(e),
+    };
+    call.finish(
         Json(json!({
             "user": owner,
             "org": {"id": "sandbox-org", "name": "Sandbox Inc.", "url": "https://sandbox.berth.invalid", "currency": "USD"},
         }))
-        .into_response()
-    })
+        .into_response(),
+    )
 }
 
 #[derive(Deserialize)]
@@ -174,20 +259,24 @@ async fn settings(
     body: axum::body::Bytes,
 ) -> Response {
     let parsed: Result<SettingsIn, _> = serde_json::from_slice(&body);
-    with_account(&s, &headers, |a| match parsed {
+    let call = match authenticate(&s, &headers).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    match parsed {
         Err(e) => error(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()),
         Ok(set) => {
-            a.rate_limit = set
-                .rate_limit_per_minute
-                .filter(|n| *n > 0)
-                .map(|n| RateWindow {
-                    per_minute: n,
-                    started: Instant::now(),
-                    used: 0,
-                });
+            let limit = set.rate_limit_per_minute.filter(|n| *n > 0).map(i64::from);
+            if let Err(e) = s.store.sandbox_set_rate_limit(&call.account, limit).await {
+                return unavailable(e);
+            }
+            s.windows
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&call.account);
             Json(json!({"rate_limit_per_minute": set.rate_limit_per_minute})).into_response()
         }
-    })
+    }
 }
 
 #[derive(Deserialize)]
@@ -262,30 +351,37 @@ async fn list(
         },
     };
     let include_deleted = matches!(q.include_deleted.as_deref(), Some("true" | "1"));
-    with_account(&s, &headers, |a| {
-        let records = a.objects.entry(object).or_default();
-        let mut page: Vec<&Record> = records
-            .values()
-            .filter(|r| include_deleted || r.deleted_at.is_none())
-            .filter(|r| since.is_none_or(|t| r.updated_at >= t))
-            .filter(|r| {
-                after
-                    .as_ref()
-                    .is_none_or(|(t, id)| r.sort_key() > (*t, id.clone()))
-            })
-            .collect();
-        page.sort_by_key(|r| r.sort_key());
-        let more = page.len() > limit;
-        page.truncate(limit);
-        let next = more
-            .then(|| page.last().map(|r| data::encode_cursor(&r.sort_key())))
-            .flatten();
+    let call = match authenticate(&s, &headers).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let rows = s
+        .store
+        .sandbox_list(&SandboxPage {
+            account_id: &call.account,
+            object,
+            updated_since: since.map(|t| t.timestamp_millis()),
+            after: after.as_ref().map(|(t, id)| (*t, id.as_str())),
+            include_deleted,
+            limit: limit as i64 + 1,
+        })
+        .await;
+    let mut page: Vec<Record> = match rows {
+        Ok(rows) => rows.iter().map(record_of).collect(),
+        Err(e) => return unavailable(e),
+    };
+    let more = page.len() > limit;
+    page.truncate(limit);
+    let next = more
+        .then(|| page.last().map(|r| data::encode_cursor(&r.sort_key())))
+        .flatten();
+    call.finish(
         Json(json!({
             "data": page.iter().map(|r| r.to_json(true)).collect::<Vec<_>>(),
             "next_cursor": next,
         }))
-        .into_response()
-    })
+        .into_response(),
+    )
 }
 
 async fn find(
@@ -296,18 +392,23 @@ async fn find(
     let Some(object) = object_name(&object) else {
         return unknown_object(&object);
     };
-    with_account(&s, &headers, |a| {
-        match a.objects.entry(object).or_default().get(&id) {
-            Some(r) if r.deleted_at.is_none() => {
-                Json(json!({"data": r.to_json(true)})).into_response()
+    let call = match authenticate(&s, &headers).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    call.finish(
+        match s.store.sandbox_get(&call.account, object, &id).await {
+            Ok(Some(r)) if r.deleted_at.is_none() => {
+                Json(json!({"data": record_of(&r).to_json(true)})).into_response()
             }
-            _ => error(
+            Ok(_) => error(
                 StatusCode::NOT_FOUND,
                 "not_found",
                 format!("no {object} with id {id}"),
             ),
-        }
-    })
+            Err(e) => unavailable(e),
+        },
+    )
 }
 
 /// Validates a write body against the object's schema; returns the field
@@ -380,21 +481,25 @@ async fn create(
         Ok(m) => m,
         Err(r) => return *r,
     };
-    with_account(&s, &headers, |a| {
-        a.next_id += 1;
-        let id = a.next_id.to_string();
-        let now = chrono::Utc::now();
-        let r = Record {
-            id: id.clone(),
-            created_at: now,
-            updated_at: now,
-            deleted_at: None,
-            fields,
-        };
-        let out = r.to_json(true);
-        a.objects.entry(object).or_default().insert(id, r);
-        (StatusCode::CREATED, Json(json!({"data": out}))).into_response()
-    })
+    let call = match authenticate(&s, &headers).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let fields = Value::Object(fields).to_string();
+    call.finish(
+        match s
+            .store
+            .sandbox_create(&call.account, object, &fields, now_ms())
+            .await
+        {
+            Ok(r) => (
+                StatusCode::CREATED,
+                Json(json!({"data": record_of(&r).to_json(true)})),
+            )
+                .into_response(),
+            Err(e) => unavailable(e),
+        },
+    )
 }
 
 async fn update(
@@ -417,23 +522,32 @@ async fn update(
         Ok(m) => m,
         Err(r) => return *r,
     };
-    with_account(&s, &headers, |a| {
-        match a.objects.entry(object).or_default().get_mut(&id) {
-            Some(r) if r.deleted_at.is_none() => {
-                for (k, v) in fields {
-                    r.fields.insert(k, v);
-                }
-                r.updated_at =
-                    chrono::Utc::now().max(r.updated_at + chrono::Duration::milliseconds(1));
-                Json(json!({"data": r.to_json(true)})).into_response()
-            }
-            _ => error(
+    let call = match authenticate(&s, &headers).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let merge = |old: &str| {
+        let mut m: Map<String, Value> = serde_json::from_str(old).unwrap_or_default();
+        for (k, v) in fields {
+            m.insert(k, v);
+        }
+        Value::Object(m).to_string()
+    };
+    call.finish(
+        match s
+            .store
+            .sandbox_update(&call.account, object, &id, now_ms(), false, merge)
+            .await
+        {
+            Ok(Some(r)) => Json(json!({"data": record_of(&r).to_json(true)})).into_response(),
+            Ok(None) => error(
                 StatusCode::NOT_FOUND,
                 "not_found",
                 format!("no {object} with id {id}"),
             ),
-        }
-    })
+            Err(e) => unavailable(e),
+        },
+    )
 }
 
 async fn remove(
@@ -451,19 +565,23 @@ async fn remove(
             "users are read-only",
         );
     }
-    with_account(&s, &headers, |a| {
-        match a.objects.entry(object).or_default().get_mut(&id) {
-            Some(r) if r.deleted_at.is_none() => {
-                let now = chrono::Utc::now();
-                r.deleted_at = Some(now);
-                r.updated_at = now.max(r.updated_at + chrono::Duration::milliseconds(1));
-                StatusCode::NO_CONTENT.into_response()
-            }
-            _ => error(
+    let call = match authenticate(&s, &headers).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    call.finish(
+        match s
+            .store
+            .sandbox_update(&call.account, object, &id, now_ms(), true, str::to_string)
+            .await
+        {
+            Ok(Some(_)) => StatusCode::NO_CONTENT.into_response(),
+            Ok(None) => error(
                 StatusCode::NOT_FOUND,
                 "not_found",
                 format!("no {object} with id {id}"),
             ),
-        }
-    })
+            Err(e) => unavailable(e),
+        },
+    )
 }

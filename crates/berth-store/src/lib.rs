@@ -135,9 +135,11 @@ macro_rules! oauth_app_cols {
 mod changes;
 mod request_log;
 pub use request_log::{LogBlock, LoggedCall};
+mod sandbox;
 mod sync;
 mod webhooks;
 pub use changes::SQLITE_POLL;
+pub use sandbox::*;
 pub use sync::*;
 pub use webhooks::*;
 
@@ -150,7 +152,16 @@ pub struct Store {
     outbox: std::sync::Arc<tokio::sync::Notify>,
     /// Versions of stored records, for readers that keep rendered pages.
     versions: std::sync::Arc<changes::Versions>,
+    /// Rows written since this process last reset SQLite's WAL.
+    wal_rows: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
+
+/// SQLite: rows written between two WAL resets. Its own checkpoints run
+/// after commits but cannot start the log over while any reader holds a
+/// snapshot, and with a sync writing and callers reading all the time
+/// the log grew to gigabytes at a million records, every write slower
+/// than the last. A RESTART checkpoint waits for those readers instead.
+const WAL_RESET_ROWS: u64 = 20_000;
 
 /// Why a connection could not be created for a session.
 #[derive(Debug, thiserror::Error)]
@@ -175,6 +186,7 @@ impl Store {
             db,
             outbox: Default::default(),
             versions: Default::default(),
+            wal_rows: Default::default(),
         }
     }
 
@@ -195,6 +207,24 @@ impl Store {
     /// Notified whenever events were committed by this process.
     pub fn outbox_signal(&self) -> std::sync::Arc<tokio::sync::Notify> {
         self.outbox.clone()
+    }
+
+    /// Counts rows committed; past [`WAL_RESET_ROWS`] on SQLite, copies
+    /// the WAL into the database and starts it over.
+    pub(crate) async fn wrote_rows(&self, rows: usize) {
+        use std::sync::atomic::Ordering;
+        let Db::Sqlite(pool) = &self.db else { return };
+        let n = self.wal_rows.fetch_add(rows as u64, Ordering::Relaxed) + rows as u64;
+        if n < WAL_RESET_ROWS {
+            return;
+        }
+        self.wal_rows.store(0, Ordering::Relaxed);
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(RESTART)")
+            .execute(pool)
+            .await
+        {
+            tracing::debug!(error = %e, "WAL checkpoint skipped");
+        }
     }
 
     fn events_committed(&self) {
@@ -620,6 +650,8 @@ impl Store {
                 .bind(id).bind(environment_id).execute(&mut *tx).await?;
             // Deletion erases the connection's synced data (DOMAIN: deletion
             // erases credentials and records) and its queued work.
+            sqlx::query("DELETE FROM record_keys WHERE seq IN (SELECT seq FROM records WHERE connection_id = $1)")
+                .bind(id).execute(&mut *tx).await?;
             sqlx::query("DELETE FROM records WHERE connection_id = $1").bind(id).execute(&mut *tx).await?;
             sqlx::query("DELETE FROM record_links WHERE connection_id = $1").bind(id).execute(&mut *tx).await?;
             changes::NoteChange::note(&mut *tx, id, None, now).await?;
@@ -1006,6 +1038,20 @@ pub mod testing {
                 Ok(ssl)
             }
         }
+    }
+
+    /// Drops every filter index entry, leaving the objects marked current
+    /// (an index that lost its entries: shows whether reads use it).
+    pub async fn forget_record_keys(store: &Store) -> Result<()> {
+        with_db!(store, p => sqlx::query("DELETE FROM record_keys").execute(p).await.map(|_| ()))?;
+        Ok(())
+    }
+
+    /// Marks every object's filter index entries out of date, as a
+    /// migration that changes what is indexed does.
+    pub async fn mark_record_keys_stale(store: &Store) -> Result<()> {
+        with_db!(store, p => sqlx::query("UPDATE sync_states SET keys_version = 0").execute(p).await.map(|_| ()))?;
+        Ok(())
     }
 
     /// Creates a new, empty PostgreSQL database next to the one `admin_url`

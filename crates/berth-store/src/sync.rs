@@ -16,6 +16,21 @@ macro_rules! job_cols {
     };
 }
 
+/// Inserts filter index entries `(scope, seq, value)` in the open
+/// transaction `$tx` (a macro: the two backends' connection types differ).
+macro_rules! insert_keys {
+    ($tx:ident, $keys:expr) => {
+        for part in $keys.chunks(300) {
+            let mut qb = sqlx::QueryBuilder::new("INSERT INTO record_keys (scope, seq, value) ");
+            qb.push_values(part, |mut b, (scope, seq, v): &(i64, i64, String)| {
+                b.push_bind(*scope).push_bind(*seq).push_bind(v.clone());
+            });
+            qb.push(" ON CONFLICT DO NOTHING");
+            qb.build().execute(&mut *$tx).await?;
+        }
+    };
+}
+
 macro_rules! record_cols {
     () => {
         "seq, environment_id, connection_id, object, native_id, uid, hash, data, native, \
@@ -126,6 +141,9 @@ pub struct RecordWrite {
     /// The links this record implies on other records (its reverse
     /// associations), replacing those it implied before.
     pub links: Vec<RecordLink>,
+    /// Its entries in the filter index (key, normalised value), replacing
+    /// those it had.
+    pub keys: Vec<(&'static str, String)>,
 }
 
 /// "Record `native_id` of `object` lists `from_native_id` under `key`"
@@ -184,7 +202,201 @@ pub struct RecordPage<'a> {
     pub include_deleted: bool,
 }
 
+/// The version of the filter index's entries that the code writes. An
+/// object's entries serve reads only once its `keys_version` is this one;
+/// a migration that changes what is indexed sets it lower, and
+/// [`Store::backfill_record_keys`] brings it back.
+pub const KEYS_VERSION: i64 = 1;
+
+/// Which records a filter condition can match, as the filter index sees
+/// it: a superset of the matches.
+#[derive(Debug, Clone)]
+pub enum KeyProbe<'a> {
+    /// Index entries of `key` equal to one of `values`; and, for an
+    /// association key other records fill by linking (a note lists a
+    /// contact), the records of `object` that records `ids` of
+    /// `from_object` link to under `key`.
+    Values {
+        key: &'a str,
+        values: &'a [String],
+        linked_from: Option<(&'a str, &'a [String])>,
+    },
+    /// Index entries of `key` in `[lo, hi)`.
+    Range {
+        key: &'a str,
+        lo: &'a str,
+        hi: &'a str,
+    },
+    /// `created_time` (`modified: false`) or `modified_time` within the
+    /// inclusive bounds.
+    Time {
+        modified: bool,
+        lo: Option<i64>,
+        hi: Option<i64>,
+    },
+}
+
 impl Store {
+    // ---- filter index ------------------------------------------------------
+
+    /// Whether the filter index holds every live record of the object.
+    pub async fn keys_ready(&self, connection_id: &str, object: &str) -> Result<bool> {
+        let v: Option<(i64,)> = with_db!(self, p => sqlx::query_as(
+            "SELECT CAST(keys_version AS BIGINT) FROM sync_states WHERE connection_id = $1 AND object = $2"
+        ).bind(connection_id).bind(object).fetch_optional(p).await)?;
+        Ok(v.is_some_and(|(v,)| v >= KEYS_VERSION))
+    }
+
+    /// The store sequences after `after_seq` that `probe` admits, in
+    /// order; `None` when there are more than `cap` (the condition is not
+    /// selective enough for the index to pay).
+    pub async fn probe_keys(
+        &self,
+        connection_id: &str,
+        object: &str,
+        probe: &KeyProbe<'_>,
+        after_seq: i64,
+        cap: usize,
+    ) -> Result<Option<Vec<i64>>> {
+        let limit = cap as i64 + 1;
+        let mut seqs: Vec<i64> = with_db!(self, p => {
+            let mut qb = sqlx::QueryBuilder::new("");
+            let time_range;
+            let probe = match probe {
+                KeyProbe::Time { modified, lo, hi } => {
+                    time_range = (
+                        lo.map(time_value).unwrap_or_default(),
+                        // Inclusive: up to the next millisecond.
+                        hi.map_or_else(|| "~".to_string(), |h| time_value(h.saturating_add(1))),
+                    );
+                    &KeyProbe::Range {
+                        key: if *modified { "modifiedTime" } else { "createdTime" },
+                        lo: &time_range.0,
+                        hi: &time_range.1,
+                    }
+                }
+                p => p,
+            };
+            match probe {
+                KeyProbe::Values { key, values, linked_from } => {
+                    qb.push("SELECT seq FROM record_keys WHERE scope = ")
+                        .push_bind(key_scope(connection_id, object, key))
+                        .push(" AND seq > ").push_bind(after_seq).push(" AND value IN (");
+                    let mut sep = qb.separated(", ");
+                    for v in values.iter() {
+                        sep.push_bind(v.clone());
+                    }
+                    qb.push(")");
+                    if let Some((from_object, ids)) = linked_from.filter(|(_, ids)| !ids.is_empty()) {
+                        qb.push(" UNION SELECT r.seq FROM record_links l JOIN records r \
+                                 ON r.connection_id = l.connection_id AND r.object = l.object \
+                                 AND r.native_id = l.native_id WHERE l.connection_id = ")
+                            .push_bind(connection_id).push(" AND l.from_object = ").push_bind(from_object)
+                            .push(" AND l.object = ").push_bind(object).push(" AND l.key = ").push_bind(*key)
+                            .push(" AND r.seq > ").push_bind(after_seq).push(" AND l.from_native_id IN (");
+                        let mut sep = qb.separated(", ");
+                        for v in ids.iter() {
+                            sep.push_bind(v.clone());
+                        }
+                        qb.push(")");
+                    }
+                }
+                KeyProbe::Range { key, lo, hi } => {
+                    qb.push("SELECT seq FROM record_keys WHERE scope = ")
+                        .push_bind(key_scope(connection_id, object, key))
+                        .push(" AND value >= ").push_bind(*lo).push(" AND value < ").push_bind(*hi)
+                        .push(" AND seq > ").push_bind(after_seq);
+                }
+                KeyProbe::Time { .. } => unreachable!("a time probe is a range of its key"),
+            }
+            qb.push(" LIMIT ").push_bind(limit);
+            qb.build_query_scalar::<i64>().fetch_all(p).await?
+        });
+        if seqs.len() as i64 > cap as i64 {
+            return Ok(None);
+        }
+        seqs.sort_unstable();
+        seqs.dedup();
+        Ok(Some(seqs))
+    }
+
+    /// Live records of an object by store sequence, in that order.
+    pub async fn records_by_seqs(
+        &self,
+        environment_id: &str,
+        connection_id: &str,
+        object: &str,
+        seqs: &[i64],
+    ) -> Result<Vec<StoredRecord>> {
+        if seqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(with_db!(self, p => {
+            let mut qb = sqlx::QueryBuilder::new(concat!("SELECT ", record_cols!(), " FROM records WHERE environment_id = "));
+            qb.push_bind(environment_id).push(" AND connection_id = ").push_bind(connection_id)
+                .push(" AND object = ").push_bind(object).push(" AND deleted_at IS NULL AND seq IN (");
+            let mut sep = qb.separated(", ");
+            for s in seqs {
+                sep.push_bind(*s);
+            }
+            qb.push(") ORDER BY seq");
+            qb.build_query_as::<StoredRecord>().fetch_all(p).await?
+        }))
+    }
+
+    /// Objects whose index entries are older than [`KEYS_VERSION`].
+    pub async fn objects_missing_keys(&self) -> Result<Vec<(String, String)>> {
+        Ok(with_db!(self, p => sqlx::query_as(
+            "SELECT connection_id, object FROM sync_states WHERE keys_version < $1 ORDER BY connection_id, object"
+        ).bind(KEYS_VERSION).fetch_all(p).await)?)
+    }
+
+    /// Rewrites the index entries of up to `batch` records of the object
+    /// after `after_seq` with `derive`, under the connection's write lock
+    /// so no page written meanwhile is overwritten with older entries.
+    /// Returns the last sequence done, or `None` when the object is done
+    /// (and marked current).
+    pub async fn backfill_record_keys(
+        &self,
+        connection_id: &str,
+        object: &str,
+        after_seq: i64,
+        batch: i64,
+        derive: &(dyn Fn(&StoredRecord) -> Vec<(&'static str, String)> + Sync),
+    ) -> Result<Option<i64>> {
+        Ok(with_db!(self, p => {
+            let mut tx = p.begin().await?;
+            sqlx::query("UPDATE connections SET updated_at = updated_at WHERE id = $1")
+                .bind(connection_id).execute(&mut *tx).await?;
+            let rows: Vec<StoredRecord> = sqlx::query_as(concat!(
+                "SELECT ", record_cols!(), " FROM records WHERE connection_id = $1 AND object = $2 \
+                 AND seq > $3 ORDER BY seq LIMIT $4"
+            )).bind(connection_id).bind(object).bind(after_seq).bind(batch).fetch_all(&mut *tx).await?;
+            for chunk in rows.chunks(500) {
+                let mut qb = sqlx::QueryBuilder::new("DELETE FROM record_keys WHERE seq IN (");
+                let mut sep = qb.separated(", ");
+                for r in chunk {
+                    sep.push_bind(r.seq);
+                }
+                qb.push(")");
+                qb.build().execute(&mut *tx).await?;
+            }
+            let keys: Vec<(i64, i64, String)> = rows.iter()
+                .filter(|r| r.deleted_at.is_none())
+                .flat_map(|r| entries(connection_id, object, r.seq, derive(r).into_iter(),
+                    r.created_time, r.modified_time))
+                .collect();
+            insert_keys!(tx, keys);
+            let done = (rows.len() as i64) < batch;
+            if done {
+                sqlx::query("UPDATE sync_states SET keys_version = $3 WHERE connection_id = $1 AND object = $2")
+                    .bind(connection_id).bind(object).bind(KEYS_VERSION).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            if done { None } else { rows.last().map(|r| r.seq) }
+        }))
+    }
+
     // ---- jobs --------------------------------------------------------------
 
     /// Queues a job; `false` when a job with the same de-duplication key is
@@ -701,9 +913,30 @@ impl Store {
                     " ON CONFLICT (connection_id, object, native_id) DO UPDATE SET hash = excluded.hash, \
                      data = excluded.data, native = excluded.native, created_time = excluded.created_time, \
                      modified_time = excluded.modified_time, deleted_at = excluded.deleted_at, \
-                     seen_run = excluded.seen_run, synced_at = excluded.synced_at",
+                     seen_run = excluded.seen_run, synced_at = excluded.synced_at RETURNING seq, native_id",
                 );
-                qb.build().execute(&mut *tx).await?;
+                let seqs: Vec<(i64, String)> = qb.build_query_as().fetch_all(&mut *tx).await?;
+                // The filter index, in the same transaction (invariant 4).
+                let by_native: std::collections::HashMap<&str, &RecordWrite> =
+                    chunk.iter().map(|(r, _)| (r.native_id.as_str(), *r)).collect();
+                let had: Vec<i64> = seqs.iter()
+                    .filter(|(_, n)| existing.contains_key(n)).map(|(s, _)| *s).collect();
+                if !had.is_empty() {
+                    let mut qb = sqlx::QueryBuilder::new("DELETE FROM record_keys WHERE seq IN (");
+                    let mut sep = qb.separated(", ");
+                    for s in &had {
+                        sep.push_bind(*s);
+                    }
+                    qb.push(")");
+                    qb.build().execute(&mut *tx).await?;
+                }
+                let keys: Vec<(i64, i64, String)> = seqs.iter()
+                    .filter_map(|(s, n)| by_native.get(n.as_str()).map(|r| (*s, *r)))
+                    .filter(|(_, r)| !r.deleted)
+                    .flat_map(|(s, r)| entries(w.connection_id, w.object, s, r.keys.iter().cloned(),
+                        r.created_time, r.modified_time))
+                    .collect();
+                insert_keys!(tx, keys);
             }
             for chunk in seen.chunks(500).filter(|_| w.run_id.is_some()) {
                 let mut qb = sqlx::QueryBuilder::new("UPDATE records SET seen_run = ");
@@ -790,6 +1023,7 @@ impl Store {
         if wrote_events {
             self.events_committed();
         }
+        self.wrote_rows(w.records.len()).await;
         Ok(out)
     }
 
@@ -872,6 +1106,17 @@ impl Store {
                     sep.push_bind(n.clone());
                 }
                 qb.push(")");
+                qb.build().execute(&mut *tx).await?;
+                let mut qb = sqlx::QueryBuilder::new(
+                    "DELETE FROM record_keys WHERE seq IN (SELECT seq FROM records WHERE connection_id = ",
+                );
+                qb.push_bind(connection_id).push(" AND object = ").push_bind(object)
+                    .push(" AND native_id IN (");
+                let mut sep = qb.separated(", ");
+                for n in chunk {
+                    sep.push_bind(n.clone());
+                }
+                qb.push("))");
                 qb.build().execute(&mut *tx).await?;
             }
             for e in events {
@@ -998,4 +1243,43 @@ where
         now,
     )
     .await
+}
+
+/// The `scope` of filter index entries: FNV-1a (64 bits) of connection,
+/// object and key. Hand-written because it is persisted: it must never
+/// change with a compiler or crate version. A collision only adds
+/// candidates, which the reader checks anyway.
+pub fn key_scope(connection_id: &str, object: &str, key: &str) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in [connection_id, object, key] {
+        for b in part.bytes().chain([0u8]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h as i64
+}
+
+/// A time (ms) as the filter index holds it: fixed-width digits, so text
+/// order is time order.
+fn time_value(ms: i64) -> String {
+    format!("{:020}", (i128::from(ms) - i128::from(i64::MIN)) as u64)
+}
+
+/// A record's index entries (scope, value, seq): its keys, and its
+/// created and modified times.
+fn entries(
+    connection_id: &str,
+    object: &str,
+    seq: i64,
+    keys: impl Iterator<Item = (&'static str, String)>,
+    created: Option<i64>,
+    modified: Option<i64>,
+) -> Vec<(i64, i64, String)> {
+    let times = [("createdTime", created), ("modifiedTime", modified)]
+        .into_iter()
+        .filter_map(|(k, t)| t.map(|t| (k, time_value(t))));
+    keys.chain(times)
+        .map(|(k, v)| (key_scope(connection_id, object, k), seq, v))
+        .collect()
 }

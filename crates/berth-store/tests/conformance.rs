@@ -946,6 +946,7 @@ async fn pages_write_records_checkpoint_and_events_together() {
             event_id: format!("e-{n}-{hash}-{deleted}"),
             event_payload: "{}".into(),
             links: vec![],
+            keys: vec![],
         };
         let page = |records: &'static [RecordWrite],
                     run: &'static str,
@@ -1113,6 +1114,7 @@ async fn reverse_links_follow_their_sources() {
             event_id: format!("e-{n}-{hash}"),
             event_payload: "{}".into(),
             links,
+            keys: vec![],
         };
         let apply = |records: Vec<RecordWrite>, refresh: bool| {
             let s = s.clone();
@@ -1233,6 +1235,7 @@ async fn an_older_sync_page_never_overwrites_a_newer_write() {
             event_id: format!("e-{hash}"),
             event_payload: "{}".into(),
             links: vec![],
+            keys: vec![],
         };
         let write = |r: RecordWrite, run: Option<&'static str>| {
             let s = s.clone();
@@ -1299,4 +1302,315 @@ async fn sync_states_and_schedules_of_many_connections() {
         assert_eq!(schedules.len(), 2);
         assert_eq!((schedules[0].1, schedules[0].2), one);
     }
+}
+
+#[tokio::test]
+async fn the_filter_index_follows_every_write_and_backfills() {
+    for (s, dev, _) in bootstrapped().await {
+        connect(&s, &dev.id, "s1", "c1", None).await.unwrap();
+        s.ensure_sync_states(&dev.id, "c1", &["contacts"], 20)
+            .await
+            .unwrap();
+        assert!(
+            s.keys_ready("c1", "contacts").await.unwrap(),
+            "new objects start indexed"
+        );
+        assert!(
+            !s.keys_ready("c1", "deals").await.unwrap(),
+            "no state: not indexed"
+        );
+        let rec = |n: &str, email: &str, created: i64, deleted: bool| RecordWrite {
+            native_id: n.into(),
+            uid: format!("uid-{n}"),
+            hash: format!("{email}{deleted}"),
+            data: "{}".into(),
+            native: "{}".into(),
+            created_time: Some(created),
+            modified_time: Some(created),
+            deleted,
+            event_id: format!("e-{n}-{email}"),
+            event_payload: "{}".into(),
+            links: vec![],
+            keys: vec![("email", email.to_string())],
+        };
+        let write = |records: Vec<RecordWrite>| {
+            let s = s.clone();
+            let env = dev.id.clone();
+            async move {
+                s.apply_page(&PageWrite {
+                    environment_id: &env,
+                    connection_id: "c1",
+                    object: "contacts",
+                    run_id: None,
+                    records: &records,
+                    event_prefix: None,
+                    next_cursor: None,
+                    high_water: None,
+                    total: None,
+                    now: 30,
+                    lease: None,
+                    refresh_links: false,
+                })
+                .await
+                .unwrap()
+            }
+        };
+        let emails = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let probe = |values: Vec<String>| {
+            let s = s.clone();
+            async move {
+                s.probe_keys(
+                    "c1",
+                    "contacts",
+                    &KeyProbe::Values {
+                        key: "email",
+                        values: &values,
+                        linked_from: None,
+                    },
+                    0,
+                    100,
+                )
+                .await
+                .unwrap()
+                .unwrap()
+            }
+        };
+        write(vec![
+            rec("1", "a@x", 10, false),
+            rec("2", "b@x", 20, false),
+            rec("3", "ab@x", 30, false),
+        ])
+        .await;
+        let all = s
+            .list_records(&RecordPage {
+                environment_id: &dev.id,
+                connection_id: "c1",
+                object: "contacts",
+                after_seq: 0,
+                limit: 10,
+                include_deleted: false,
+            })
+            .await
+            .unwrap();
+        let seq: std::collections::HashMap<String, i64> =
+            all.iter().map(|r| (r.native_id.clone(), r.seq)).collect();
+        assert_eq!(probe(emails(&["a@x"])).await, vec![seq["1"]]);
+        assert_eq!(
+            probe(emails(&["b@x", "a@x", "zz"])).await,
+            vec![seq["1"], seq["2"]]
+        );
+        let range = s
+            .probe_keys(
+                "c1",
+                "contacts",
+                &KeyProbe::Range {
+                    key: "email",
+                    lo: "a",
+                    hi: "b",
+                },
+                0,
+                100,
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(range, vec![seq["1"], seq["3"]], "a prefix is a range");
+        let after = s
+            .probe_keys(
+                "c1",
+                "contacts",
+                &KeyProbe::Range {
+                    key: "email",
+                    lo: "a",
+                    hi: "b",
+                },
+                seq["1"],
+                100,
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(after, vec![seq["3"]], "only records after the position");
+        let time = s
+            .probe_keys(
+                "c1",
+                "contacts",
+                &KeyProbe::Time {
+                    modified: false,
+                    lo: Some(15),
+                    hi: Some(30),
+                },
+                0,
+                100,
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(time, vec![seq["2"], seq["3"]]);
+        let capped = s
+            .probe_keys(
+                "c1",
+                "contacts",
+                &KeyProbe::Range {
+                    key: "email",
+                    lo: "a",
+                    hi: "c",
+                },
+                0,
+                2,
+            )
+            .await
+            .unwrap();
+        assert_eq!(capped, None, "more candidates than the cap: not selective");
+        // An update replaces the entries; a tombstone and a delete drop them.
+        write(vec![rec("1", "c@x", 10, false), rec("2", "b@x", 20, true)]).await;
+        assert!(probe(emails(&["a@x"])).await.is_empty());
+        assert_eq!(probe(emails(&["c@x"])).await, vec![seq["1"]]);
+        assert!(probe(emails(&["b@x"])).await.is_empty());
+        s.mark_records_deleted("c1", "contacts", &["1".to_string()], &[], 40)
+            .await
+            .unwrap();
+        assert!(probe(emails(&["c@x"])).await.is_empty());
+        // The backfill rewrites live records' entries whole, in batches.
+        let derive = |r: &StoredRecord| vec![("email", format!("new-{}", r.native_id))];
+        let mut after = 0;
+        let mut batches = 0;
+        while let Some(next) = s
+            .backfill_record_keys("c1", "contacts", after, 1, &derive)
+            .await
+            .unwrap()
+        {
+            after = next;
+            batches += 1;
+            assert!(batches < 10);
+        }
+        assert_eq!(probe(emails(&["new-3"])).await, vec![seq["3"]]);
+        assert!(
+            probe(emails(&["ab@x"])).await.is_empty(),
+            "old entries replaced"
+        );
+        assert!(
+            probe(emails(&["new-1"])).await.is_empty(),
+            "deleted records get none"
+        );
+        assert!(s.objects_missing_keys().await.unwrap().is_empty());
+        let got = s
+            .records_by_seqs(&dev.id, "c1", "contacts", &[seq["1"], seq["3"]])
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 1, "only live records");
+        // Deleting the connection takes its entries along.
+        s.delete_connection(
+            &dev.id,
+            "c1",
+            &NewEvent {
+                id: "evt-del",
+                environment_id: &dev.id,
+                connection_id: Some("c1"),
+                event_type: "connection.deleted",
+                payload: "{}",
+                created_at: 50,
+            },
+            50,
+        )
+        .await
+        .unwrap();
+        assert!(probe(emails(&["new-3"])).await.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn sandbox_accounts_seed_once_and_hand_out_ids_once() {
+    for s in backends().await {
+        let rec = |id: &str, updated: i64| SandboxRecord {
+            object: "contacts".into(),
+            id: id.into(),
+            created_at: 1,
+            updated_at: updated,
+            deleted_at: None,
+            fields: format!("{{\"n\":\"{id}\"}}"),
+        };
+        let seed = || (1002, vec![rec("1001", 10), rec("999", 10), rec("1002", 5)]);
+        // Two nodes seeding at once: one seed lands.
+        let (a, b) = tokio::join!(
+            s.sandbox_account("acct", seed, 1),
+            s.sandbox_account("acct", seed, 1)
+        );
+        assert_eq!((a.unwrap(), b.unwrap()), (None, None));
+        let page = |after: Option<(i64, &'static str)>| {
+            let s = s.clone();
+            async move {
+                s.sandbox_list(&SandboxPage {
+                    account_id: "acct",
+                    object: "contacts",
+                    after,
+                    limit: 10,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| r.id)
+                .collect::<Vec<_>>()
+            }
+        };
+        // (updated_at, id as a number) order.
+        assert_eq!(page(None).await, ["1002", "999", "1001"]);
+        assert_eq!(page(Some((10, "999"))).await, ["1001"]);
+        let ids: Vec<String> = futures_ids(&s).await;
+        let unique: std::collections::HashSet<&String> = ids.iter().collect();
+        assert_eq!(unique.len(), 20, "every create gets its own id: {ids:?}");
+        assert!(ids.iter().all(|i| i.parse::<i64>().unwrap() > 1002));
+        let changed = s
+            .sandbox_update("acct", "contacts", "999", 5, false, |f| {
+                f.replace("999", "x")
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (changed.fields.as_str(), changed.updated_at),
+            ("{\"n\":\"x\"}", 11)
+        );
+        s.sandbox_update("acct", "contacts", "999", 20, true, str::to_string)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            s.sandbox_update("acct", "contacts", "999", 30, false, str::to_string)
+                .await
+                .unwrap()
+                .is_none(),
+            "a deleted record is not changed"
+        );
+        assert_eq!(
+            s.sandbox_get("acct", "contacts", "999")
+                .await
+                .unwrap()
+                .unwrap()
+                .deleted_at,
+            Some(20)
+        );
+        s.sandbox_set_rate_limit("acct", Some(7)).await.unwrap();
+        assert_eq!(s.sandbox_account("acct", seed, 2).await.unwrap(), Some(7));
+    }
+}
+
+/// Twenty creates at once on one account; their ids.
+async fn futures_ids(s: &Store) -> Vec<String> {
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.sandbox_create("acct", "contacts", "{}", 3)
+                .await
+                .unwrap()
+                .id
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
 }

@@ -5,8 +5,9 @@
 
 use berth_connections::{Platform, now_ms, status};
 use berth_connectors::{CallError, ConnectorError, CrmConnector, ListRequest, NativeRecord};
-use berth_store::{Connection, PageWrite, RecordPage, StoredRecord};
+use berth_store::{Connection, KeyProbe, PageWrite, RecordPage, StoredRecord};
 use berth_unified::crm::{self, Object, RecordView};
+use berth_unified::filter::Probe;
 use berth_unified::{Filter, FilterError};
 use serde_json::{Map, Value};
 
@@ -131,11 +132,29 @@ pub struct ListArgs {
     pub live: bool,
 }
 
+/// A stored record's canonical data with the reverse associations other
+/// records imply on it.
+fn merged(r: &StoredRecord, reverse: &Reverse) -> Map<String, Value> {
+    let mut data: Map<String, Value> = serde_json::from_str(&r.data).unwrap_or_default();
+    if let Some(links) = reverse.get(&r.native_id) {
+        let links: Vec<(&str, &str)> = links
+            .iter()
+            .map(|(k, f)| (k.as_str(), f.as_str()))
+            .collect();
+        crm::merge_reverse(&mut data, &links);
+    }
+    data
+}
+
 pub const DEFAULT_LIMIT: i64 = 100;
 pub const MAX_LIMIT: i64 = 1000;
 /// By default a filtered list examines at most this many stored rows per
 /// call and then answers with what it found and a cursor to go on.
 pub const SCAN_BUDGET: usize = 50_000;
+/// The filter index serves a condition that admits at most this many
+/// records; past it the condition matches densely enough that a scan in
+/// store order finds a page as fast.
+pub const INDEX_CANDIDATES: usize = 20_000;
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct LiveCursor {
@@ -148,6 +167,7 @@ pub struct Crm {
     pub(crate) platform: Platform,
     pages: Arc<Pages>,
     pub(crate) scan_budget: usize,
+    use_index: bool,
 }
 
 impl Crm {
@@ -158,7 +178,15 @@ impl Crm {
             platform,
             pages: Arc::new(Pages::new(page_cache_bytes)),
             scan_budget: SCAN_BUDGET,
+            use_index: true,
         }
+    }
+
+    /// The same service reading filters by scanning only, never from the
+    /// filter index (the reference the index is tested against).
+    pub fn without_index(mut self) -> Self {
+        self.use_index = false;
+        self
     }
 
     /// The same service with another scan budget (see [`SCAN_BUDGET`]).
@@ -229,14 +257,7 @@ impl Crm {
         view: &View,
         reverse: &Reverse,
     ) -> Value {
-        let mut data: Map<String, Value> = serde_json::from_str(&r.data).unwrap_or_default();
-        if let Some(links) = reverse.get(&r.native_id) {
-            let links: Vec<(&str, &str)> = links
-                .iter()
-                .map(|(k, f)| (k.as_str(), f.as_str()))
-                .collect();
-            crm::merge_reverse(&mut data, &links);
-        }
+        let data = merged(r, reverse);
         // The raw record is the larger half of a row and is shown only on
         // request (`allFields` / `$native`): parse it only then.
         let native: Value = if view.raw {
@@ -350,6 +371,27 @@ impl Crm {
         }
         let mut after = self.store_position(&scope, args.cursor.as_deref())?;
         let mut out = Vec::new();
+        if let Some(candidates) = self.candidates(conn, o, generation, &filter, after).await? {
+            // The index named every record that can pass, in store order.
+            for part in candidates.chunks(500) {
+                let rows = self
+                    .platform
+                    .store()
+                    .records_by_seqs(&conn.environment_id, &conn.id, o.name, part)
+                    .await?;
+                let reverse = self.reverse(conn, o, &rows).await?;
+                for r in &rows {
+                    if self.passes(o, conn, r, generation, view, &reverse, &filter, &mut out)
+                        && out.len() as i64 > limit
+                    {
+                        out.pop();
+                        return Ok((out, Some(cursors.encode(&scope, &after))));
+                    }
+                    after = r.seq;
+                }
+            }
+            return Ok((out, None));
+        }
         let mut scanned = 0usize;
         let chunk = if filter.is_empty() { limit + 1 } else { 500 };
         loop {
@@ -369,14 +411,12 @@ impl Crm {
             let reverse = self.reverse(conn, o, &rows).await?;
             for r in &rows {
                 scanned += 1;
-                let v = self.render(o, conn, r, generation, view, &reverse);
-                let pass = filter.is_empty() || v.as_object().is_some_and(|m| filter.matches(m));
-                if pass {
-                    if out.len() as i64 == limit {
-                        // One more match exists: the page ends at the last one kept.
-                        return Ok((out, Some(cursors.encode(&scope, &after))));
-                    }
-                    out.push(v);
+                if self.passes(o, conn, r, generation, view, &reverse, &filter, &mut out)
+                    && out.len() as i64 > limit
+                {
+                    // One more match exists: the page ends at the last one kept.
+                    out.pop();
+                    return Ok((out, Some(cursors.encode(&scope, &after))));
                 }
                 after = r.seq;
             }
@@ -387,6 +427,113 @@ impl Crm {
                 return Ok((out, Some(cursors.encode(&scope, &after))));
             }
         }
+    }
+
+    /// Renders a stored record into `out` when it passes `filter`.
+    #[allow(clippy::too_many_arguments)]
+    fn passes(
+        &self,
+        o: &Object,
+        conn: &Connection,
+        r: &StoredRecord,
+        generation: Generation,
+        view: &View,
+        reverse: &Reverse,
+        filter: &Filter,
+        out: &mut Vec<Value>,
+    ) -> bool {
+        let v = self.render(o, conn, r, generation, view, reverse);
+        let pass = filter.is_empty()
+            || v.as_object().is_some_and(|m| {
+                if generation == Generation::V2 && filter.reads_associations() {
+                    // A v2 answer shows only the associations asked for;
+                    // the filter reads them all.
+                    let data = merged(r, reverse);
+                    let empty = Map::new();
+                    let assoc = data
+                        .get("associations")
+                        .and_then(Value::as_object)
+                        .unwrap_or(&empty);
+                    filter.matches_with(m, Some(assoc))
+                } else {
+                    filter.matches(m)
+                }
+            });
+        if pass {
+            out.push(v);
+        }
+        pass
+    }
+
+    /// The store sequences after `after` of every record that can pass
+    /// `filter`, from the filter index; `None` when the index cannot
+    /// narrow it (no indexed condition, none selective enough, or the
+    /// object's entries not yet backfilled): the caller scans.
+    async fn candidates(
+        &self,
+        conn: &Connection,
+        o: &Object,
+        generation: Generation,
+        filter: &Filter,
+        after: i64,
+    ) -> Result<Option<Vec<i64>>> {
+        if filter.is_empty() || !self.use_index {
+            return Ok(None);
+        }
+        let probes = filter.probes(&conn.id, generation == Generation::V2);
+        if probes.is_empty() {
+            return Ok(None);
+        }
+        let store = self.platform.store();
+        if !store.keys_ready(&conn.id, o.name).await? {
+            return Ok(None);
+        }
+        for p in &probes {
+            let resolved;
+            let probe = match p {
+                Probe::Nothing => return Ok(Some(Vec::new())),
+                Probe::Values { key, values } => KeyProbe::Values {
+                    key,
+                    values,
+                    linked_from: None,
+                },
+                Probe::Linked {
+                    key,
+                    target,
+                    uids,
+                    natives,
+                } => {
+                    resolved = match natives {
+                        Some(n) => n.clone(),
+                        // v1 ids: the records links come from are stored.
+                        None => store
+                            .records_by_ids(&conn.environment_id, &conn.id, target, uids, false)
+                            .await?
+                            .into_iter()
+                            .map(|r| r.native_id)
+                            .collect(),
+                    };
+                    KeyProbe::Values {
+                        key,
+                        values: uids,
+                        linked_from: Some((target, &resolved)),
+                    }
+                }
+                Probe::Prefix { key, lo, hi } => KeyProbe::Range { key, lo, hi },
+                Probe::Time { modified, lo, hi } => KeyProbe::Time {
+                    modified: *modified,
+                    lo: *lo,
+                    hi: *hi,
+                },
+            };
+            if let Some(seqs) = store
+                .probe_keys(&conn.id, o.name, &probe, after, INDEX_CANDIDATES)
+                .await?
+            {
+                return Ok(Some(seqs));
+            }
+        }
+        Ok(None)
     }
 
     /// A list page as JSON bytes, shaped by `shape` (which `kind` names:

@@ -58,6 +58,9 @@ pub struct SyncConfig {
     /// with what it found and a cursor to go on (bounds an unindexed
     /// filter's cost per request).
     pub scan_budget: usize,
+    /// Whether filtered lists read the filter index (off only to compare
+    /// its answers with a scan's).
+    pub filter_index: bool,
 }
 
 impl Default for SyncConfig {
@@ -72,6 +75,7 @@ impl Default for SyncConfig {
             page_cache_bytes: pages::DEFAULT_BYTES,
             full_resync: Some(Duration::from_secs(24 * 3600)),
             scan_budget: crm::SCAN_BUDGET,
+            filter_index: true,
         }
     }
 }
@@ -107,8 +111,15 @@ impl Engine {
     pub fn new(platform: Platform, config: SyncConfig) -> Self {
         Self {
             inner: Arc::new(Inner {
-                crm: Crm::new(platform.clone(), config.page_cache_bytes)
-                    .with_scan_budget(config.scan_budget),
+                crm: {
+                    let crm = Crm::new(platform.clone(), config.page_cache_bytes)
+                        .with_scan_budget(config.scan_budget);
+                    if config.filter_index {
+                        crm
+                    } else {
+                        crm.without_index()
+                    }
+                },
                 platform,
                 config,
                 // The process id shows operators (and fault tests) which
@@ -188,9 +199,57 @@ impl Engine {
         let me = self.clone();
         tokio::spawn(async move {
             let sched = tokio::spawn(me.clone().scheduler(cancel.clone()));
+            tokio::spawn(me.clone().backfill_keys(cancel.clone()));
             me.workers(cancel).await;
             let _ = sched.await;
         })
+    }
+
+    /// Writes the filter index entries of records stored before the
+    /// index (or before its entries last changed), batch by batch; the
+    /// index serves an object once it is done. Several workers may do the
+    /// same object at once: each batch rewrites its records' entries
+    /// whole, so they agree.
+    async fn backfill_keys(self, cancel: CancellationToken) {
+        let store = self.inner.platform.store().clone();
+        let derive = |r: &berth_store::StoredRecord| -> Vec<(&'static str, String)> {
+            let Some(o) = berth_unified::crm::object(&r.object) else {
+                return Vec::new();
+            };
+            let data: serde_json::Map<String, Value> =
+                serde_json::from_str(&r.data).unwrap_or_default();
+            berth_unified::crm::index_keys(o, &r.connection_id, &data)
+        };
+        let todo = match store.objects_missing_keys().await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list objects to index; filters scan");
+                return;
+            }
+        };
+        for (conn, object) in todo {
+            let mut after = 0;
+            loop {
+                if cancel.is_cancelled() {
+                    return;
+                }
+                match store
+                    .backfill_record_keys(&conn, &object, after, 1000, &derive)
+                    .await
+                {
+                    Ok(Some(seq)) => after = seq,
+                    Ok(None) => {
+                        tracing::info!(connection_id = %conn, object = %object, "filter index built");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(connection_id = %conn, object = %object, error = %e,
+                            "filter index backfill failed; filters on it scan until a restart");
+                        break;
+                    }
+                }
+            }
+        }
     }
 
     /// The interval (s) of an integration's connections that have none of
@@ -923,6 +982,10 @@ pub fn record_write(
         deleted: r.deleted,
         event_id,
         event_payload,
+        keys: match berth_unified::crm::object(object) {
+            Some(o) if !r.deleted => berth_unified::crm::index_keys(o, &conn.id, &r.data),
+            _ => Vec::new(),
+        },
         uid,
         links: berth_unified::crm::reverse_links(object, &r.data, |key| {
             connector.two_way(object, key)

@@ -491,8 +491,94 @@ impl Object {
     }
 }
 
+/// The fields the filter index holds (when they are strings): the ones
+/// people look records up by.
+const INDEXED_FIELDS: &[&str] = &[
+    "email",
+    "phone",
+    "mobilePhone",
+    "name",
+    "website",
+    "account",
+    "subject",
+    "from",
+];
+
+/// How many characters of a value the filter index keeps.
+const INDEX_VALUE_CHARS: usize = 128;
+
+/// A value as the filter index holds it: lower-cased (one entry serves
+/// exact and case-insensitive conditions) and cut short. Candidates are
+/// always checked again by the filter itself.
+pub fn index_value(s: &str) -> String {
+    s.to_lowercase().chars().take(INDEX_VALUE_CHARS).collect()
+}
+
+/// Whether the filter index holds `key` of `o`'s records.
+pub fn indexed_field(o: &Object, key: &str) -> bool {
+    INDEXED_FIELDS.contains(&key) && o.field(key).is_some_and(|f| f.kind == Kind::Str)
+}
+
+/// The association keys a filter may name on `o` (Berth's extension):
+/// those its answers show, for ids of one target object.
+pub fn association_filter_target(o: &Object, key: &str, v2: bool) -> Option<&'static str> {
+    let shown = if v2 {
+        o.v2_associations
+    } else {
+        o.v1_associations
+    };
+    shown
+        .contains(&key)
+        .then(|| association_object(key))
+        .flatten()
+}
+
+/// The filter index entries of a record: its indexed fields, and each
+/// association as the uid of the record it points at (v1 and v2 ids of
+/// that record both lead to it).
+pub fn index_keys(
+    o: &Object,
+    connection_id: &str,
+    data: &Map<String, Value>,
+) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    for fd in o.fields.iter().filter(|f| indexed_field(o, f.key)) {
+        if let Some(v) = data.get(fd.key).and_then(Value::as_str) {
+            out.push((fd.key, index_value(v)));
+        }
+    }
+    let Some(assoc) = assoc_of(data) else {
+        return out;
+    };
+    let mut keys: Vec<&'static str> = o
+        .v1_associations
+        .iter()
+        .chain(o.v2_associations)
+        .copied()
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    for key in keys {
+        let Some(target) = association_object(key) else {
+            continue;
+        };
+        let ids: Vec<&str> = match assoc.get(key) {
+            Some(Value::String(s)) => vec![s.as_str()],
+            Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
+            _ => continue,
+        };
+        for id in ids {
+            let entry = (key, uid(connection_id, target, id));
+            if !out.contains(&entry) {
+                out.push(entry);
+            }
+        }
+    }
+    out
+}
+
 /// The v1 id type (`v.<type>.`) of the object an association key points at.
-fn association_type(key: &str) -> Option<&'static str> {
+pub fn association_type(key: &str) -> Option<&'static str> {
     Some(match key {
         "ownerUserId" => "user",
         "accountIds" => "account",

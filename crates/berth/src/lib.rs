@@ -188,7 +188,7 @@ impl App {
             self.webhooks.clone(),
             self.sync.clone(),
         );
-        let sandbox = berth_sandbox::Sandbox::default();
+        let sandbox = berth_sandbox::Sandbox::new(self.platform.store().clone());
         let make_router = || {
             berth_api::router(
                 state.fork(),

@@ -18,19 +18,11 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
 use sqlx::Row;
 
 // The allocator the `berth` binary ships with.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn env_num(k: &str, d: usize) -> usize {
-    std::env::var(k)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(d)
-}
 
 /// Runs wrk; returns requests per second.
 async fn wrk(url: &str, header: Option<&str>, secs: usize) -> anyhow::Result<f64> {
@@ -60,8 +52,8 @@ async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let db = args.next().expect("usage: bench-sync DATABASE_URL LABEL");
     let label = args.next().unwrap_or_else(|| "store".into());
-    let contacts = env_num("BENCH_CONTACTS", 100_000);
-    let wrk_secs = env_num("BENCH_WRK_SECS", 10);
+    let contacts = berth_bench::env_num("BENCH_CONTACTS", 100_000);
+    let wrk_secs = berth_bench::env_num("BENCH_WRK_SECS", 10);
 
     let hs = berth_fakes::hubspot::HubSpot::new(berth_fakes::hubspot::Options {
         tokens: vec!["pat-bench".into()],
@@ -79,101 +71,21 @@ async fn main() -> anyhow::Result<()> {
     let hs_base = berth_fakes::serve(hs.router()).await?;
 
     let dir = tempfile::tempdir()?;
-    let providers = dir.path().join("providers.toml");
-    std::fs::write(
-        &providers,
-        format!(
-            "[integrations.hubspot]\nbase_url = \"{hs_base}\"\nrate_limit = {{ requests = 1000000, per_seconds = 1, scope = \"account\" }}\n"
-        ),
-    )?;
+    let providers = berth_bench::hubspot_providers(dir.path(), &hs_base)?;
     let db_url = db.replace("{dir}", &dir.path().display().to_string());
-    let config = berth::Config {
-        listen: "127.0.0.1:0".into(),
-        data_dir: dir.path().to_path_buf(),
-        database_url: db_url.clone(),
-        public_url: None,
-        providers_file: Some(providers),
-        session_ttl: Duration::from_secs(1800),
-        dev_connection_limit: 5,
-        refresh_margin: Duration::from_secs(300),
-        oauth_apps: Default::default(),
-        outbound: Default::default(),
-        request_log_retention: Duration::from_secs(3600),
-        webhooks: Default::default(),
-        sync: berth_sync::SyncConfig {
-            poll: Duration::from_millis(20),
-            ..Default::default()
-        },
-        no_workers: false,
-        http_threads: 2,
-        http_pin: berth::http_server::Pinning::Auto,
-    };
-    let app = berth::App::build(&config).await?;
-    let base = format!("http://{}", app.addr);
-    let token = app.initial_token.clone().expect("a fresh store");
-    let store = app.platform.store().clone();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until_stopped(async move {
-        let _ = stop_rx.await;
-    }));
+    let config = berth_bench::config(dir.path(), db_url.clone(), Some(providers));
+    let berth = berth_bench::Running::start(&config).await?;
+    let base = berth.base.clone();
+    let token = berth.token.clone();
+    let store = berth.store.clone();
     let client = reqwest::Client::new();
-    let post = |path: &str, headers: Vec<(&str, String)>, body: Value| {
-        let mut r = client.post(format!("{base}{path}")).json(&body);
-        for (k, v) in headers {
-            r = r.header(k, v);
-        }
-        async move { anyhow::Ok(r.send().await?.json::<Value>().await?) }
-    };
 
     // 1. Ingest.
     let t0 = Instant::now();
-    let st = post(
-        "/auth/session-token",
-        vec![("x-vessel-api-token", token.clone())],
-        json!({}),
-    )
-    .await?;
-    let st = st["result"]["sessionToken"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let r = post(
-        "/auth/start",
-        vec![("x-vessel-session-token", st.clone())],
-        json!({"integrationId": "hubspot", "authType": "apiKey", "answers": {"api-key": "pat-bench"}}),
-    )
-    .await?;
-    anyhow::ensure!(r["error"].is_null(), "connect failed: {r}");
-    let r = post(
-        "/auth/access-token",
-        vec![
-            ("x-vessel-api-token", token.clone()),
-            ("x-vessel-session-token", st),
-        ],
-        json!({}),
-    )
-    .await?;
-    let conn = r["result"]["connectionId"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let access = r["result"]["accessToken"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    loop {
-        let done = store
-            .jobs_of_connection(&conn, 1)
-            .await?
-            .first()
-            .is_some_and(|j| j.state == "done");
-        let c = store.get_connection("v_env_development", &conn).await?;
-        if done && c.is_some_and(|c| c.status == "READY") {
-            break;
-        }
-        anyhow::ensure!(t0.elapsed() < Duration::from_secs(1800), "the sync stalled");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let (conn, access) = berth
+        .connect_api_key(&client, "hubspot", "pat-bench")
+        .await?;
+    berth.until_synced(&conn, Duration::from_secs(1800)).await?;
     let ingest = t0.elapsed();
     let mut stored = 0i64;
     for o in ["users", "accounts", "contacts", "deals"] {
@@ -218,15 +130,8 @@ async fn main() -> anyhow::Result<()> {
     let mut cold_config = config.clone();
     cold_config.no_workers = true;
     cold_config.sync.page_cache_bytes = 0;
-    let cold = berth::App::build(&cold_config).await?;
-    let cold_url = format!(
-        "http://{}/crm/contacts?accessToken={access}&limit=100",
-        cold.addr
-    );
-    let (cold_tx, cold_rx) = tokio::sync::oneshot::channel::<()>();
-    let cold_server = tokio::spawn(cold.run_until_stopped(async move {
-        let _ = cold_rx.await;
-    }));
+    let cold = berth_bench::Running::start(&cold_config).await?;
+    let cold_url = format!("{}/crm/contacts?accessToken={access}&limit=100", cold.base);
     let cold_page = client
         .get(&cold_url)
         .header("vessel-api-token", &token)
@@ -239,8 +144,7 @@ async fn main() -> anyhow::Result<()> {
         "the uncached page differs from the cached one"
     );
     let cold_rps = wrk(&cold_url, Some(&header), wrk_secs).await?;
-    let _ = cold_tx.send(());
-    let _ = cold_server.await;
+    cold.stop().await;
 
     let rps = stored as f64 / ingest.as_secs_f64();
     println!(
@@ -255,8 +159,7 @@ async fn main() -> anyhow::Result<()> {
         cold_rps,
         cold_rps / bare_rps
     );
-    let _ = stop_tx.send(());
-    let _ = server.await;
+    berth.stop().await;
     Ok(())
 }
 

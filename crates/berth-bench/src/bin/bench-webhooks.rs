@@ -99,24 +99,14 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(async move { axum::serve(listener, app).await });
 
     let dir = tempfile::tempdir()?;
-    let config = berth::Config {
-        listen: "127.0.0.1:0".into(),
-        data_dir: dir.path().to_path_buf(),
-        database_url: db.replace("{dir}", &dir.path().display().to_string()),
-        public_url: None,
-        providers_file: None,
-        session_ttl: Duration::from_secs(1800),
-        dev_connection_limit: 5,
-        refresh_margin: Duration::from_secs(300),
-        oauth_apps: Default::default(),
-        outbound: Default::default(),
-        request_log_retention: Duration::from_secs(3600),
-        webhooks: berth_webhooks_config(),
-        sync: Default::default(),
-        no_workers: true,
-        http_threads: 2,
-        http_pin: berth::http_server::Pinning::Auto,
-    };
+    let mut config = berth_bench::config(
+        dir.path(),
+        db.replace("{dir}", &dir.path().display().to_string()),
+        None,
+    );
+    config.webhooks = berth_webhooks_config();
+    config.sync = Default::default();
+    config.no_workers = true;
     let app = berth::App::build(&config).await?;
     let base = format!("http://{}", app.addr);
     let token = app.initial_token.clone().expect("a fresh store");

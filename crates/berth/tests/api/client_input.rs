@@ -197,6 +197,48 @@ async fn control_characters_in_a_passthrough_query_are_refused() {
 }
 
 #[tokio::test]
+async fn the_sandbox_is_one_provider_for_every_node() {
+    // Two API nodes on one store: creates alternate between them, ids are
+    // never handed out twice, and each record is at once found through the
+    // other node, live from the sandbox.
+    let a = spawn_with(|c| c.no_workers = false).await;
+    let access = ready_sandbox(&a, "two-nodes").await;
+    let b = spawn_with(|c| {
+        c.database_url = a.database_url.clone();
+        // The same vault key: node b decrypts the credentials node a stored.
+        c.data_dir = a.data_dir.clone();
+    })
+    .await;
+    let h = [
+        ("x-vessel-api-token", a.dev_token.as_str()),
+        ("x-vessel-access-token", access.as_str()),
+    ];
+    let mut ids = std::collections::HashSet::new();
+    for i in 0..100 {
+        let (here, there) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        let r = here
+            .post(
+                "/unifications/crm/contacts/create",
+                &h,
+                json!({"contact": {"lastName": format!("N{i}")}}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{r:?}");
+        let id = r.body["result"]["id"].as_str().unwrap().to_string();
+        assert!(ids.insert(id.clone()), "try {i}: id {id} handed out twice");
+        let r = there
+            .post(
+                "/unifications/crm/contacts/find",
+                &h,
+                json!({"id": id, "synced": false}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "try {i}: {r:?}");
+        assert_eq!(r.body["result"]["contact"]["lastName"], format!("N{i}"));
+    }
+}
+
+#[tokio::test]
 async fn the_sandbox_is_one_provider_for_every_serving_thread() {
     // Two serving threads (the test default): a record created through one
     // is found through the other on the very next call.

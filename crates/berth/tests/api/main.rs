@@ -6,6 +6,7 @@ mod bad_input;
 mod client_input;
 mod connect_flow;
 mod crm_meta;
+mod filter_index;
 mod fuzz;
 mod integrations;
 mod link_v1;
