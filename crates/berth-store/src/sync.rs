@@ -180,6 +180,9 @@ pub struct PageWrite<'a> {
     /// Rewrite the links of unchanged records too (full listings, so links
     /// of records stored before they were derived appear).
     pub refresh_links: bool,
+    /// Write no filter index entries; mark the object's index out of date
+    /// instead ([`Store::build_record_keys`] rebuilds it in key order).
+    pub defer_keys: bool,
 }
 
 /// What a page changed.
@@ -351,50 +354,82 @@ impl Store {
         ).bind(KEYS_VERSION).fetch_all(p).await)?)
     }
 
-    /// Rewrites the index entries of up to `batch` records of the object
-    /// after `after_seq` with `derive`, under the connection's write lock
-    /// so no page written meanwhile is overwritten with older entries.
-    /// Returns the last sequence done, or `None` when the object is done
-    /// (and marked current).
-    pub async fn backfill_record_keys(
+    /// Rebuilds the filter index entries of an object and marks them
+    /// current: drops its entries, stages those of its live records
+    /// (`derive` gives a record's keys) in batches, then copies them into
+    /// the index in key order, one key per transaction, so the index's
+    /// pages are written in order rather than at random places. A write
+    /// landing meanwhile writes its own entries; at worst a staged entry
+    /// of an older version stays, which only adds a candidate. Two
+    /// builders of one object agree (entries are idempotent).
+    pub async fn build_record_keys(
         &self,
         connection_id: &str,
         object: &str,
-        after_seq: i64,
-        batch: i64,
         derive: &(dyn Fn(&StoredRecord) -> Vec<(&'static str, String)> + Sync),
-    ) -> Result<Option<i64>> {
-        Ok(with_db!(self, p => {
-            let mut tx = p.begin().await?;
-            sqlx::query("UPDATE connections SET updated_at = updated_at WHERE id = $1")
-                .bind(connection_id).execute(&mut *tx).await?;
-            let rows: Vec<StoredRecord> = sqlx::query_as(concat!(
-                "SELECT ", record_cols!(), " FROM records WHERE connection_id = $1 AND object = $2 \
-                 AND seq > $3 ORDER BY seq LIMIT $4"
-            )).bind(connection_id).bind(object).bind(after_seq).bind(batch).fetch_all(&mut *tx).await?;
-            for chunk in rows.chunks(500) {
-                let mut qb = sqlx::QueryBuilder::new("DELETE FROM record_keys WHERE seq IN (");
-                let mut sep = qb.separated(", ");
-                for r in chunk {
-                    sep.push_bind(r.seq);
+    ) -> Result<()> {
+        const BATCH: i64 = 2000;
+        with_db!(self, p => {
+            // -1: being built. A deferred write meanwhile sets it to 0, and
+            // then this build does not mark the object current.
+            sqlx::query("UPDATE sync_states SET keys_version = -1 WHERE connection_id = $1 AND object = $2")
+                .bind(connection_id).bind(object).execute(p).await?;
+            sqlx::query("DELETE FROM record_keys WHERE seq IN \
+                         (SELECT seq FROM records WHERE connection_id = $1 AND object = $2)")
+                .bind(connection_id).bind(object).execute(p).await?;
+            // The staging table is a temporary one on one connection: not
+            // written to the log, gone with the session.
+            let mut c = p.acquire().await?;
+            sqlx::query("DROP TABLE IF EXISTS keys_build").execute(&mut *c).await?;
+            sqlx::query("CREATE TEMPORARY TABLE keys_build (scope BIGINT NOT NULL, value TEXT NOT NULL, seq BIGINT NOT NULL)")
+                .execute(&mut *c).await?;
+            let mut after = 0i64;
+            let mut scopes: Vec<i64> = Vec::new();
+            loop {
+                let rows: Vec<StoredRecord> = sqlx::query_as(concat!(
+                    "SELECT ", record_cols!(), " FROM records WHERE connection_id = $1 AND object = $2 \
+                     AND seq > $3 AND deleted_at IS NULL ORDER BY seq LIMIT $4"
+                )).bind(connection_id).bind(object).bind(after).bind(BATCH).fetch_all(&mut *c).await?;
+                let Some(last) = rows.last() else { break };
+                after = last.seq;
+                let keys: Vec<(i64, i64, String)> = rows.iter()
+                    .flat_map(|r| entries(connection_id, object, r.seq, derive(r).into_iter(),
+                        r.created_time, r.modified_time))
+                    .collect();
+                for (scope, _, _) in &keys {
+                    if !scopes.contains(scope) {
+                        scopes.push(*scope);
+                    }
                 }
-                qb.push(")");
-                qb.build().execute(&mut *tx).await?;
+                let mut tx = sqlx::Connection::begin(&mut *c).await?;
+                for part in keys.chunks(300) {
+                    let mut qb = sqlx::QueryBuilder::new("INSERT INTO keys_build (scope, seq, value) ");
+                    qb.push_values(part, |mut b, (scope, seq, v)| {
+                        b.push_bind(*scope).push_bind(*seq).push_bind(v.clone());
+                    });
+                    qb.build().execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                if (rows.len() as i64) < BATCH {
+                    break;
+                }
             }
-            let keys: Vec<(i64, i64, String)> = rows.iter()
-                .filter(|r| r.deleted_at.is_none())
-                .flat_map(|r| entries(connection_id, object, r.seq, derive(r).into_iter(),
-                    r.created_time, r.modified_time))
-                .collect();
-            insert_keys!(tx, keys);
-            let done = (rows.len() as i64) < batch;
-            if done {
-                sqlx::query("UPDATE sync_states SET keys_version = $3 WHERE connection_id = $1 AND object = $2")
-                    .bind(connection_id).bind(object).bind(KEYS_VERSION).execute(&mut *tx).await?;
+            sqlx::query("CREATE INDEX keys_build_order ON keys_build (scope, value, seq)")
+                .execute(&mut *c).await?;
+            // One key per transaction, in key order: the index's pages are
+            // filled in order, and no writer waits long.
+            for scope in scopes {
+                sqlx::query(
+                    "INSERT INTO record_keys (scope, value, seq) SELECT scope, value, seq FROM keys_build \
+                     WHERE scope = $1 ORDER BY value, seq ON CONFLICT DO NOTHING"
+                ).bind(scope).execute(&mut *c).await?;
             }
-            tx.commit().await?;
-            if done { None } else { rows.last().map(|r| r.seq) }
-        }))
+            sqlx::query("DROP TABLE keys_build").execute(&mut *c).await?;
+            sqlx::query("UPDATE sync_states SET keys_version = $3 WHERE connection_id = $1 AND object = $2 \
+                         AND keys_version = -1")
+                .bind(connection_id).bind(object).bind(KEYS_VERSION).execute(&mut *c).await?;
+        });
+        Ok(())
     }
 
     // ---- jobs --------------------------------------------------------------
@@ -931,6 +966,7 @@ impl Store {
                     qb.build().execute(&mut *tx).await?;
                 }
                 let keys: Vec<(i64, i64, String)> = seqs.iter()
+                    .filter(|_| !w.defer_keys)
                     .filter_map(|(s, n)| by_native.get(n.as_str()).map(|r| (*s, *r)))
                     .filter(|(_, r)| !r.deleted)
                     .flat_map(|(s, r)| entries(w.connection_id, w.object, s, r.keys.iter().cloned(),
@@ -997,6 +1033,10 @@ impl Store {
             }
             if !changed.is_empty() {
                 crate::changes::NoteChange::note(&mut *tx, w.connection_id, Some(w.object), w.now).await?;
+                if w.defer_keys {
+                    sqlx::query("UPDATE sync_states SET keys_version = 0 WHERE connection_id = $1 AND object = $2 AND keys_version <> 0")
+                        .bind(w.connection_id).bind(w.object).execute(&mut *tx).await?;
+                }
             }
             if let Some(prefix) = w.event_prefix {
                 for (r, action) in &changed {

@@ -964,6 +964,7 @@ async fn pages_write_records_checkpoint_and_events_together() {
             now: 30,
             lease: None,
             refresh_links: false,
+            defer_keys: false,
         };
         let p1: &'static [RecordWrite] =
             Box::leak(Box::new([rec("1", "a", false), rec("2", "a", false)]));
@@ -1133,6 +1134,7 @@ async fn reverse_links_follow_their_sources() {
                     now: 30,
                     lease: None,
                     refresh_links: refresh,
+                    defer_keys: false,
                 })
                 .await
                 .unwrap()
@@ -1254,6 +1256,7 @@ async fn an_older_sync_page_never_overwrites_a_newer_write() {
                     now: 30,
                     lease: None,
                     refresh_links: false,
+                    defer_keys: false,
                 })
                 .await
                 .unwrap()
@@ -1350,6 +1353,7 @@ async fn the_filter_index_follows_every_write_and_backfills() {
                     now: 30,
                     lease: None,
                     refresh_links: false,
+                    defer_keys: false,
                 })
                 .await
                 .unwrap()
@@ -1471,19 +1475,11 @@ async fn the_filter_index_follows_every_write_and_backfills() {
             .await
             .unwrap();
         assert!(probe(emails(&["c@x"])).await.is_empty());
-        // The backfill rewrites live records' entries whole, in batches.
+        // A build rewrites live records' entries whole.
         let derive = |r: &StoredRecord| vec![("email", format!("new-{}", r.native_id))];
-        let mut after = 0;
-        let mut batches = 0;
-        while let Some(next) = s
-            .backfill_record_keys("c1", "contacts", after, 1, &derive)
+        s.build_record_keys("c1", "contacts", &derive)
             .await
-            .unwrap()
-        {
-            after = next;
-            batches += 1;
-            assert!(batches < 10);
-        }
+            .unwrap();
         assert_eq!(probe(emails(&["new-3"])).await, vec![seq["3"]]);
         assert!(
             probe(emails(&["ab@x"])).await.is_empty(),
@@ -1494,6 +1490,47 @@ async fn the_filter_index_follows_every_write_and_backfills() {
             "deleted records get none"
         );
         assert!(s.objects_missing_keys().await.unwrap().is_empty());
+        // A backfill page defers its entries and marks the object out of
+        // date; a build brings it back.
+        let mut deferred = rec("4", "d@x", 40, false);
+        deferred.hash = "d".into();
+        s.apply_page(&PageWrite {
+            environment_id: &dev.id,
+            connection_id: "c1",
+            object: "contacts",
+            run_id: None,
+            records: std::slice::from_ref(&deferred),
+            event_prefix: None,
+            next_cursor: None,
+            high_water: None,
+            total: None,
+            now: 41,
+            lease: None,
+            refresh_links: false,
+            defer_keys: true,
+        })
+        .await
+        .unwrap();
+        assert!(!s.keys_ready("c1", "contacts").await.unwrap());
+        assert!(
+            probe(emails(&["d@x"])).await.is_empty(),
+            "nothing written for it yet"
+        );
+        let derive = |r: &StoredRecord| {
+            vec![(
+                "email",
+                if r.native_id == "4" {
+                    "d@x".to_string()
+                } else {
+                    format!("new-{}", r.native_id)
+                },
+            )]
+        };
+        s.build_record_keys("c1", "contacts", &derive)
+            .await
+            .unwrap();
+        assert!(s.keys_ready("c1", "contacts").await.unwrap());
+        assert_eq!(probe(emails(&["d@x"])).await.len(), 1);
         let got = s
             .records_by_seqs(&dev.id, "c1", "contacts", &[seq["1"], seq["3"]])
             .await

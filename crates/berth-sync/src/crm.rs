@@ -944,6 +944,7 @@ impl Crm {
                 now: now_ms(),
                 lease: None,
                 refresh_links: false,
+                defer_keys: false,
             })
             .await?;
         Ok(())

@@ -212,14 +212,6 @@ impl Engine {
     /// whole, so they agree.
     async fn backfill_keys(self, cancel: CancellationToken) {
         let store = self.inner.platform.store().clone();
-        let derive = |r: &berth_store::StoredRecord| -> Vec<(&'static str, String)> {
-            let Some(o) = berth_unified::crm::object(&r.object) else {
-                return Vec::new();
-            };
-            let data: serde_json::Map<String, Value> =
-                serde_json::from_str(&r.data).unwrap_or_default();
-            berth_unified::crm::index_keys(o, &r.connection_id, &data)
-        };
         let todo = match store.objects_missing_keys().await {
             Ok(t) => t,
             Err(e) => {
@@ -228,26 +220,15 @@ impl Engine {
             }
         };
         for (conn, object) in todo {
-            let mut after = 0;
-            loop {
-                if cancel.is_cancelled() {
-                    return;
+            if cancel.is_cancelled() {
+                return;
+            }
+            match store.build_record_keys(&conn, &object, &derive_keys).await {
+                Ok(()) => {
+                    tracing::info!(connection_id = %conn, object = %object, "filter index built")
                 }
-                match store
-                    .backfill_record_keys(&conn, &object, after, 1000, &derive)
-                    .await
-                {
-                    Ok(Some(seq)) => after = seq,
-                    Ok(None) => {
-                        tracing::info!(connection_id = %conn, object = %object, "filter index built");
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::warn!(connection_id = %conn, object = %object, error = %e,
-                            "filter index backfill failed; filters on it scan until a restart");
-                        break;
-                    }
-                }
+                Err(e) => tracing::warn!(connection_id = %conn, object = %object, error = %e,
+                    "filter index build failed; filters on it scan until the next run"),
             }
         }
     }
@@ -637,6 +618,11 @@ impl Engine {
         store
             .finish_sync_run(&conn.id, object, next, full, now_ms())
             .await?;
+        if !store.keys_ready(&conn.id, object).await? {
+            store
+                .build_record_keys(&conn.id, object, &derive_keys)
+                .await?;
+        }
         Ok(counts)
     }
 
@@ -919,6 +905,9 @@ async fn write_pages(
                 now,
                 lease: Some((&j.job_id, &j.node, now + j.lease.as_millis() as i64)),
                 refresh_links: j.refresh_links,
+                // A backfill writes no index entries record by record; the
+                // object's index is built in key order when it is listed.
+                defer_keys: j.prefix.is_none(),
             })
             .await?;
         total.created += out.created;
@@ -927,6 +916,15 @@ async fn write_pages(
         total.unchanged += out.unchanged;
     }
     Ok(total)
+}
+
+/// A stored record's filter index keys (see `berth_unified::crm::index_keys`).
+fn derive_keys(r: &berth_store::StoredRecord) -> Vec<(&'static str, String)> {
+    let Some(o) = berth_unified::crm::object(&r.object) else {
+        return Vec::new();
+    };
+    let data: serde_json::Map<String, Value> = serde_json::from_str(&r.data).unwrap_or_default();
+    berth_unified::crm::index_keys(o, &r.connection_id, &data)
 }
 
 /// A provider record → the row written, with its event payload.
