@@ -176,7 +176,8 @@ impl AddressPolicy {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AddressRefused {
     #[error(
-        "{host} is {ip}, a {why} address, which Berth does not call on an end user's or a customer's say-so"
+        "{}, which Berth does not call on an end user's or a customer's say-so",
+        refused_what(host, ip, why)
     )]
     Internal {
         host: String,
@@ -185,6 +186,16 @@ pub enum AddressRefused {
     },
     #[error("{0}")]
     Unresolved(String),
+}
+
+/// "`host` is `ip`, a `why` address", without repeating an address given
+/// as the host.
+fn refused_what(host: &str, ip: &IpAddr, why: &str) -> String {
+    if host.parse::<IpAddr>().is_ok_and(|h| h == *ip) {
+        format!("{ip} is a {why} address")
+    } else {
+        format!("{host} is {ip}, a {why} address")
+    }
 }
 
 /// The resolver of guarded provider connections (hyper-util's connector
@@ -288,7 +299,11 @@ mod tests {
     async fn names_and_literals_of_internal_addresses_are_refused() {
         let p = AddressPolicy::default();
         let e = p.resolve("localhost", 443).await.unwrap_err();
+        assert!(e.to_string().starts_with("localhost is "), "{e}");
         assert!(e.to_string().contains("loopback"), "{e}");
+        // An address given as the host is named once.
+        let e = p.resolve("169.254.169.254", 80).await.unwrap_err();
+        assert!(e.to_string().starts_with("169.254.169.254 is a "), "{e}");
         let e = p.resolve("[::127.0.0.1]", 443).await.unwrap_err();
         assert!(e.to_string().contains("IPv4-compatible"), "{e}");
         let allowed = AddressPolicy::allowing(vec!["127.0.0.0/8".parse().unwrap()]);
