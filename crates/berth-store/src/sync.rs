@@ -356,12 +356,13 @@ impl Store {
 
     /// Rebuilds the filter index entries of an object and marks them
     /// current: drops its entries, stages those of its live records
-    /// (`derive` gives a record's keys) in batches, then copies them into
-    /// the index in key order, one key per transaction, so the index's
-    /// pages are written in order rather than at random places. A write
-    /// landing meanwhile writes its own entries; at worst a staged entry
-    /// of an older version stays, which only adds a candidate. Two
-    /// builders of one object agree (entries are idempotent).
+    /// (`derive` gives a record's keys from all but its raw `native`) in
+    /// batches, then copies them into the index in key order, one key per
+    /// transaction, so the index's pages are written in order rather than
+    /// at random places. A write landing meanwhile writes its own
+    /// entries; at worst a staged entry of an older version stays, which
+    /// only adds a candidate. Two builders of one object agree (entries
+    /// are idempotent).
     pub async fn build_record_keys(
         &self,
         connection_id: &str,
@@ -386,10 +387,14 @@ impl Store {
             let mut after = 0i64;
             let mut scopes: Vec<i64> = Vec::new();
             loop {
-                let rows: Vec<StoredRecord> = sqlx::query_as(concat!(
-                    "SELECT ", record_cols!(), " FROM records WHERE connection_id = $1 AND object = $2 \
-                     AND seq > $3 AND deleted_at IS NULL ORDER BY seq LIMIT $4"
-                )).bind(connection_id).bind(object).bind(after).bind(BATCH).fetch_all(&mut *c).await?;
+                // Not the raw record: the larger half of a row, and no key
+                // comes from it.
+                let rows: Vec<StoredRecord> = sqlx::query_as(
+                    "SELECT seq, environment_id, connection_id, object, native_id, uid, hash, data, \
+                     '' AS native, created_time, modified_time, deleted_at, synced_at FROM records \
+                     WHERE connection_id = $1 AND object = $2 AND seq > $3 AND deleted_at IS NULL \
+                     ORDER BY seq LIMIT $4"
+                ).bind(connection_id).bind(object).bind(after).bind(BATCH).fetch_all(&mut *c).await?;
                 let Some(last) = rows.last() else { break };
                 after = last.seq;
                 let keys: Vec<(i64, i64, String)> = rows.iter()
